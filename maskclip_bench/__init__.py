@@ -1,0 +1,1 @@
+"""maskclip-bench CLI."""

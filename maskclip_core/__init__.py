@@ -1,0 +1,1 @@
+"""MaskCLIP training core."""
