@@ -20,6 +20,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Train MaskCLIP and CLIP on open_clip towers, evaluate checkpoints, run ablations."""
+
+
 def _register_commands() -> None:
     from maskclip_bench.commands import register_all
 

@@ -1,6 +1,7 @@
 """open_clip towers: register this project's model configs and build CLIP models, transforms and tokenizers."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,10 +40,22 @@ def check_model_name(name: str) -> None:
     raise ConfigError(f"unknown model '{name}'{hint}; see open_clip.list_models()")
 
 
+class _NoPretrainedWarning(logging.Filter):
+    # open_clip warns on every random init; random init is what this project asks for.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def create_clip(model_name: str, **kwargs: Any) -> torch.nn.Module:
     """Randomly initialised open_clip CLIP model (no download: `pretrained` is never set)."""
     check_model_name(model_name)
-    return open_clip.create_model(model_name, pretrained=None, **kwargs)
+    root = logging.getLogger()
+    quiet = _NoPretrainedWarning()
+    root.addFilter(quiet)
+    try:
+        return open_clip.create_model(model_name, pretrained=None, **kwargs)
+    finally:
+        root.removeFilter(quiet)
 
 
 def get_tokenizer(model_name: str) -> Callable[..., torch.Tensor]:

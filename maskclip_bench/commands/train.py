@@ -1,0 +1,82 @@
+"""`maskclip-bench train`: build a TrainConfig from file + flags + `--set`, then call maskclip_core.trainer.train."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from maskclip_core.config import TrainConfig, apply_overrides, load_config, set_value, validate
+
+
+def build_config(
+    config: Optional[Path],
+    overrides: list[str],
+    flags: dict[str, object],
+) -> TrainConfig:
+    """Config file (or defaults), then explicit flags, then `--set key=value` (last wins)."""
+    cfg = load_config(config) if config else TrainConfig()
+    for key, value in flags.items():
+        if value is not None:
+            set_value(cfg, key, value, parse=False)
+    apply_overrides(cfg, overrides)
+    return validate(cfg)
+
+
+def check_model_and_data(cfg: TrainConfig) -> None:
+    """Fail fast, with one line, on an unknown model or unreadable data before building anything heavy."""
+    from maskclip_core.data.spec import parse_data_spec
+    from maskclip_core.towers import check_model_name
+
+    check_model_name(cfg.model.name)
+    spec = parse_data_spec(cfg.data.spec)
+    if spec.kind == "csv":
+        from maskclip_core.data.csv_dataset import CsvDataset
+
+        CsvDataset(spec.path, transform=None, tokenizer=None, img_key=cfg.data.csv_img_key,
+                   caption_key=cfg.data.csv_caption_key)
+
+
+def train_command(
+    method: Optional[str] = typer.Option(None, help="clip or maskclip"),
+    model: Optional[str] = typer.Option(None, help="open_clip model config name, e.g. MaskCLIP-Tiny-8"),
+    data: Optional[str] = typer.Option(None, help="shapes | csv:PATH | wds:PATTERN"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps"),
+    epochs: Optional[float] = typer.Option(None, help="epochs (overrides --steps for data with a length)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None),
+    mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio"),
+    decoder_depth: Optional[int] = typer.Option(None, "--decoder-depth"),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast)"),
+    seed: Optional[int] = typer.Option(None),
+    out: Optional[str] = typer.Option(None, help="run folder (config.json, metrics.jsonl, checkpoints/)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoints/last.pt"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON config file"),
+    set_: list[str] = typer.Option([], "--set", help="any config field: key=value (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Train CLIP or MaskCLIP (same code, same data) and write config.json, metrics.jsonl and checkpoints."""
+    flags = {
+        "method.name": method, "model.name": model, "data.spec": data, "run.steps": steps, "run.epochs": epochs,
+        "run.batch_size": batch_size, "optim.lr": lr, "method.mask_ratio": mask_ratio,
+        "method.decoder_depth": decoder_depth, "run.precision": precision, "run.seed": seed, "run.out": out,
+    }
+    if resume and config is None and out and (Path(out) / "config.json").is_file():
+        config = Path(out) / "config.json"  # resume continues the saved run unless flags change it
+    cfg = build_config(config, set_, flags)
+    check_model_and_data(cfg)
+
+    from maskclip_bench.progress import TrainProgress
+    from maskclip_core.trainer import train
+
+    with TrainProgress(enabled=not quiet, title=f"{cfg.method.name} · {cfg.model.name}") as progress:
+        result = train(cfg, resume=resume, on_log=progress.on_log, on_step=progress.on_step)
+    m = result.last_metrics
+    typer.echo(
+        f"done: {result.steps} steps in {result.wall_time_s:.0f}s, loss {m.get('loss', float('nan')):.4f}; "
+        f"run folder {result.out_dir}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

@@ -1,0 +1,122 @@
+"""``clip_benchmark:NAME[@ROOT]``: any dataset CLIP_benchmark's ``build_dataset`` can build offline.
+
+The dataset, its class names and templates come from
+``clip_benchmark.datasets.builder.build_dataset(NAME, root=ROOT, transform=..., split=..., download=False)``
+and the collate function from its ``get_dataset_collate_fn``; the task from
+``get_dataset_default_task`` (retrieval or zero-shot classification; caption-selection datasets such as
+sugar_crepe are not supported). ``ROOT`` defaults to ``root`` (CLIP_benchmark's CLI default) and must
+exist: nothing is downloaded.
+
+Some names are routed to this package's readers, which use the same layout and classes but never start
+a download (CLIP_benchmark fetches missing annotation files even with ``download=False``) and report
+their sample count: ``flickr30k`` and ``mscoco_captions`` (see ``karpathy``) and ``wds/<name>``
+(see ``wds_benchmark``).
+
+Bad images: datasets with an ImageFolder-style ``samples`` list are checked up front; for the others a
+decode error while loading skips the item (``common.SkipBadImages``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset, IterableDataset
+
+from maskclip_core.errors import DataError
+
+from .common import LazySplits, SkipBadImages, collate_for, filter_decodable, first_line, require_dir, resolve_templates
+from .spec import EvalDataset, root_path
+
+DEFAULT_ROOT = "root"
+
+
+def parse_name(text: str) -> tuple[str, Path]:
+    """``NAME[@ROOT]`` -> (NAME, absolute ROOT)."""
+    name, at, root = text.partition("@")
+    name = name.strip()
+    if not name:
+        raise DataError(f"clip_benchmark spec '{text}' needs a dataset name: clip_benchmark:NAME[@ROOT]")
+    return name, root_path(root.strip() if at and root.strip() else DEFAULT_ROOT)
+
+
+def _build(name: str, root: Path, split: str, transform: Callable[[Any], Any] | None, task: str,
+           verify_images: bool) -> SkipBadImages:
+    from clip_benchmark.datasets.builder import build_dataset
+
+    try:
+        # CLIP_benchmark prints progress; keep stdout clean for our own reports.
+        with contextlib.redirect_stdout(io.StringIO()):
+            dataset = build_dataset(name, root=str(root), transform=transform, split=split, download=False,
+                                    task=task)
+    except (Exception, SystemExit) as exc:  # its errors are asserts, RuntimeErrors, sys.exit ... all user-fixable
+        raise DataError(f"clip_benchmark could not build '{name}' (split {split}) from {root}: "
+                        f"{first_line(exc) if str(exc) else exc.__class__.__name__}") from None
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise DataError(f"clip_benchmark dataset '{name}' is a stream without a length; "
+                        "export it to the wds layout and use wds:DIR")
+    bad = 0
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and samples and isinstance(samples[0], tuple):
+        kept, bad = filter_decodable(samples, lambda s: s[0], where=f"clip_benchmark:{name}@{root}",
+                                     verify=verify_images)
+        dataset.samples = kept
+        if hasattr(dataset, "imgs"):
+            dataset.imgs = kept
+        if hasattr(dataset, "targets"):
+            dataset.targets = [t for _, t in kept]
+    return SkipBadImages(dataset, bad_samples=bad)
+
+
+def build_clip_benchmark(text: str, *, transform: Callable[[Any], Any] | None, split: str = "test",
+                         templates: str | None = None, verify_images: bool = True) -> EvalDataset | list[EvalDataset]:
+    """Build ``clip_benchmark:NAME[@ROOT]`` (see the module docstring)."""
+    from clip_benchmark.datasets.builder import get_dataset_default_task
+
+    name, root = parse_name(text)
+    if name.startswith("wds/"):
+        from .wds_benchmark import build_wds
+
+        return build_wds(root, transform=transform, split=split, templates=templates, verify_images=verify_images)
+    if name in ("flickr30k", "mscoco_captions"):
+        from .karpathy import build_karpathy
+
+        return build_karpathy("flickr30k" if name == "flickr30k" else "mscoco", root, transform=transform,
+                              split=split, verify_images=verify_images)
+
+    cb_task = get_dataset_default_task(name)
+    if cb_task not in ("zeroshot_classification", "zeroshot_retrieval"):
+        raise DataError(f"clip_benchmark dataset '{name}' has task {cb_task}, which is not supported")
+    require_dir(root, f"clip_benchmark root for '{name}'")
+    task = "retrieval" if cb_task == "zeroshot_retrieval" else "classification"
+    dataset = _build(name, root, split, transform, cb_task, verify_images)
+    if len(dataset) == 0:
+        raise DataError(f"clip_benchmark dataset '{name}' under {root} has no readable samples")
+
+    classnames = task_templates = None
+    if task == "classification":
+        classnames = list(dataset.classes)
+        task_templates = resolve_templates(templates, dataset.templates)
+
+    extra: dict[str, Callable[[], Dataset]] = {}
+    if task == "classification" and split != "train":
+        # CLIP_benchmark's linear probe trains on the "train" split; built only when a probe asks.
+        extra["train"] = lambda: _build(name, root, "train", transform, cb_task, verify_images)
+
+    from clip_benchmark.datasets.builder import get_dataset_collate_fn, image_captions_collate_fn
+
+    # Use our None-dropping versions of exactly the collate CLIP_benchmark would pick.
+    collate = collate_for("retrieval" if get_dataset_collate_fn(name) is image_captions_collate_fn else "classification")
+    return EvalDataset(
+        name=f"clip_benchmark:{name}@{root}",
+        task=task,
+        dataset=dataset,
+        classnames=classnames,
+        templates=task_templates,
+        num_samples=len(dataset),
+        bad_samples=dataset.bad_samples,
+        splits=LazySplits(extra),
+        collate_fn=collate,
+        info={"kind": "clip_benchmark", "clip_benchmark_name": name, "root": str(root), "split": split},
+    )

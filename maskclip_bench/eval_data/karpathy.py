@@ -1,0 +1,107 @@
+"""``flickr30k:ROOT`` and ``mscoco:ROOT``: retrieval on CLIP_benchmark's Karpathy-split layouts.
+
+The files are exactly the ones ``clip_benchmark.datasets.builder.build_dataset`` looks for (it would
+download missing ones; here nothing downloads, a missing file is a DataError):
+
+* ``flickr30k``: ``ROOT/flickr30k_<split>_karpathy.txt`` (a header line, then ``<image>.jpg,<caption>``
+  lines, several per image) and the images directly in ``ROOT``. Read with CLIP_benchmark's
+  ``clip_benchmark.datasets.flickr.Flickr``.
+* ``mscoco``: ``ROOT/coco_<split>_karpathy.json`` (COCO captions format) and the images in
+  ``ROOT/val2014`` for the val/test splits or ``ROOT/train2014`` for train. Read with torchvision's
+  ``CocoCaptions``, as CLIP_benchmark's ``mscoco_captions`` does.
+
+Items are ``(image, [captions])``; batch them with CLIP_benchmark's ``image_captions_collate_fn``
+(the EvalDataset's ``collate_fn`` does). Images that are missing or do not decode are skipped and
+counted in ``bad_samples``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+from maskclip_core.errors import DataError
+
+from .common import SkipBadImages, collate_for, filter_decodable, first_line, require_dir
+from .spec import EvalDataset
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def flickr30k_files(root: Path, split: str) -> Path:
+    """The annotation file CLIP_benchmark reads for Flickr30k (images live in ``root`` itself)."""
+    return root / f"flickr30k_{split}_karpathy.txt"
+
+
+def mscoco_files(root: Path, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) CLIP_benchmark reads for ``mscoco_captions``."""
+    return root / f"coco_{split}_karpathy.json", root / ("train2014" if split == "train" else "val2014")
+
+
+def load_flickr30k(root: Path, split: str, transform: Callable[[Any], Any] | None, *,
+                   verify_images: bool = True) -> SkipBadImages:
+    """CLIP_benchmark's Flickr dataset over ``root``, minus unreadable images."""
+    from clip_benchmark.datasets.flickr import Flickr
+
+    ann = flickr30k_files(root, split)
+    if not ann.is_file():
+        raise DataError(f"missing Flickr30k annotation file {ann}")
+    try:
+        dataset = Flickr(root=str(root), ann_file=str(ann), transform=transform)
+    except (ValueError, UnicodeDecodeError) as exc:
+        # Flickr splits each line at ".jpg,"; other lines fail to unpack.
+        raise DataError(f"malformed annotation file {ann} (want '<image>.jpg,<caption>' lines): {first_line(exc)}") from None
+    dataset.data, bad = filter_decodable(dataset.data, lambda item: os.path.join(root, item[0]),
+                                         where=f"flickr30k:{root}", verify=verify_images)
+    return SkipBadImages(dataset, bad_samples=bad)
+
+
+def load_mscoco(root: Path, split: str, transform: Callable[[Any], Any] | None, *,
+                verify_images: bool = True) -> SkipBadImages:
+    """torchvision's CocoCaptions over CLIP_benchmark's layout, minus unreadable images."""
+    from torchvision.datasets import CocoCaptions
+
+    ann, images = mscoco_files(root, split)
+    if not ann.is_file():
+        raise DataError(f"missing MS-COCO annotation file {ann}")
+    require_dir(images, "MS-COCO image folder")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            dataset = CocoCaptions(root=str(images), annFile=str(ann), transform=transform)
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise DataError(f"malformed COCO annotation file {ann}: {exc.__class__.__name__} {first_line(exc)}") from None
+    coco = dataset.coco
+    dataset.ids, bad = filter_decodable(
+        dataset.ids, lambda i: os.path.join(images, coco.loadImgs(i)[0]["file_name"]),
+        where=f"mscoco:{root}", verify=verify_images)
+    return SkipBadImages(dataset, bad_samples=bad)
+
+
+def build_karpathy(kind: str, root: Path, *, transform: Callable[[Any], Any] | None, split: str = "test",
+                   verify_images: bool = True) -> EvalDataset:
+    """Build ``flickr30k:ROOT`` or ``mscoco:ROOT`` (see the module docstring)."""
+    require_dir(root, f"{kind} root")
+    if split not in SPLITS:
+        raise DataError(f"{kind} has splits {', '.join(SPLITS)}, not '{split}'")
+    load = load_flickr30k if kind == "flickr30k" else load_mscoco
+    dataset: Dataset = load(root, split, transform, verify_images=verify_images)
+    if len(dataset) == 0:
+        raise DataError(f"no readable images for {kind} split '{split}' under {root}")
+    return EvalDataset(
+        name=f"{kind}:{root}",
+        task="retrieval",
+        dataset=dataset,
+        classnames=None,
+        templates=None,
+        num_samples=len(dataset),
+        bad_samples=dataset.bad_samples,
+        splits={},
+        collate_fn=collate_for("retrieval"),
+        info={"kind": kind, "root": str(root), "split": split,
+              "clip_benchmark_name": "flickr30k" if kind == "flickr30k" else "mscoco_captions"},
+    )

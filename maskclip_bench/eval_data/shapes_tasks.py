@@ -1,0 +1,212 @@
+"""Evaluation tasks on the built-in procedural ``shapes`` dataset (``maskclip_core.data.shapes``).
+
+Spec: ``shapes`` (every task, as a list) or ``shapes/<task>``, optionally followed by
+``:key=value,...`` options, e.g. ``shapes/shape_color:test=500,difficulty=0.5``. Options:
+``test``, ``train``, ``val`` (split sizes; defaults 1000 / 2000 / 500) and ``difficulty``
+(default 1.0). ``seed`` and ``image_size`` come from the caller. Samples are a pure function of
+(seed, split, index, image_size, difficulty), so the same seed always gives the same test set.
+
+Tasks (see ``list_shapes_tasks``):
+
+* ``shape``, ``color``, ``shape_color``, ``count``: zero-shot classification of the main object
+  (count: the number of objects, classes "one shape" .. "three shapes").
+* ``compositional``: zero-shot ``shape_color`` over the test samples whose main object is one of
+  ``HELD_OUT_PAIRS`` (pairs the ``train`` split never shows), classified among ALL 100
+  shape_color classes: a model must not fall back to a seen pair with the right shape or colour.
+  About 10 % of the test split qualifies, so ``test=1000`` gives about 100 samples.
+* ``retrieval``: image-text retrieval with each image's caption (one caption per image).
+* ``dense``: segmentation maps (0 background, ``k + 1`` for shape ``k``), classnames
+  ``["background", *SHAPES]``.
+
+Probes: ``shapes/shape_color`` also carries ``splits["train"]`` and ``splits["val"]`` for linear
+probes and fine-tuning. They are disjoint index ranges of the shapes ``val`` split, not the
+``train`` split: the train split never contains a held-out pair, which would cap probe accuracy at
+about 90 % for reasons unrelated to the features.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+from maskclip_core.errors import DataError
+
+from .common import LazySplits, collate_for, mask_like_image, resolve_templates
+from .spec import EvalDataset
+
+TASKS: tuple[str, ...] = ("shape", "color", "shape_color", "count", "compositional", "retrieval", "dense")
+DEFAULT_SIZES: dict[str, int] = {"test": 1000, "train": 2000, "val": 500}
+_OPTIONS: dict[str, Callable[[str], Any]] = {"test": int, "train": int, "val": int, "difficulty": float}
+
+# Label key of a ShapesDataset item for each classification task ("count" is 1..3, its label 0..2).
+_LABEL_KEY = {"shape": "shape", "color": "color", "shape_color": "shape_color", "count": "count_label",
+              "compositional": "shape_color"}
+
+# Prompts without a fixed article ("a orange star" would be wrong), phrased per label kind.
+OBJECT_TEMPLATES = [
+    "a photo of the {c}.",
+    "a rendering of the {c}.",
+    "a picture with one {c}.",
+    "a drawing of the {c}.",
+    "an image containing one {c}.",
+]
+COLOR_TEMPLATES = [
+    "a photo of a {c} shape.",
+    "a rendering of a {c} object.",
+    "a picture with one {c} shape.",
+    "a drawing of a {c} object.",
+]
+COUNT_TEMPLATES = [
+    "a picture of {c}.",
+    "an image with {c}.",
+    "a rendering of {c}.",
+    "a drawing of {c}.",
+]
+
+
+def list_shapes_tasks() -> list[str]:
+    """Names of the shapes tasks, in the order ``shapes`` expands to."""
+    return list(TASKS)
+
+
+def templates_for(task: str) -> list[str]:
+    """The built-in prompt templates for a shapes task."""
+    if task == "color":
+        return list(COLOR_TEMPLATES)
+    if task == "count":
+        return list(COUNT_TEMPLATES)
+    return list(OBJECT_TEMPLATES)
+
+
+class ShapesTaskDataset(Dataset):
+    """Items of a ShapesDataset (rendered on demand) as CLIP_benchmark-style pairs for one task.
+
+    ``indices`` picks which samples of ``base`` to show (a subset for ``compositional``, an index
+    range for probe splits).
+    """
+
+    def __init__(self, base: Dataset, task: str, indices: range | list[int] | None = None) -> None:
+        self.base = base
+        self.task = task
+        self.indices = range(len(base)) if indices is None else indices  # type: ignore[arg-type]
+        self.bad_samples = 0  # procedural: nothing to fail
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        item = self.base[self.indices[i]]
+        image = item["image"]
+        if self.task == "retrieval":
+            return image, [item["caption"]]
+        if self.task == "dense":
+            return image, mask_like_image(item["seg"], image)
+        return image, int(item[_LABEL_KEY[self.task]])
+
+
+def parse_shapes_spec(spec: str) -> tuple[str | None, dict[str, Any]]:
+    """Split ``shapes[/task][:k=v,...]`` into (task or None, parsed options)."""
+    head, _, opts = spec.strip().partition(":")
+    _, slash, task = head.partition("/")
+    task_name = task.strip().lower() if slash else None
+    if task_name is not None and task_name not in TASKS:
+        raise DataError(f"unknown shapes task '{task_name}' in '{spec}' (choose {', '.join(TASKS)})")
+    options: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in opts.split(","))):
+        key, eq, value = (p.strip() for p in item.partition("="))
+        if not eq or key not in _OPTIONS:
+            raise DataError(f"bad option '{item}' in '{spec}' (shapes options: {', '.join(_OPTIONS)}, as key=value)")
+        try:
+            options[key] = _OPTIONS[key](value)
+        except ValueError:
+            raise DataError(f"option {key}={value!r} in '{spec}' is not a valid {_OPTIONS[key].__name__}") from None
+        if key != "difficulty" and options[key] <= 0:
+            raise DataError(f"option {key}={value} in '{spec}' must be a positive size")
+    return task_name, options
+
+
+@lru_cache(maxsize=16)
+def held_out_indices(split: str, size: int, seed: int, image_size: int, difficulty: float) -> tuple[int, ...]:
+    """Indices of ``split`` whose main object is a held-out (shape, colour) pair.
+
+    Uses the public ``render`` (labels need the whole sample); cached, as it renders ``size`` images.
+    """
+    from maskclip_core.data.shapes import HELD_OUT_PAIRS, render
+
+    found = []
+    for i in range(size):
+        sample = render(i, split, seed, image_size, difficulty)
+        if (sample.shape, sample.color) in HELD_OUT_PAIRS:
+            found.append(i)
+    return tuple(found)
+
+
+def build_shapes(
+    spec: str,
+    *,
+    transform: Callable[[Any], Any] | None,
+    split: str = "test",
+    seed: int = 0,
+    image_size: int = 64,
+    templates: str | None = None,
+) -> EvalDataset | list[EvalDataset]:
+    """Build one shapes task, or every task (a list) for a bare ``shapes`` spec."""
+    task, options = parse_shapes_spec(spec)
+    if task is None:
+        suffix = spec.strip().partition(":")[2]
+        return [build_shapes(f"shapes/{t}" + (f":{suffix}" if suffix else ""), transform=transform, split=split,
+                             seed=seed, image_size=image_size, templates=templates) for t in TASKS]
+
+    from maskclip_core.data import shapes as sh
+
+    sizes = {k: int(options.get(k, v)) for k, v in DEFAULT_SIZES.items()}
+    difficulty = float(options.get("difficulty", 1.0))
+    n = sizes.get(split, sizes["test"])
+
+    def make(split_name: str, size: int) -> Dataset:
+        return sh.ShapesDataset(split=split_name, size=size, image_size=image_size, seed=seed,
+                                difficulty=difficulty, transform=transform)
+
+    base = make(split, n)
+    indices: list[int] | None = None
+    if task == "compositional":
+        indices = list(held_out_indices(split, n, seed, image_size, difficulty))
+        if not indices:
+            raise DataError(f"'{spec}': no {split} sample of {n} has a held-out pair; use a larger test=N")
+    dataset = ShapesTaskDataset(base, task, indices)
+
+    kind = {"retrieval": "retrieval", "dense": "segmentation"}.get(task, "classification")
+    if kind == "retrieval":
+        classnames, task_templates = None, None
+    elif kind == "segmentation":
+        classnames = ["background", *sh.SHAPES]
+        task_templates = resolve_templates(templates, templates_for("shape"))
+    else:
+        classnames = sh.classnames("shape_color" if task == "compositional" else task)
+        task_templates = resolve_templates(templates, templates_for(task))
+
+    splits: dict[str, Dataset] | LazySplits = {}
+    if task == "shape_color" and split == "test":
+        # Disjoint ranges of the `val` split (see the module docstring for why not `train`).
+        val_base = make("val", sizes["train"] + sizes["val"])
+        splits = LazySplits({
+            "train": lambda: ShapesTaskDataset(val_base, task, range(0, sizes["train"])),
+            "val": lambda: ShapesTaskDataset(val_base, task, range(sizes["train"], sizes["train"] + sizes["val"])),
+        })
+
+    opts = ",".join(f"{k}={options[k]}" for k in sorted(options))
+    return EvalDataset(
+        name=f"shapes/{task}" + (f":{opts}" if opts else ""),
+        task=kind,
+        dataset=dataset,
+        classnames=classnames,
+        templates=task_templates,
+        num_samples=len(dataset),
+        bad_samples=0,
+        splits=splits,
+        collate_fn=collate_for(kind),
+        ignore_index=255,
+        info={"kind": "shapes", "split": split, "seed": seed, "image_size": image_size, "difficulty": difficulty,
+              "held_out_only": task == "compositional"},
+    )

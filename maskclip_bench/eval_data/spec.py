@@ -1,0 +1,138 @@
+"""Evaluation dataset specs: the ``EvalDataset`` record and the spec-string dispatcher.
+
+A spec string names a dataset and the task to evaluate on it; only the text before the first colon
+selects the kind, so paths may contain colons:
+
+=============================  ===============================================================
+``shapes``                     every task of the built-in shapes dataset (a list)
+``shapes/<task>[:k=v,...]``    one task: shape, color, shape_color, count, compositional,
+                               retrieval, dense (see ``shapes_tasks``)
+``wds:DIR``                    CLIP_benchmark's webdataset layout (``DIR/<split>/{0..n-1}.tar``)
+``imagefolder:DIR``            a torchvision ImageFolder tree, optionally with train/val/test
+``flickr30k:ROOT``             CLIP_benchmark's Flickr30k Karpathy layout
+``mscoco:ROOT``                CLIP_benchmark's MS-COCO Karpathy layout (``mscoco_captions``)
+``ade20k:ROOT``                ADEChallengeData2016 semantic segmentation
+``clip_benchmark:NAME[@ROOT]`` anything ``clip_benchmark.datasets.builder.build_dataset`` builds
+=============================  ===============================================================
+
+Errors a user can cause (a missing root, an empty folder, a missing class file, an unknown kind)
+raise ``maskclip_core.errors.DataError`` with one line naming the path. Images that do not decode are
+skipped and counted in ``bad_samples`` (see ``common`` for how).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from torch.utils.data import Dataset
+
+from maskclip_core.errors import DataError
+
+KINDS: tuple[str, ...] = ("shapes", "wds", "imagefolder", "flickr30k", "mscoco", "ade20k", "clip_benchmark")
+TASKS: tuple[str, ...] = ("classification", "retrieval", "segmentation")
+
+
+@dataclass
+class EvalDataset:
+    """One evaluation dataset and task, ready for the evaluators.
+
+    ``dataset`` is the requested split (``test`` by default). Its items are what CLIP_benchmark gives:
+    ``(image, int target)`` for classification, ``(image, [captions])`` for retrieval and
+    ``(image, LongTensor[H, W])`` for segmentation, with ``image`` the output of ``transform``.
+    Always load it with ``collate_fn`` (it drops items whose image failed to decode late).
+    """
+
+    name: str  # canonical spec, e.g. "shapes/shape_color", "flickr30k:/data/f30k"
+    task: str  # "classification" | "retrieval" | "segmentation"
+    dataset: Dataset
+    classnames: list[str] | None
+    templates: list[str] | Mapping[str, list[str]] | None  # "{c}" format strings (CuPL dicts pass through)
+    num_samples: int  # len(dataset): samples that decoded when the dataset was built
+    bad_samples: int  # images that failed to decode and were skipped
+    splits: Mapping[str, Dataset] = field(default_factory=dict)  # extra splits for probes: "train", "val"
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    ignore_index: int = 255  # segmentation label to ignore (ADE20K "other"); unused by other tasks
+    info: dict[str, Any] = field(default_factory=dict)  # kind, root, split, ... for run records
+
+
+def split_kind(spec: str) -> tuple[str, str]:
+    """``"kind:rest"`` -> (kind, rest); shapes specs keep their task and options in ``rest``."""
+    text = spec.strip()
+    if not text:
+        raise DataError("empty dataset spec")
+    head, sep, rest = text.partition(":")
+    kind = head.strip().lower()
+    if kind == "shapes" or kind.startswith("shapes/"):
+        return "shapes", text
+    if kind not in KINDS:
+        raise DataError(f"unknown dataset spec '{spec}' (kinds: {', '.join(KINDS)})")
+    rest = rest.strip()
+    if not sep or not rest:
+        where = "NAME[@ROOT]" if kind == "clip_benchmark" else "DIR"
+        raise DataError(f"dataset spec '{spec}' needs a location: {kind}:{where}")
+    return kind, rest
+
+
+def root_path(text: str) -> Path:
+    """A user-given dataset root as an absolute path (``~`` expanded); existence is checked by readers."""
+    return Path(text).expanduser().absolute()
+
+
+def build_eval_dataset(
+    spec: str,
+    *,
+    transform: Callable[[Any], Any] | None,
+    split: str = "test",
+    seed: int = 0,
+    image_size: int = 64,
+    templates: str | None = None,
+    verify_images: bool = True,
+) -> EvalDataset | list[EvalDataset]:
+    """Build the evaluation dataset a spec string names (a list for a bare ``shapes``).
+
+    Args:
+        spec: See the module docstring.
+        transform: Applied to each RGB PIL image (e.g. open_clip's eval preprocess); ``None`` keeps PIL
+            images (what ``data export`` uses).
+        split: The split to return as ``dataset`` ("test", "val" or "train"; ADE20K maps test/val to
+            its ``validation`` folder).
+        seed: Seed of the shapes generator (the same seed gives the same test set).
+        image_size: Size the shapes images are rendered at.
+        templates: Override the zero-shot templates: a name the evaluators know ("openai_imagenet",
+            "slip", "simple") or a file with one ``{c}`` template per line.
+        verify_images: Decode every image once while building, so corrupt files are skipped and
+            counted up front (see ``common``).
+
+    Raises:
+        DataError: one line naming the spec or path, for anything the user can fix.
+    """
+    kind, rest = split_kind(spec)
+    if kind == "shapes":
+        from .shapes_tasks import build_shapes
+
+        return build_shapes(rest, transform=transform, split=split, seed=seed, image_size=image_size,
+                            templates=templates)
+    if kind == "wds":
+        from .wds_benchmark import build_wds
+
+        return build_wds(root_path(rest), transform=transform, split=split, templates=templates,
+                         verify_images=verify_images)
+    if kind == "imagefolder":
+        from .folders import build_imagefolder
+
+        return build_imagefolder(root_path(rest), transform=transform, split=split, templates=templates,
+                                 verify_images=verify_images)
+    if kind in ("flickr30k", "mscoco"):
+        from .karpathy import build_karpathy
+
+        return build_karpathy(kind, root_path(rest), transform=transform, split=split, verify_images=verify_images)
+    if kind == "ade20k":
+        from .ade20k import build_ade20k
+
+        return build_ade20k(root_path(rest), transform=transform, split=split, templates=templates,
+                            verify_images=verify_images)
+    from .cb_datasets import build_clip_benchmark
+
+    return build_clip_benchmark(rest, transform=transform, split=split, templates=templates,
+                                verify_images=verify_images)

@@ -1,0 +1,24 @@
+"""Evaluators: plain functions of (model, dataloader, ...) in the style of CLIP_benchmark.
+
+Zero-shot classification and retrieval reuse CLIP_benchmark's metric code and agree with it exactly;
+`encode_images` gives the cacheable feature dict that zero-shot, retrieval and the probes share.
+"""
+from .dense import evaluate_dense_probe
+from .features import encode_images, encode_texts
+from .finetune import finetune
+from .linprobe import evaluate_linear_probe
+from .retrieval import evaluate_retrieval, recall_from_scores
+from .templates import get_templates
+from .zeroshot import evaluate_zeroshot
+
+__all__ = [
+    "encode_images",
+    "encode_texts",
+    "evaluate_dense_probe",
+    "evaluate_linear_probe",
+    "evaluate_retrieval",
+    "evaluate_zeroshot",
+    "finetune",
+    "get_templates",
+    "recall_from_scores",
+]

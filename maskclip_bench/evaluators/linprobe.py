@@ -1,0 +1,70 @@
+"""Linear probe on frozen features with scikit-learn, on the CPU.
+
+CLIP's protocol: an L2-regularised logistic regression (lbfgs) on standardised features, its inverse
+regularisation strength C picked on a validation split from a log-spaced grid, then refitted on
+train+val and scored once on test. (CLIP_benchmark's own probe trains with torch on CUDA.)
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+DEFAULT_C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 4, 9))
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    # Accepts torch tensors (CPU) and array-likes alike.
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def _probe(C: float, seed: int, max_iter: int) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+
+
+def topk_accuracy(proba: np.ndarray, classes: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of `labels` found among the k most probable `classes` (columns of `proba`)."""
+    k = min(k, proba.shape[1])
+    topk = classes[np.argsort(-proba, axis=1, kind="stable")[:, :k]]
+    return float((topk == labels[:, None]).any(axis=1).mean())
+
+
+def evaluate_linear_probe(
+    train_feats: Any,
+    train_labels: Any,
+    val_feats: Any,
+    val_labels: Any,
+    test_feats: Any,
+    test_labels: Any,
+    *,
+    C_grid: Sequence[float] | None = None,
+    seed: int = 0,
+    max_iter: int = 1000,
+) -> dict[str, float]:
+    """Logistic-regression probe: `lp_acc1`, `lp_acc5` (top-min(5, n_classes)), `lp_mean_per_class_recall`, `lp_C`.
+
+    Features are [N, D] and labels [N] integer classes (tensors or arrays). C is the grid value with the
+    best validation top-1 (the smallest such C on ties); the final probe is refitted on train+val.
+    """
+    X_tr, y_tr = _to_numpy(train_feats), _to_numpy(train_labels)
+    X_val, y_val = _to_numpy(val_feats), _to_numpy(val_labels)
+    X_te, y_te = _to_numpy(test_feats), _to_numpy(test_labels)
+    grid = sorted(C_grid) if C_grid is not None else list(DEFAULT_C_GRID)
+
+    val_acc = [float((_probe(C, seed, max_iter).fit(X_tr, y_tr).predict(X_val) == y_val).mean()) for C in grid]
+    best_C = grid[int(np.argmax(val_acc))]
+
+    probe = _probe(best_C, seed, max_iter).fit(np.concatenate([X_tr, X_val]), np.concatenate([y_tr, y_val]))
+    proba = probe.predict_proba(X_te)
+    classes = probe.classes_
+    pred = classes[proba.argmax(axis=1)]
+    return {
+        "lp_acc1": float((pred == y_te).mean()),
+        "lp_acc5": topk_accuracy(proba, classes, y_te, 5),
+        "lp_mean_per_class_recall": float(balanced_accuracy_score(y_te, pred)),
+        "lp_C": float(best_C),
+    }

@@ -1,0 +1,64 @@
+"""Zero-shot classification, computed exactly as CLIP_benchmark computes it.
+
+The class prompts' embeddings, the top-k accuracy and the mean per-class recall come from
+`clip_benchmark.metrics.zeroshot_classification`; only the image encoding is ours (features.py), so a
+cached feature dict can be scored without re-encoding.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from clip_benchmark.metrics.zeroshot_classification import (
+    accuracy,
+    average_precision_per_class,
+    zero_shot_classifier,
+)
+from sklearn.metrics import balanced_accuracy_score
+
+from .features import encode_images
+from .templates import normalize_templates
+
+
+def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor, n_classes: int) -> dict[str, float]:
+    """CLIP_benchmark's metrics from logits [N, C] and targets ([N] labels, or [N, C] multi-label 0/1).
+
+    Single-label: `acc1`, `acc5` (top-min(5, n_classes), where CLIP_benchmark gives NaN below 5 classes)
+    and `mean_per_class_recall` (sklearn's balanced accuracy). Multi-label: `mean_average_precision`.
+    """
+    if targets.ndim == 2:
+        return {"mean_average_precision": average_precision_per_class(logits, targets).mean().item()}
+    acc1, acc5 = accuracy(logits, targets, topk=(1, min(5, n_classes)))
+    recall = balanced_accuracy_score(targets.numpy(), logits.argmax(dim=1).numpy())
+    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": float(recall)}
+
+
+def evaluate_zeroshot(
+    model: torch.nn.Module,
+    dataloader: Iterable[Any] | None,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[str] | Mapping[str, Sequence[str]],
+    device: str | torch.device = "cpu",
+    features: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Zero-shot classification metrics `acc1`, `acc5`, `mean_per_class_recall` (see `zeroshot_metrics`).
+
+    `templates` are `{c}` or `{}` format strings, or CLIP_benchmark's per-class dict of prompts (CuPL).
+    `features` is `encode_images` output ("image_features" and "targets"); when given, `dataloader`
+    is not read. Runs in fp32 (amp=False) with `model.eval()`.
+    """
+    model.eval()
+    model.to(device)
+    if isinstance(templates, Mapping):
+        prompts: list[str] | dict[str, list[str]] = {k: list(v) for k, v in templates.items()}
+    else:
+        prompts = normalize_templates(templates)
+    # zero_shot_classifier hands the device to torch.autocast too, which wants a string.
+    classifier = zero_shot_classifier(model, tokenizer, list(classnames), prompts, str(device), amp=False)
+    if features is None:
+        if dataloader is None:
+            raise ValueError("evaluate_zeroshot needs a dataloader or precomputed features")
+        features = encode_images(model, dataloader, device)
+    logits = 100.0 * features["image_features"] @ classifier.float().cpu()
+    return zeroshot_metrics(logits, features["targets"], len(classnames))

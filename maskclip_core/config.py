@@ -1,0 +1,272 @@
+"""The one configuration object of a run: nested dataclasses, loadable from YAML/JSON, overridable by `key=value`.
+
+Every run saves the whole resolved config (`config.json`), and every checkpoint and evaluation record carries it,
+so a number can always be traced back to the exact setting that produced it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+METHODS = ("clip", "maskclip")
+MASK_STRATEGIES = ("random", "block")
+DISTILL_TARGETS = ("feature", "soft", "pixel")
+DISTILL_LOSSES = ("mse", "smooth_l1", "cosine")
+CONTRASTIVE_VIEWS = ("full", "masked")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    """Which open_clip model config builds the towers."""
+
+    name: str = "MaskCLIP-Tiny-8"
+
+
+@dataclass
+class MethodConfig:
+    """The training objective (see ../shared/reference/method.md for every switch)."""
+
+    name: str = "maskclip"
+    mask_ratio: float = 0.75
+    mask_strategy: str = "random"
+    decoder_depth: int = 2
+    # 0 means half the image tower's width ("small decoder", as MAE's 512 for a 1024-wide encoder).
+    decoder_width: int = 0
+    decoder_heads: int = 0  # 0 means decoder_width // 32, at least 1
+    distill_target: str = "feature"
+    distill_loss: str = "mse"
+    w_distill: float = 1.0
+    w_mlm: float = 1.0
+    mlm_ratio: float = 0.15
+    text_decoder_depth: int = 1
+    mlm_causal: bool = True  # the MLM pass keeps CLIP's causal mask by default; False = bidirectional
+    ema_momentum: float = 0.996
+    ema_momentum_end: float = 1.0
+    contrastive_view: str = "full"
+    soft_prototypes: int = 1024
+    soft_teacher_temp: float = 0.04
+    soft_student_temp: float = 0.1
+    soft_center_momentum: float = 0.9
+    # open_clip ClipLoss options (matter only with several ranks).
+    local_loss: bool = False
+    gather_with_grad: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where training pairs come from: `shapes`, `csv:PATH` or `wds:PATTERN`."""
+
+    spec: str = "shapes"
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    workers: int = 1
+    shuffle_buffer: int = 1000
+    resampled: bool = False
+    aug_scale_min: float = 0.5  # RandomResizedCrop scale (paper: 0.5); shapes are not cropped (captions name positions)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with open_clip's parameter groups and a warm-up + cosine schedule (paper recipe by default)."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.5
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    warmup: int = 50
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class RunConfig:
+    """Length, batch, seed, precision, logging and checkpointing of a run."""
+
+    steps: int = 500
+    epochs: float = 0.0  # > 0 overrides steps for datasets with a length
+    batch_size: int = 64
+    seed: int = 0
+    out: str = "runs/default"
+    precision: str = "fp32"
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    log_every: int = 10
+    checkpoint_every: int = 200
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON-serialisable)."""
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the whole resolved config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a nested dict (unknown keys are an error naming the closest valid one)."""
+        cfg = cls()
+        for key, value in _flatten(data):
+            set_value(cfg, key, value, parse=False)
+        return cfg
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, name + "."))
+        else:
+            out.append((name, value))
+    return out
+
+
+def all_keys(cfg: TrainConfig | None = None) -> list[str]:
+    """Every settable key as `section.field`."""
+    cfg = cfg or TrainConfig()
+    return [f"{s.name}.{f.name}" for s in fields(cfg) for f in fields(getattr(cfg, s.name))]
+
+
+def resolve_key(key: str) -> str:
+    """Map `mask_ratio` or `method.mask_ratio` to its full key; unknown keys name the closest valid one."""
+    keys = all_keys()
+    if key in keys:
+        return key
+    matches = [k for k in keys if k.split(".", 1)[1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"config key '{key}' is ambiguous: use one of {', '.join(matches)}")
+    short = [k.split(".", 1)[1] for k in keys]
+    close = difflib.get_close_matches(key, keys + short, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, typ: type, parse: bool) -> Any:
+    if parse and isinstance(value, str) and typ is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}")
+
+
+def set_value(cfg: TrainConfig, key: str, value: Any, parse: bool = True) -> None:
+    """Set one field, type-checked; `parse=True` reads strings as YAML scalars (`--set w_mlm=0`)."""
+    full = resolve_key(key)
+    section_name, name = full.split(".", 1)
+    section = getattr(cfg, section_name)
+    typ = get_type_hints(type(section))[name]
+    setattr(section, name, _coerce(full, value, typ, parse))
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply `key=value` strings in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        set_value(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML or JSON config file (any subset of keys; the rest keep their defaults)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return TrainConfig.from_dict(data)
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got '{value}'")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check ranges and choices; raise ConfigError with one clear line."""
+    m, o, r = cfg.method, cfg.optim, cfg.run
+    _choice("method", m.name, METHODS)
+    _choice("mask_strategy", m.mask_strategy, MASK_STRATEGIES)
+    _choice("distill_target", m.distill_target, DISTILL_TARGETS)
+    _choice("distill_loss", m.distill_loss, DISTILL_LOSSES)
+    _choice("contrastive_view", m.contrastive_view, CONTRASTIVE_VIEWS)
+    _choice("precision", r.precision, PRECISIONS)
+    if not 0.0 < m.mask_ratio < 1.0:
+        raise ConfigError(f"mask_ratio must be in (0, 1), got {m.mask_ratio}")
+    if not 0.0 < m.mlm_ratio < 1.0:
+        raise ConfigError(f"mlm_ratio must be in (0, 1), got {m.mlm_ratio}")
+    for key in ("decoder_depth", "decoder_width", "decoder_heads", "text_decoder_depth"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(m, key)}")
+    for key in ("ema_momentum", "ema_momentum_end", "soft_center_momentum"):
+        if not 0.0 <= getattr(m, key) <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {getattr(m, key)}")
+    for key in ("w_distill", "w_mlm"):
+        if getattr(m, key) < 0 or not math.isfinite(getattr(m, key)):
+            raise ConfigError(f"{key} must be a finite number >= 0, got {getattr(m, key)}")
+    if m.soft_prototypes < 2 or m.soft_teacher_temp <= 0 or m.soft_student_temp <= 0:
+        raise ConfigError("soft_prototypes must be >= 2 and the soft temperatures > 0")
+    if not (o.lr > 0 and math.isfinite(o.lr)):
+        raise ConfigError(f"lr must be > 0, got {o.lr}")
+    if o.weight_decay < 0 or o.warmup < 0 or o.grad_clip < 0:
+        raise ConfigError("weight_decay, warmup and grad_clip must be >= 0")
+    if r.steps < 1 and r.epochs <= 0:
+        raise ConfigError(f"steps must be >= 1, got {r.steps}")
+    if r.batch_size < 2:
+        raise ConfigError(f"batch_size must be >= 2 for a contrastive loss, got {r.batch_size}")
+    if r.log_every < 1 or r.checkpoint_every < 1:
+        raise ConfigError("log_every and checkpoint_every must be >= 1")
+    if not 0.0 < cfg.data.aug_scale_min <= 1.0:
+        raise ConfigError(f"aug_scale_min must be in (0, 1], got {cfg.data.aug_scale_min}")
+    if cfg.data.workers < 0:
+        raise ConfigError("workers must be >= 0")
+    return cfg
+
+
+def replace(cfg: TrainConfig, **sections: Any) -> TrainConfig:
+    """A copy with whole sections replaced (for tests and grids)."""
+    return dataclasses.replace(cfg, **sections)

@@ -1,0 +1,166 @@
+"""The data spec string that selects a training data source, and the matching builder.
+
+Forms:
+
+* ``shapes`` or ``shapes:difficulty=0.5,size=2000`` - the built-in synthetic dataset;
+  options are comma-separated ``key=value`` pairs.
+* ``csv:PATH`` - a CSV or TSV file in open_clip's format (see :mod:`.csv_dataset`).
+* ``wds:PATTERN`` - WebDataset shards, e.g. ``wds:/data/shard-{00000..00009}.tar``.
+
+Only the first colon separates the kind, so paths and URLs may contain colons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from maskclip_core.errors import DataError
+
+KINDS = ("shapes", "csv", "wds")
+# Option name -> parser; these map onto ShapesDataset's constructor arguments.
+_SHAPES_OPTIONS: dict[str, Callable[[str], Any]] = {"difficulty": float, "size": int}
+_USAGE = "use shapes, csv:PATH or wds:PATTERN"
+
+
+@dataclass
+class DataSpec:
+    """A parsed data spec: which source, where it lives, and source options."""
+
+    kind: str  # "shapes" | "csv" | "wds"
+    path: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def _parse_options(text: str, spec: str) -> dict[str, str]:
+    """Parse ``k=v,k2=v2`` (whitespace around items ignored) into a dict."""
+    options: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise DataError(f"bad option {item!r} in data spec {spec!r} (use key=value)")
+        options[key] = value
+    return options
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Parse a data spec string such as ``shapes:difficulty=0.5``, ``csv:train.csv`` or ``wds:/d/{0..9}.tar``.
+
+    Raises:
+        DataError: for an unknown kind, a missing path, or malformed/unknown shapes options.
+    """
+    text = spec.strip()
+    head, sep, rest = text.partition(":")
+    kind = head.strip().lower()
+    if kind not in KINDS:
+        raise DataError(f"unknown data spec {spec!r} ({_USAGE})")
+
+    if kind == "shapes":
+        options = _parse_options(rest, spec) if sep else {}
+        unknown = sorted(set(options) - set(_SHAPES_OPTIONS))
+        if unknown:
+            raise DataError(f"unknown option {unknown[0]!r} in data spec {spec!r} "
+                            f"(shapes takes {', '.join(_SHAPES_OPTIONS)})")
+        for key, value in options.items():
+            try:
+                _SHAPES_OPTIONS[key](value)
+            except ValueError:
+                raise DataError(f"option {key}={value!r} in data spec {spec!r} is not a valid "
+                                f"{_SHAPES_OPTIONS[key].__name__}") from None
+        return DataSpec(kind="shapes", path=None, options=options)
+
+    path = rest.strip()
+    if not path:
+        placeholder = "PATH" if kind == "csv" else "PATTERN"
+        raise DataError(f"data spec {spec!r} needs a location: {kind}:{placeholder}")
+    return DataSpec(kind=kind, path=path, options={})
+
+
+def build_train_dataset(
+    spec: str | DataSpec,
+    *,
+    transform: Callable[[Any], Any],
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    seed: int = 0,
+    image_size: int = 64,
+    csv_img_key: str = "filepath",
+    csv_caption_key: str = "title",
+    shuffle_buffer: int = 1000,
+    resampled: bool = False,
+    num_samples: int | None = None,
+) -> torch.utils.data.Dataset | torch.utils.data.IterableDataset:
+    """Build the training dataset a data spec names.
+
+    Every source yields dicts with at least ``"image"`` and ``"text"``; collate
+    batches with :func:`train_collate` so they are uniform across sources.
+
+    Args:
+        spec: A spec string or an already parsed :class:`DataSpec`.
+        transform: Image transform (PIL -> tensor).
+        tokenizer: open_clip-style tokenizer.
+        seed: Seed for the shapes generator or for WebDataset shuffling.
+        image_size: Rendered image size for ``shapes``.
+        csv_img_key: Image-path column for ``csv``.
+        csv_caption_key: Caption column for ``csv``.
+        shuffle_buffer: WebDataset sample shuffle buffer (``0``: no shuffling).
+        resampled: Resample WebDataset shards with replacement.
+        num_samples: WebDataset samples per epoch (gives the stream a length).
+
+    Raises:
+        DataError: for a bad spec or missing/malformed data (checked before returning).
+    """
+    parsed = parse_data_spec(spec) if isinstance(spec, str) else spec
+
+    if parsed.kind == "shapes":
+        # Imported lazily: shapes.py is developed alongside and heavier to import.
+        from maskclip_core.data.shapes import ShapesDataset
+
+        options = parsed.options
+        extra: dict[str, Any] = {}
+        if "size" in options:
+            extra["size"] = int(options["size"])
+        return ShapesDataset(
+            split="train",
+            image_size=image_size,
+            seed=seed,
+            transform=transform,
+            tokenizer=tokenizer,
+            difficulty=float(options.get("difficulty", 1.0)),
+            **extra,
+        )
+
+    if parsed.kind in ("csv", "wds") and not parsed.path:
+        raise DataError(f"data spec of kind {parsed.kind!r} needs a path")
+
+    # csv/wds modules are imported on demand too, so shapes runs skip pandas/webdataset.
+    if parsed.kind == "csv":
+        from maskclip_core.data.csv_dataset import CsvDataset
+
+        return CsvDataset(parsed.path, transform, tokenizer,
+                          img_key=csv_img_key, caption_key=csv_caption_key)
+
+    if parsed.kind == "wds":
+        from maskclip_core.data.wds_dataset import build_wds_dataset
+
+        return build_wds_dataset(parsed.path, transform, tokenizer, seed=seed,
+                                 shuffle_buffer=shuffle_buffer, resampled=resampled,
+                                 num_samples=num_samples)
+
+    raise DataError(f"unknown data spec kind {parsed.kind!r} ({_USAGE})")
+
+
+def train_collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Collate training samples into ``{"image": [B,3,H,W], "text": [B,context]}``.
+
+    Other keys (e.g. the shapes dataset's labels) are dropped, so batches look the
+    same whatever the source.
+    """
+    if not samples:
+        raise ValueError("train_collate got an empty batch")
+    return {key: torch.stack([sample[key] for sample in samples]) for key in ("image", "text")}

@@ -1,0 +1,85 @@
+"""Training batches: an endless, resumable stream of `{"image", "text"}` batches from any data spec.
+
+Map-style datasets are read in a per-epoch permutation drawn from (seed, epoch); the stream can restart at any
+(epoch, batch) position without touching the skipped samples, which is what exact resume needs.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from .data.spec import train_collate
+
+
+class EpochPermutationSampler(Sampler[int]):
+    """The permutation of epoch `epoch`, starting at position `start`."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0):
+        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g)[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+class BatchStream:
+    """Endless iterator of batches that knows its (epoch, batch_in_epoch) position."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, seed: int, workers: int = 0, epoch: int = 0, batch_in_epoch: int = 0
+    ):
+        self.dataset, self.batch_size, self.seed, self.workers = dataset, batch_size, seed, workers
+        self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
+        self.iterable = isinstance(dataset, IterableDataset)
+        if not self.iterable and len(dataset) < batch_size:
+            from .errors import DataError
+
+            raise DataError(f"the dataset has {len(dataset)} samples, fewer than one batch of {batch_size}")
+        self._it: Iterator[Any] | None = None
+
+    @property
+    def batches_per_epoch(self) -> int | None:
+        return None if self.iterable else len(self.dataset) // self.batch_size
+
+    def _start_epoch(self) -> None:
+        kwargs: dict[str, Any] = dict(
+            batch_size=self.batch_size, num_workers=self.workers, collate_fn=train_collate, drop_last=True,
+        )
+        if self.iterable:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch)
+            loader = DataLoader(self.dataset, **kwargs)
+            it = iter(loader)
+            for _ in range(self.batch_in_epoch):  # streams can only be fast-forwarded by reading
+                next(it)
+        else:
+            sampler = EpochPermutationSampler(
+                len(self.dataset), self.seed, self.epoch, self.batch_in_epoch * self.batch_size
+            )
+            it = iter(DataLoader(self.dataset, sampler=sampler, **kwargs))
+        self._it = it
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        for _ in range(2):
+            if self._it is None:
+                self._start_epoch()
+            try:
+                batch = next(self._it)
+                self.batch_in_epoch += 1
+                return batch
+            except StopIteration:
+                self._it = None
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        from .errors import DataError
+
+        raise DataError("the training data yielded no complete batch")

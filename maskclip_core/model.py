@@ -1,0 +1,130 @@
+"""MaskCLIP (and the CLIP baseline) as one module around an unmodified open_clip `CLIP`.
+
+`model.clip` stays a plain open_clip CLIP (same keys, same 49408-token vocabulary), so its state dict loads in
+open_clip as it is. Everything MaskCLIP adds (image decoder, prototype head, MLM mask embedding and text decoder)
+lives beside it. The EMA teacher is NOT part of this module (see ema.py): the trainer computes its targets and passes
+them in, so the optimizer and DDP only ever see the student.
+"""
+from __future__ import annotations
+
+import torch
+from open_clip import ClipLoss
+from torch import nn
+
+from .config import MethodConfig
+from .decoders import ImageDecoder, PrototypeHead, TextDecoder
+from .encoders import check_vit, encode_image_tokens, encode_text_hidden
+from .losses import contrastive_loss, feature_distill_loss, mlm_loss, pixel_targets, soft_distill_loss
+
+
+class MaskCLIP(nn.Module):
+    """Student of MaskCLIP; with `cfg.name == "clip"` it is exactly the CLIP baseline."""
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        cfg: MethodConfig,
+        special_token_ids: tuple[int, ...] = (),
+        pad_id: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__()
+        self.clip = clip
+        self.cfg = cfg
+        self.special_token_ids = tuple(special_token_ids)
+        self.pad_id = pad_id
+        self.loss_fn = ClipLoss(
+            local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, cache_labels=True,
+            rank=rank, world_size=world_size,
+        )
+        self.image_decoder = self.proto_head = self.text_decoder = self.mask_embedding = None
+        if not self.is_maskclip:
+            return
+        visual = check_vit(clip.visual)
+        width = visual.conv1.out_channels
+        self.patch_size = visual.patch_size[0]
+        dec_width = cfg.decoder_width or max(width // 2, 32)
+        dec_heads = cfg.decoder_heads or max(1, dec_width // 32)
+        out_dim = self.patch_size * self.patch_size * 3 if cfg.distill_target == "pixel" else width
+        if cfg.w_distill > 0:
+            self.image_decoder = ImageDecoder(
+                visual.grid_size, width, dec_width, cfg.decoder_depth, dec_heads, out_dim
+            )
+            if cfg.distill_target == "soft":
+                self.proto_head = PrototypeHead(width, cfg.soft_prototypes)
+        if cfg.w_mlm > 0:
+            text_width = clip.token_embedding.weight.shape[1]
+            text_heads = clip.transformer.resblocks[0].attn.num_heads
+            self.mask_embedding = nn.Parameter(torch.randn(text_width) * 0.02)
+            self.text_decoder = TextDecoder(text_width, cfg.text_decoder_depth, text_heads, clip.vocab_size)
+
+    @property
+    def is_maskclip(self) -> bool:
+        return self.cfg.name == "maskclip"
+
+    @property
+    def needs_image_mask(self) -> bool:
+        return self.is_maskclip and (self.image_decoder is not None or self.cfg.contrastive_view == "masked")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.image_decoder is not None and self.cfg.distill_target != "pixel"
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of each named loss term in the total."""
+        return {"loss_contrastive": 1.0, "loss_distill": self.cfg.w_distill, "loss_mlm": self.cfg.w_mlm}
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        mlm_mask: torch.Tensor | None = None,
+        teacher_targets: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One training step's loss terms (unweighted) as a dict; `loss_weights` says how to sum them."""
+        clip = self.clip
+        losses: dict[str, torch.Tensor] = {}
+        masked = None
+        if self.needs_image_mask:
+            masked = encode_image_tokens(clip.visual, image, ids_keep)  # visible tokens only: ~(1 - ratio) cost
+
+        if self.cfg.contrastive_view == "masked" and masked is not None:
+            image_features = masked[0]
+        else:
+            image_features = clip.encode_image(image)
+        text_features = clip.encode_text(text)
+        losses["loss_contrastive"] = contrastive_loss(self.loss_fn, image_features, text_features, clip.logit_scale)
+
+        if self.image_decoder is not None:
+            _, pooled, tokens = masked
+            pred = self.image_decoder(torch.cat([pooled.unsqueeze(1), tokens], dim=1), ids_keep, image_mask)
+            b, m = pred.shape[:2]
+            if self.cfg.distill_target == "pixel":
+                target = pixel_targets(image, self.patch_size)[image_mask].view(b, m, -1)
+                losses["loss_distill"] = feature_distill_loss(pred, target, "mse")
+            elif self.cfg.distill_target == "soft":
+                target = teacher_targets[image_mask].view(b, m, -1)
+                losses["loss_distill"] = soft_distill_loss(
+                    self.proto_head(pred), target, self.cfg.soft_student_temp
+                )
+            else:
+                target = teacher_targets[image_mask].view(b, m, -1)
+                losses["loss_distill"] = feature_distill_loss(pred, target, self.cfg.distill_loss)
+
+        if self.text_decoder is not None:
+            # Trailing padding carries nothing: cut the batch to its longest caption before the MLM pass.
+            length = int(((text != self.pad_id).long() * torch.arange(1, text.shape[1] + 1)).max())
+            text_c, mask_c = text[:, :length], mlm_mask[:, :length]
+            hidden = encode_text_hidden(clip, text_c, mask_c, self.mask_embedding, causal=self.cfg.mlm_causal)
+            logits = self.text_decoder(hidden, mask_c, clip.token_embedding.weight)
+            losses["loss_mlm"] = mlm_loss(logits, text_c[mask_c])
+        return losses
+
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum of the named terms."""
+        weights = self.loss_weights
+        return sum(weights[k] * v for k, v in losses.items())

@@ -1,0 +1,220 @@
+"""The training loop shared by `clip` and `maskclip`: batch -> masks -> (teacher targets) -> losses dict -> summed
+loss -> AdamW step -> logit-scale clamp -> EMA update -> metrics.jsonl / checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from . import rng
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, validate
+from .data.spec import build_train_dataset, parse_data_spec
+from .ema import Teacher, momentum_at
+from .errors import CheckpointError
+from .loader import BatchStream
+from .masking import block_masking, random_masking
+from .mlm import mlm_mask
+from .model import MaskCLIP
+from .optim import build_optimizer
+from .runlog import MetricsLog
+from .schedule import cosine_lr
+from .towers import create_clip, get_tokenizer, image_size_of
+
+LOSS_KEYS = ("loss_contrastive", "loss_distill", "loss_mlm")
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def special_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], int]:
+    """(ids never masked by MLM, padding id) of an open_clip tokenizer."""
+    ids = tuple(i for i in (getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None))
+                if i is not None)
+    return ids, int(getattr(tokenizer, "pad_token_id", 0) or 0)
+
+
+def build_model(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> tuple[MaskCLIP, Any]:
+    """Student model and tokenizer for a config (random init; nothing is downloaded)."""
+    clip = create_clip(cfg.model.name)
+    tokenizer = get_tokenizer(cfg.model.name)
+    special, pad = special_token_ids(tokenizer)
+    return MaskCLIP(clip, cfg.method, special, pad, rank=rank, world_size=world_size), tokenizer
+
+
+def train_transform(cfg: TrainConfig, clip: torch.nn.Module) -> Callable:
+    """open_clip's transforms. `shapes` is rendered at the model's size and never cropped: its captions name
+    positions ("top left"), which a random crop would falsify."""
+    size = image_size_of(clip)
+    if parse_data_spec(cfg.data.spec).kind == "shapes":
+        return open_clip.image_transform(size, is_train=False)
+    return open_clip.image_transform(size, is_train=True, aug_cfg={"scale": (cfg.data.aug_scale_min, 1.0)})
+
+
+class MaskSampler:
+    """Image masks and MLM positions for a batch, drawn per sample from (seed, step, global sample id)."""
+
+    def __init__(self, model: MaskCLIP, seed: int):
+        self.model, self.seed = model, seed
+        visual = model.clip.visual
+        self.grid = tuple(visual.grid_size)
+
+    def __call__(self, step: int, sample_ids: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg, out = self.model.cfg, {}
+        if self.model.needs_image_mask:
+            n = self.grid[0] * self.grid[1]
+            if cfg.mask_strategy == "block":
+                gens = [rng.sample_generator(self.seed, step, int(i), rng.STREAM_IMAGE_MASK) for i in sample_ids]
+                out["ids_keep"], out["image_mask"] = block_masking(gens, self.grid, cfg.mask_ratio)
+            else:
+                noise = rng.per_sample_uniform(self.seed, step, sample_ids, n, rng.STREAM_IMAGE_MASK)
+                out["ids_keep"], out["image_mask"] = random_masking(noise, cfg.mask_ratio)
+        if self.model.text_decoder is not None:
+            noise = rng.per_sample_uniform(self.seed, step, sample_ids, text.shape[1], rng.STREAM_MLM)
+            out["mlm_mask"] = mlm_mask(text, noise, cfg.mlm_ratio, self.model.special_token_ids, self.model.pad_id)
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    out_dir: Path
+    steps: int
+    last_metrics: dict[str, Any]
+    wall_time_s: float
+
+
+def resolve_total_steps(cfg: TrainConfig, stream: BatchStream) -> int:
+    """`epochs` (when > 0 and the data has a length) overrides `steps`."""
+    if cfg.run.epochs > 0 and stream.batches_per_epoch:
+        return max(1, int(round(cfg.run.epochs * stream.batches_per_epoch)))
+    return cfg.run.steps
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) one training run as `cfg` says; writes config.json, metrics.jsonl and checkpoints."""
+    validate(cfg)
+    run = cfg.run
+    if run.threads > 0:
+        torch.set_num_threads(run.threads)
+    out = Path(run.out)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    state = None
+    if resume:
+        if not ckpt_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
+        state = load_checkpoint(ckpt_path)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+
+    torch.manual_seed(run.seed)
+    random.seed(run.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = build_model(cfg)
+    model.to(device)
+    teacher = Teacher(model, cfg.method.distill_target, cfg.method.soft_teacher_temp,
+                      cfg.method.soft_center_momentum).to(device) if model.needs_teacher else None
+    optimizer = build_optimizer(model, cfg.optim)
+    dataset = build_train_dataset(
+        cfg.data.spec, transform=train_transform(cfg, model.clip), tokenizer=tokenizer, seed=run.seed,
+        image_size=image_size_of(model.clip), csv_img_key=cfg.data.csv_img_key,
+        csv_caption_key=cfg.data.csv_caption_key, shuffle_buffer=cfg.data.shuffle_buffer,
+        resampled=cfg.data.resampled,
+    )
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if state is not None:
+        model.clip.load_state_dict(state["clip"])
+        model.load_state_dict(state["extras"], strict=False)
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        _set_rng_state(state["rng"])
+    stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, epoch, batch_in_epoch)
+    total = resolve_total_steps(cfg, stream)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None)
+    masks = MaskSampler(model, run.seed)
+    use_bf16 = run.precision == "bf16"
+
+    def checkpoint() -> None:
+        extras = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
+        save_checkpoint(
+            {
+                "step": step, "epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch,
+                "config": cfg.to_dict(), "clip": model.clip.state_dict(), "extras": extras,
+                "teacher": teacher.state_dict() if teacher is not None else None,
+                "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+            },
+            ckpt_path,
+        )
+
+    model.train()
+    start_time = time.time()
+    window_start, window_samples = time.perf_counter(), 0
+    last: dict[str, Any] = {}
+    while step < total:
+        lr = cosine_lr(step, cfg.optim.lr, cfg.optim.warmup, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = next(stream)
+        image, text = batch["image"].to(device, non_blocking=True), batch["text"].to(device, non_blocking=True)
+        sample_ids = torch.arange(step * run.batch_size, (step + 1) * run.batch_size)
+        extra = {k: v.to(device) for k, v in masks(step, sample_ids, text.cpu()).items()}
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
+        with autocast:
+            targets = teacher.targets(image) if teacher is not None else None
+            losses = model(image, text, teacher_targets=targets, **extra)
+            loss = model.total_loss(losses)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        momentum = momentum_at(step, total, cfg.method.ema_momentum, cfg.method.ema_momentum_end)
+        if teacher is not None:
+            teacher.update(model, momentum)
+        step += 1
+        window_samples += run.batch_size
+        if on_step is not None:
+            on_step(step, total)
+        if step % run.log_every == 0 or step == total:
+            now = time.perf_counter()
+            last = {
+                "step": step, "epoch": stream.epoch, "loss": float(loss.detach()),
+                **{k: (float(losses[k].detach()) if k in losses else None) for k in LOSS_KEYS},
+                "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
+                "ema_momentum": momentum if teacher is not None else None,
+                "samples_per_s": window_samples / max(now - window_start, 1e-9),
+            }
+            log.write(last)
+            if on_log is not None:
+                on_log(last)
+            window_start, window_samples = now, 0
+        if step % run.checkpoint_every == 0 or step == total:
+            checkpoint()
+    return TrainResult(out, step, last, time.time() - start_time)
