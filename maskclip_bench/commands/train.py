@@ -35,6 +35,10 @@ def check_model_and_data(cfg: TrainConfig) -> None:
 
         CsvDataset(spec.path, transform=None, tokenizer=None, img_key=cfg.data.csv_img_key,
                    caption_key=cfg.data.csv_caption_key)
+    elif spec.kind == "wds":
+        from maskclip_core.data.wds_dataset import expand_shards
+
+        expand_shards(spec.path)
 
 
 def train_command(

@@ -1,0 +1,66 @@
+"""`maskclip-bench train` from the command line: outputs, and one clear line for every bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "maskclip_bench", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_train_writes_config_metrics_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--method", "clip", "--steps", "4", "--batch-size", "8", "--out", str(out),
+                "--set", "log_every=2", "--set", "workers=0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"]["name"] == "clip" and cfg["run"]["steps"] == 4 and cfg["data"]["workers"] == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4]
+    for key in ("step", "loss", "loss_contrastive", "loss_distill", "loss_mlm", "lr", "logit_scale",
+                "samples_per_s"):
+        assert key in lines[0]
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def write_csv(tmp_path, header="filepath,title"):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "a.png")
+    p = tmp_path / "pairs.csv"
+    p.write_text(f"{header}\na.png,a red square\n")
+    return p
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "simclr"], "method must be one of clip, maskclip"),
+        (["--model", "ViT-Nope-1"], "unknown model 'ViT-Nope-1'"),
+        (["--mask-ratio", "1.2"], "mask_ratio must be in (0, 1)"),
+        (["--mask-ratio", "0"], "mask_ratio must be in (0, 1)"),
+        (["--data", "csv:/no/such/file.csv"], "csv file not found: /no/such/file.csv"),
+        (["--data", "parquet:/x"], "unknown data spec"),
+        (["--data", "wds:/no/such/shard-{0..3}.tar"], "no shards match"),
+        (["--set", "mask_ration=0.5"], "did you mean 'mask_ratio'"),
+        (["--config", "/no/such.yaml"], "config file not found"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(tmp_path, args, message):
+    r = run_cli("train", "--out", str(tmp_path / "x"), "--steps", "1", *args)
+    assert r.returncode != 0
+    err = r.stderr.strip()
+    assert message in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_csv_without_named_columns(tmp_path):
+    p = write_csv(tmp_path, header="path,caption")
+    r = run_cli("train", "--data", f"csv:{p}", "--out", str(tmp_path / "x"), "--steps", "1")
+    assert r.returncode != 0
+    assert "no column" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,61 @@
+"""Image masking and MLM positions."""
+import torch
+
+from maskclip_core import rng
+from maskclip_core.masking import block_masking, num_masked, random_masking
+from maskclip_core.mlm import mlm_mask
+
+
+def test_random_masking_keeps_exact_count_and_sorted_ids():
+    noise = torch.rand(16, 64)
+    ids_keep, mask = random_masking(noise, 0.75)
+    assert ids_keep.shape == (16, 16)
+    assert (mask.sum(1) == 48).all()
+    # the kept ids are exactly the unmasked positions, in raster order
+    assert torch.equal(ids_keep, (~mask).nonzero()[:, 1].view(16, 16))
+    assert (ids_keep.diff(dim=1) > 0).all()
+
+
+def test_random_masking_ratios_and_patch_range():
+    for ratio in (0.1, 0.5, 0.9):
+        ids_keep, mask = random_masking(torch.rand(4, 196), ratio)
+        assert (mask.sum(1) == num_masked(196, ratio)).all()
+        # indices address patches 0..N-1 only: CLS (prepended later) can never be dropped
+        assert ids_keep.min() >= 0 and ids_keep.max() < 196
+
+
+def test_block_masking_exact_count_and_blocky():
+    gens = [rng.sample_generator(0, 0, i, rng.STREAM_IMAGE_MASK) for i in range(8)]
+    ids_keep, mask = block_masking(gens, (14, 14), 0.5)
+    assert (mask.sum(1) == 98).all()
+    assert torch.equal(ids_keep, (~mask).nonzero()[:, 1].view(8, -1))
+    # blocks: masked patches have more masked right-neighbours than a random mask would (~ratio)
+    grid = mask.view(8, 14, 14)
+    same = (grid[:, :, 1:] & grid[:, :, :-1]).sum() / grid[:, :, :-1].sum()
+    assert same > 0.7
+
+
+def test_per_sample_noise_is_independent_of_batch_composition():
+    ids = torch.arange(10, 20)
+    a = rng.per_sample_uniform(3, 7, ids, 64, rng.STREAM_IMAGE_MASK)
+    b = rng.per_sample_uniform(3, 7, ids[5:], 64, rng.STREAM_IMAGE_MASK)
+    assert torch.equal(a[5:], b)
+    c = rng.per_sample_uniform(3, 8, ids, 64, rng.STREAM_IMAGE_MASK)
+    assert not torch.equal(a, c)
+
+
+def test_mlm_never_masks_special_or_padding_tokens():
+    sot, eot = 49406, 49407
+    text = torch.zeros(64, 32, dtype=torch.long)
+    for i in range(64):
+        n = 1 + i % 25
+        text[i, 0] = sot
+        text[i, 1 : n + 1] = torch.randint(1, 49000, (n,))
+        text[i, n + 1] = eot
+    mask = mlm_mask(text, torch.rand(text.shape), 0.15, (sot, eot), pad_id=0)
+    assert not mask[text == 0].any()
+    assert not mask[text == sot].any()
+    assert not mask[text == eot].any()
+    n_real = ((text != 0) & (text != sot) & (text != eot)).sum(1)
+    expected = (n_real.float() * 0.15).round().clamp(min=1).long()
+    assert torch.equal(mask.sum(1), expected)

@@ -1,0 +1,93 @@
+"""End-to-end training on `shapes`: losses finite and falling, checkpoints round-trip, resume continues."""
+import json
+import math
+
+import pytest
+import torch
+
+from maskclip_core.checkpoint import load_checkpoint, save_checkpoint
+from maskclip_core.config import TrainConfig
+from maskclip_core.errors import CheckpointError
+from maskclip_core.runlog import read_metrics
+from maskclip_core.trainer import train
+
+
+def small_config(tmp_path, method: str, steps: int = 40) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.method.name = method
+    cfg.run.steps = steps
+    cfg.run.batch_size = 32
+    cfg.run.log_every = 2
+    cfg.run.checkpoint_every = 20
+    cfg.run.out = str(tmp_path / method)
+    cfg.run.precision = "bf16"
+    cfg.optim.lr = 1e-3
+    cfg.optim.warmup = 5
+    cfg.data.workers = 0
+    cfg.data.spec = "shapes:difficulty=0.3"
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["clip", "maskclip"])
+def test_method_trains_with_finite_falling_contrastive_loss(tmp_path, method):
+    cfg = small_config(tmp_path, method)
+    result = train(cfg)
+    assert result.steps == 40
+    rows = read_metrics(tmp_path / method / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(2, 41, 2))
+    keys = ["loss", "loss_contrastive", "lr", "logit_scale", "samples_per_s"]
+    if method == "maskclip":
+        keys += ["loss_distill", "loss_mlm"]
+    else:
+        assert rows[0]["loss_distill"] is None and rows[0]["loss_mlm"] is None
+    for r in rows:
+        for k in keys:
+            assert r[k] is not None and math.isfinite(r[k]), (k, r)
+    first = sum(r["loss_contrastive"] for r in rows[:3]) / 3
+    last = sum(r["loss_contrastive"] for r in rows[-3:]) / 3
+    assert last < first - 0.1, (first, last)
+    saved = json.loads((tmp_path / method / "config.json").read_text())
+    assert saved == cfg.to_dict()
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path):
+    cfg = small_config(tmp_path, "maskclip", steps=6)
+    cfg.run.checkpoint_every = 3
+    cfg.run.log_every = 1
+    train(cfg)
+    path = tmp_path / "maskclip" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)  # weights_only=True inside
+    assert state["step"] == 6 and state["config"] == cfg.to_dict()
+    assert {"clip", "extras", "teacher", "optimizer", "rng"} <= set(state)
+    assert any(k.startswith("image_decoder.") for k in state["extras"])
+    torch.load(path, weights_only=True)
+
+    copy = tmp_path / "copy.pt"
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, copy)
+    again = load_checkpoint(copy)
+    for k, v in state["clip"].items():
+        assert torch.equal(v, again["clip"][k])
+
+    cfg.run.steps = 9
+    train(cfg, resume=True)
+    rows = read_metrics(tmp_path / "maskclip" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 10))
+    assert load_checkpoint(path)["step"] == 9
+
+
+def test_corrupt_and_hostile_checkpoints_are_refused(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(bad)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed!",))
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"clip": {}, "x": Payload()}, hostile)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_checkpoint(hostile)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
