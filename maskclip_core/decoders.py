@@ -57,7 +57,7 @@ class TextDecoder(nn.Module):
         """Logits [n_masked, vocab] at the masked positions (no attention mask: bidirectional)."""
         x = self.blocks(hidden) if self.blocks is not None else hidden
         x = self.norm(x[mlm_mask])
-        return x @ token_embedding.to(x.dtype).t() + self.bias.to(x.dtype)
+        return nn.functional.linear(x, token_embedding.to(x.dtype), self.bias.to(x.dtype))
 
 
 class PrototypeHead(nn.Module):

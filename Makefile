@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what is missing first
+# (a virtual environment in .venv with the project in editable mode and its dev extra).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The stamp changes whenever pyproject.toml does, so dependency edits reinstall.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/maskclip-bench demo
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=mean,stddev,rounds
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks
