@@ -5,7 +5,7 @@ import importlib
 
 import typer
 
-_MODULES = ["train"]
+_MODULES = ["train", "evaluate", "export_cmds", "report_cmd"]
 
 
 def register_all(app: typer.Typer) -> None:

@@ -1,0 +1,268 @@
+"""Evaluation commands: `zeroshot`, `retrieval`, `linprobe`, `finetune`, `dense` and the suite runner `eval`.
+
+Each takes `--ckpt` (a trainer checkpoint, a plain open_clip checkpoint with `--model`, or
+`local-dir:DIR`) and a `--dataset` spec, prints a rich table and writes one JSON record per
+(checkpoint, dataset, task) into `--results-dir`. Image features go through the on-disk feature cache
+(`--cache-dir`, `--no-cache`). Heavy modules (torch, open_clip, the evaluators) are imported inside the
+commands so `maskclip-bench --help` stays fast.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import typer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from maskclip_bench.suites import EvalSession, PlannedTask, TaskResult
+
+# Options every evaluation command shares (typer reads these defaults).
+CKPT = typer.Option(..., "--ckpt", help="trainer checkpoint, open_clip checkpoint (with --model) or local-dir:DIR")
+MODEL = typer.Option(None, "--model", help="open_clip model name, required for a plain open_clip checkpoint")
+BATCH = typer.Option(64, "--batch-size", help="images per batch")
+RESULTS = typer.Option("results/runs", "--results-dir", help="folder receiving one JSON record per evaluation")
+SEED = typer.Option(0, "--seed", help="evaluation seed (probe init, splits, shuffling)")
+WORKERS = typer.Option(0, "--workers", help="DataLoader worker processes")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (always fp32, no autocast)")
+CACHE_DIR = typer.Option(None, "--cache-dir", help="feature cache folder (default ~/.cache/maskclip-bench)")
+NO_CACHE = typer.Option(False, "--no-cache", help="do not read or write the feature cache")
+DATA_SEED = typer.Option(0, "--data-seed", help="seed of the built-in shapes data (fixes the test set)")
+TEMPLATES = typer.Option(None, "--templates", help="zero-shot prompts: openai_imagenet, slip, simple or a file")
+QUIET = typer.Option(False, "--quiet", help="no progress lines")
+THREADS = typer.Option(0, "--threads", help="torch and BLAS CPU threads (0: default; 1 is fastest on a busy machine)")
+DATASET = typer.Option(..., "--dataset", help="dataset spec: shapes/shape_color, wds:DIR, imagefolder:DIR, ...")
+
+
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def print_results(results: list["TaskResult"], records: list[Path], results_dir: str) -> None:
+    """A rich table of the results, then where the records went."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="evaluation results", show_lines=True)
+    for column in ("task", "dataset", "metric", "value", "samples", "cache", "time"):
+        justify = "right" if column in ("value", "samples", "time") else "left"
+        table.add_column(column, overflow="fold", justify=justify)
+    for r in results:
+        task = r.task + (f" [{r.variant}]" if r.variant else "")
+        samples = str(r.num_samples) + (f" ({r.bad_samples} bad)" if r.bad_samples else "")
+        # One metric per line inside the row keeps the table narrow enough for a terminal.
+        cells = (task, r.dataset, "\n".join(r.metrics), "\n".join(_fmt(v) for v in r.metrics.values()),
+                 samples, r.feature_cache or "-", f"{r.wall_time_s:.1f}s")
+        table.add_row(*(escape(c) for c in cells))  # "[features=post]" is text, not rich markup
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {len(records)} record(s) to {results_dir}")
+
+
+# The options `execute` takes from every command (see `_common`).
+COMMON = ("ckpt", "model", "batch_size", "results_dir", "seed", "workers", "device", "cache_dir", "no_cache",
+          "data_seed", "quiet", "threads")
+
+
+def _common(values: dict[str, Any]) -> dict[str, Any]:
+    """The shared options out of a command's arguments (its `locals()`)."""
+    return {key: values[key] for key in COMMON}
+
+
+def execute(
+    plan: Callable[["EvalSession"], list["PlannedTask"]],
+    *,
+    specs: tuple[str, ...],
+    ckpt: str,
+    model: Optional[str],
+    batch_size: int,
+    results_dir: str,
+    seed: int,
+    workers: int,
+    device: str,
+    cache_dir: Optional[Path],
+    no_cache: bool,
+    data_seed: int,
+    quiet: bool,
+    threads: int,
+) -> list["TaskResult"]:
+    """Check the specs, load the checkpoint, plan, run (sharing features), write a record per result, print."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from maskclip_bench.feature_cache import FeatureCache
+    from maskclip_bench.loading import load_model
+    from maskclip_bench.records import write_record
+    from maskclip_bench.suites import EvalSession, result_record, run_suite
+
+    check_specs(specs)  # a typo in a spec fails before the checkpoint is loaded
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    if quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's per-class progress bar
+    err = Console(stderr=True)
+    log = (lambda message: None) if quiet else (lambda message: err.print(f"[dim]{escape(message)}[/dim]"))
+    loaded = load_model(ckpt, model)
+    session = EvalSession(loaded, batch_size=batch_size, workers=workers, seed=seed, data_seed=data_seed,
+                          device=device, cache=FeatureCache(cache_dir, enabled=not no_cache), log=log)
+    planned = plan(session)
+    # Logged only once planning worked, so a user error stays the one line on stderr.
+    log(f"checkpoint {loaded.ckpt_path} ({loaded.kind}, {loaded.model_name}, sha256 {loaded.content_hash[:12]}); "
+        f"{len(planned)} evaluation(s)")
+    written: list[Path] = []
+
+    def save(result: "TaskResult") -> None:
+        # Written as each task finishes, so a later failure keeps the earlier results.
+        written.append(write_record(result_record(result, session), results_dir))
+        log(f"{result.task} on {result.dataset}: done in {result.wall_time_s:.1f}s")
+
+    with _blas_threads(threads):
+        results = run_suite(session, planned, on_result=save)
+    print_results(results, written, results_dir)
+    return results
+
+
+def _blas_threads(threads: int) -> Any:
+    """Limit numpy/scikit-learn BLAS threads like torch's (probes are BLAS-bound); no-op for 0."""
+    import contextlib
+
+    if threads <= 0:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    return threadpool_limits(limits=threads)
+
+
+def check_specs(specs: tuple[str, ...] | list[str]) -> None:
+    """Parse dataset specs (kind, shapes task and options) without building anything; DataError if bad."""
+    from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
+    from maskclip_bench.eval_data.spec import split_kind
+
+    for spec in specs:
+        kind, rest = split_kind(spec)
+        if kind == "shapes":
+            parse_shapes_spec(rest)
+
+
+def _single(task: str, dataset: str, templates: Optional[str] = None,
+            **options: Any) -> Callable[["EvalSession"], list["PlannedTask"]]:
+    """A planner for one task on every dataset of a spec that fits the task."""
+
+    def plan(session: "EvalSession") -> list["PlannedTask"]:
+        from maskclip_core.errors import DataError
+        from maskclip_bench.suites import DATASET_TASK, PlannedTask
+
+        built = session.build(dataset, templates=templates)
+        fitting = [ds for ds in built if ds.task == DATASET_TASK[task]]
+        if not fitting:
+            what = ", ".join(sorted({f"{ds.name} ({ds.task})" for ds in built}))
+            raise DataError(f"{task} needs a {DATASET_TASK[task]} dataset; '{dataset}' gives {what}")
+        extra = {"templates": templates} if task == "zeroshot_classification" else {}
+        return [PlannedTask(task, ds, {**extra, **options}) for ds in fitting]
+
+    return plan
+
+
+def zeroshot_command(
+    ckpt: str = CKPT, dataset: str = DATASET, model: Optional[str] = MODEL, templates: Optional[str] = TEMPLATES,
+    batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
+    device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
+    data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
+) -> None:
+    """Zero-shot classification (acc1, acc5, mean_per_class_recall), computed as CLIP_benchmark does."""
+    execute(_single("zeroshot_classification", dataset, templates), specs=(dataset,), **_common(locals()))
+
+
+def retrieval_command(
+    ckpt: str = CKPT, dataset: str = DATASET, model: Optional[str] = MODEL,
+    recall_k: list[int] = typer.Option([1, 5, 10], "--recall-k", help="k of recall@k (repeatable)"),
+    batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
+    device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
+    data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
+) -> None:
+    """Image-text retrieval (image_retrieval_recall@k, text_retrieval_recall@k), as CLIP_benchmark computes it."""
+    execute(_single("zeroshot_retrieval", dataset, recall_k=tuple(recall_k)), specs=(dataset,), **_common(locals()))
+
+
+def linprobe_command(
+    ckpt: str = CKPT, dataset: str = DATASET, model: Optional[str] = MODEL,
+    features: str = typer.Option("pre", "--features", help="pre: pooled features before the projection "
+                                 "(CLIP's protocol for ViTs); post: the normalised projected embedding"),
+    batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
+    device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
+    data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
+) -> None:
+    """Linear probe (logistic regression, C picked on val) on frozen features: lp_acc1, lp_acc5, ..."""
+    if features not in ("pre", "post"):
+        raise typer.BadParameter("must be 'pre' or 'post'", param_hint="--features")
+    execute(_single("linear_probe", dataset, features=features), specs=(dataset,), **_common(locals()))
+
+
+def finetune_command(
+    ckpt: str = CKPT, dataset: str = DATASET, model: Optional[str] = MODEL,
+    epochs: int = typer.Option(2, "--epochs"), lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
+    device: str = DEVICE,
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="accepted like elsewhere; unused"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="accepted like elsewhere; unused"),
+    data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
+) -> None:
+    """Fine-tune the image tower with a linear head on the train split (ft_acc1, ft_acc5)."""
+    # Fine-tuning trains on images, so there are no features to cache.
+    options = {**_common(locals()), "cache_dir": None, "no_cache": True}
+    execute(_single("finetune", dataset, epochs=epochs, lr=lr), specs=(dataset,), **options)
+
+
+def dense_command(
+    ckpt: str = CKPT, dataset: str = DATASET, model: Optional[str] = MODEL,
+    epochs: int = typer.Option(10, "--epochs"),
+    batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
+    device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
+    data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
+) -> None:
+    """Dense linear probe on frozen patch tokens (miou, pixel_acc)."""
+    execute(_single("dense_probe", dataset, epochs=epochs), specs=(dataset,), **_common(locals()))
+
+
+def eval_command(
+    ckpt: str = CKPT,
+    suite: Optional[str] = typer.Option(None, "--suite", help="quick | shapes | full (quick when no --dataset)"),
+    dataset: list[str] = typer.Option([], "--dataset", help="extra dataset (repeatable); a bare shapes:OPTIONS "
+                                      "sets the options of the suite's shapes tasks"),
+    model: Optional[str] = MODEL, templates: Optional[str] = TEMPLATES,
+    batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
+    device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
+    data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
+) -> None:
+    """Run a suite of evaluations on one checkpoint, encoding each image set once (see maskclip_bench.suites)."""
+    chosen = suite if suite or dataset else "quick"
+    if chosen is not None:
+        from maskclip_core.errors import DataError
+        from maskclip_bench.suites import SUITES
+
+        if chosen not in SUITES:
+            raise DataError(f"unknown suite '{chosen}' (choose {', '.join(SUITES)})")
+
+    def plan(session: "EvalSession") -> list["PlannedTask"]:
+        from maskclip_bench.suites import plan_suite
+
+        return plan_suite(session, chosen, dataset, templates=templates)
+
+    execute(plan, specs=tuple(dataset), **_common(locals()))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the evaluation commands to the CLI."""
+    app.command("zeroshot")(zeroshot_command)
+    app.command("retrieval")(retrieval_command)
+    app.command("linprobe")(linprobe_command)
+    app.command("finetune")(finetune_command)
+    app.command("dense")(dense_command)
+    app.command("eval")(eval_command)

@@ -1,0 +1,59 @@
+"""`maskclip-bench export` (a checkpoint as an open_clip local-dir model) and `maskclip-bench data export`
+(an evaluation dataset in CLIP_benchmark's wds, open_clip's csv or an ImageFolder layout)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+data_app = typer.Typer(name="data", help="Dataset utilities.", no_args_is_help=True)
+
+
+def export_command(
+    ckpt: str = typer.Option(..., "--ckpt", help="trainer checkpoint, open_clip checkpoint (with --model) "
+                             "or local-dir:DIR"),
+    out: Path = typer.Option(..., "--out", help="folder for open_clip_config.json + open_clip_model.safetensors"),
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip model name, for a plain open_clip "
+                                        "checkpoint"),
+) -> None:
+    """Write a checkpoint as an open_clip local-dir model (loadable with open_clip and clip_benchmark)."""
+    from maskclip_bench.export import export_model
+
+    result = export_model(ckpt, out, model_name=model)
+    typer.echo(f"exported {result.model_name} (sha256 {result.source_hash[:12]}) to {result.out_dir}")
+    typer.echo(f"load it with open_clip.create_model_and_transforms('{result.open_clip_name}') or "
+               f"clip_benchmark eval --model '{result.open_clip_name}' --pretrained ''")
+
+
+@data_app.command("export")
+def data_export_command(
+    dataset: str = typer.Option(..., "--dataset", help="one classification or retrieval dataset spec, "
+                                "e.g. shapes/shape_color"),
+    split: str = typer.Option("test", "--split", help="test, val or train"),
+    fmt: str = typer.Option("wds", "--format", help="wds (CLIP_benchmark), csv (open_clip) or imagefolder"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier export of this split"),
+    seed: int = typer.Option(0, "--seed", help="shapes seed"),
+    image_size: int = typer.Option(64, "--image-size", help="size shapes images are rendered at"),
+    samples_per_shard: int = typer.Option(1000, "--samples-per-shard", help="wds samples per tar shard"),
+    image_format: str = typer.Option("png", "--image-format", help="png, webp (lossless) or jpg"),
+    templates: Optional[str] = typer.Option(None, "--templates", help="override the templates written"),
+) -> None:
+    """Export an evaluation dataset (see maskclip_bench.data_export for the layouts)."""
+    from maskclip_bench.data_export import export_dataset
+
+    result = export_dataset(dataset, split, fmt, out, seed=seed, image_size=image_size,
+                            samples_per_shard=samples_per_shard, image_format=image_format, templates=templates,
+                            overwrite=overwrite)
+    bad = f", {result.bad_samples} unreadable skipped" if result.bad_samples else ""
+    typer.echo(f"wrote {result.num_samples} {result.task} samples ({result.fmt}, {result.split}{bad}) "
+               f"to {result.out_dir}")
+    if fmt == "wds":
+        typer.echo(f"clip_benchmark eval --dataset wds/NAME --dataset_root {result.out_dir} --split {result.split}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `export` and the `data` group."""
+    app.command("export")(export_command)
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,23 @@
+"""`maskclip-bench report`: benchmark tables (markdown + CSV) from all evaluation records."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def report_command(
+    results_dir: Path = typer.Option(Path("results/runs"), "--results-dir", help="folder of evaluation records"),
+    out: Path = typer.Option(Path("results"), "--out", help="folder for benchmark.md/.csv and benchmark_long.csv"),
+) -> None:
+    """One row per checkpoint, one column per dataset/metric (latest record wins); see maskclip_bench.report."""
+    from maskclip_bench.report import write_report
+
+    files = write_report(results_dir, out)
+    typer.echo(f"{len(files.table)} checkpoint(s) from {files.num_records} record(s): "
+               f"{files.markdown}, {files.csv}, {files.long_csv}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `report`."""
+    app.command("report")(report_command)
