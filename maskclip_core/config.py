@@ -5,7 +5,6 @@ so a number can always be traced back to the exact setting that produced it.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import math
@@ -271,7 +270,3 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("workers must be >= 0")
     return cfg
 
-
-def replace(cfg: TrainConfig, **sections: Any) -> TrainConfig:
-    """A copy with whole sections replaced (for tests and grids)."""
-    return dataclasses.replace(cfg, **sections)

@@ -8,7 +8,6 @@ embeddings replaced (the MLM pass).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 
 from .errors import ConfigError
@@ -65,7 +64,3 @@ def encode_text_hidden(
     x = clip.transformer(x, attn_mask=attn_mask)
     return clip.ln_final(x)
 
-
-def normalized(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last dimension."""
-    return F.normalize(x, dim=-1)

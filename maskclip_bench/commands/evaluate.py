@@ -90,6 +90,7 @@ def execute(
     data_seed: int,
     quiet: bool,
     threads: int,
+    show: bool = True,
 ) -> list["TaskResult"]:
     """Check the specs, load the checkpoint, plan, run (sharing features), write a record per result, print."""
     from rich.console import Console
@@ -125,7 +126,8 @@ def execute(
 
     with _blas_threads(threads):
         results = run_suite(session, planned, on_result=save)
-    print_results(results, written, results_dir)
+    if show:
+        print_results(results, written, results_dir)
     return results
 
 
