@@ -5,7 +5,7 @@ import importlib
 
 import typer
 
-_MODULES = ["train", "evaluate", "export_cmds", "report_cmd"]
+_MODULES = ["train", "evaluate", "export_cmds", "report_cmd", "demo"]
 
 
 def register_all(app: typer.Typer) -> None:
