@@ -100,6 +100,7 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     log_every: int = 10
     checkpoint_every: int = 200
+    max_nonfinite: int = 5  # consecutive non-finite steps (skipped) before the run stops
 
 
 @dataclass
@@ -262,8 +263,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"steps must be >= 1, got {r.steps}")
     if r.batch_size < 2:
         raise ConfigError(f"batch_size must be >= 2 for a contrastive loss, got {r.batch_size}")
-    if r.log_every < 1 or r.checkpoint_every < 1:
-        raise ConfigError("log_every and checkpoint_every must be >= 1")
+    if r.log_every < 1 or r.checkpoint_every < 1 or r.max_nonfinite < 1:
+        raise ConfigError("log_every, checkpoint_every and max_nonfinite must be >= 1")
     if not 0.0 < cfg.data.aug_scale_min <= 1.0:
         raise ConfigError(f"aug_scale_min must be in (0, 1], got {cfg.data.aug_scale_min}")
     if cfg.data.workers < 0:

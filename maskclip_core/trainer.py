@@ -4,8 +4,11 @@ loss -> AdamW step -> logit-scale clamp -> EMA update -> metrics.jsonl / checkpo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
 from .data.spec import build_train_dataset, parse_data_spec
 from .ema import Teacher, momentum_at
-from .errors import CheckpointError
+from .errors import CheckpointError, MaskClipError
 from .loader import BatchStream
 from .masking import block_masking, random_masking
 from .mlm import mlm_mask
@@ -30,6 +33,7 @@ from .runlog import MetricsLog
 from .schedule import cosine_lr
 from .towers import create_clip, get_tokenizer, image_size_of
 
+logger = logging.getLogger(__name__)
 LOSS_KEYS = ("loss_contrastive", "loss_distill", "loss_mlm")
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -84,12 +88,33 @@ class MaskSampler:
 
 @dataclass
 class TrainResult:
-    """What a finished run leaves behind."""
+    """What a finished (or SIGTERM-stopped) run leaves behind."""
 
     out_dir: Path
     steps: int
     last_metrics: dict[str, Any]
     wall_time_s: float
+    stopped_early: bool = False
+    skipped_steps: int = 0
+
+
+class NonFiniteLossError(MaskClipError):
+    """Too many consecutive non-finite losses or gradients."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Yield a flag that turns true on SIGTERM (what SLURM and Kubernetes send), so the loop can checkpoint and
+    return cleanly at the end of the current step instead of dying mid-write."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_total_steps(cfg: TrainConfig, stream: BatchStream) -> int:
@@ -106,6 +131,10 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+
+
+def _finite_grads(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
 def train(
@@ -157,7 +186,6 @@ def train(
     total = resolve_total_steps(cfg, stream)
     log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None)
     masks = MaskSampler(model, run.seed)
-    use_bf16 = run.precision == "bf16"
 
     def checkpoint() -> None:
         extras = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
@@ -172,49 +200,71 @@ def train(
         )
 
     model.train()
+    use_bf16 = run.precision == "bf16"
     start_time = time.time()
-    window_start, window_samples = time.perf_counter(), 0
-    last: dict[str, Any] = {}
-    while step < total:
-        lr = cosine_lr(step, cfg.optim.lr, cfg.optim.warmup, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = next(stream)
-        image, text = batch["image"].to(device, non_blocking=True), batch["text"].to(device, non_blocking=True)
-        sample_ids = torch.arange(step * run.batch_size, (step + 1) * run.batch_size)
-        extra = {k: v.to(device) for k, v in masks(step, sample_ids, text.cpu()).items()}
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
-        with autocast:
-            targets = teacher.targets(image) if teacher is not None else None
-            losses = model(image, text, teacher_targets=targets, **extra)
-            loss = model.total_loss(losses)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        with torch.no_grad():
-            model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        momentum = momentum_at(step, total, cfg.method.ema_momentum, cfg.method.ema_momentum_end)
-        if teacher is not None:
-            teacher.update(model, momentum)
-        step += 1
-        window_samples += run.batch_size
-        if on_step is not None:
-            on_step(step, total)
-        if step % run.log_every == 0 or step == total:
-            now = time.perf_counter()
-            last = {
-                "step": step, "epoch": stream.epoch, "loss": float(loss.detach()),
-                **{k: (float(losses[k].detach()) if k in losses else None) for k in LOSS_KEYS},
-                "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
-                "ema_momentum": momentum if teacher is not None else None,
-                "samples_per_s": window_samples / max(now - window_start, 1e-9),
-            }
-            log.write(last)
-            if on_log is not None:
-                on_log(last)
-            window_start, window_samples = now, 0
-        if step % run.checkpoint_every == 0 or step == total:
-            checkpoint()
-    return TrainResult(out, step, last, time.time() - start_time)
+    with stop_on_sigterm() as stop:  # SIGTERM: finish the step, checkpoint, return
+        window_start, window_samples = time.perf_counter(), 0
+        last: dict[str, Any] = {}
+        skipped, consecutive = 0, 0
+        while step < total:
+            lr = cosine_lr(step, cfg.optim.lr, cfg.optim.warmup, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = next(stream)
+            image, text = batch["image"].to(device, non_blocking=True), batch["text"].to(device, non_blocking=True)
+            sample_ids = torch.arange(step * run.batch_size, (step + 1) * run.batch_size)
+            extra = {k: v.to(device) for k, v in masks(step, sample_ids, text.cpu()).items()}
+            autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
+            with autocast:
+                targets = teacher.targets(image) if teacher is not None else None
+                losses = model(image, text, teacher_targets=targets, **extra)
+                loss = model.total_loss(losses)
+            optimizer.zero_grad(set_to_none=True)
+            momentum = momentum_at(step, total, cfg.method.ema_momentum, cfg.method.ema_momentum_end)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                finite = _finite_grads(model)
+            if finite:
+                consecutive = 0
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                with torch.no_grad():
+                    model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                if teacher is not None:
+                    teacher.update(model, momentum)
+            else:
+                # Skip the step: neither the optimizer nor the teacher moves; the step still counts (the batch is
+                # consumed), so the schedule and data position stay those of an uninterrupted run.
+                optimizer.zero_grad(set_to_none=True)
+                skipped, consecutive = skipped + 1, consecutive + 1
+                logger.warning("step %d: non-finite loss or gradient, step skipped", step + 1)
+                if consecutive >= run.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"{consecutive} consecutive non-finite losses/gradients at step {step + 1}; stopped, the last "
+                        f"good checkpoint is {out / 'checkpoints' / 'last.pt'}"
+                    )
+            step += 1
+            window_samples += run.batch_size
+            if on_step is not None:
+                on_step(step, total)
+            if step % run.log_every == 0 or step == total:
+                now = time.perf_counter()
+                last = {
+                    "step": step, "epoch": stream.epoch, "loss": float(loss.detach()),
+                    **{k: (float(losses[k].detach()) if k in losses else None) for k in LOSS_KEYS},
+                    "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
+                    "ema_momentum": momentum if teacher is not None else None,
+                    "samples_per_s": window_samples / max(now - window_start, 1e-9),
+                    "nonfinite_skipped": skipped,
+                }
+                log.write(last)
+                if on_log is not None:
+                    on_log(last)
+                window_start, window_samples = now, 0
+            if step % run.checkpoint_every == 0 or step == total or stop.is_set():
+                checkpoint()
+            if stop.is_set():
+                return TrainResult(out, step, last, time.time() - start_time, stopped_early=True, skipped_steps=skipped)
+        return TrainResult(out, step, last, time.time() - start_time, skipped_steps=skipped)

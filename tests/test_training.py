@@ -91,3 +91,55 @@ def test_corrupt_and_hostile_checkpoints_are_refused(tmp_path):
         load_checkpoint(hostile)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
+    from maskclip_core.model import MaskCLIP
+    from maskclip_core.trainer import NonFiniteLossError
+
+    cfg = small_config(tmp_path, "clip", steps=6)
+    cfg.run.log_every = 1
+    cfg.run.max_nonfinite = 3
+    real_total = MaskCLIP.total_loss
+    calls = {"n": 0}
+
+    def flaky_total(self, losses):
+        calls["n"] += 1
+        loss = real_total(self, losses)
+        return loss * float("nan") if calls["n"] == 2 else loss  # step 2 goes non-finite once
+
+    monkeypatch.setattr(MaskCLIP, "total_loss", flaky_total)
+    result = train(cfg)
+    assert result.steps == 6 and result.skipped_steps == 1
+    rows = read_metrics(tmp_path / "clip" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 7))  # no duplicated or missing steps
+    assert rows[-1]["nonfinite_skipped"] == 1
+
+    monkeypatch.setattr(MaskCLIP, "total_loss", lambda self, losses: real_total(self, losses) * float("inf"))
+    cfg.run.out = str(tmp_path / "always_nan")
+    with pytest.raises(NonFiniteLossError, match="3 consecutive"):
+        train(cfg)
+
+
+def test_sigterm_checkpoints_and_exits_zero(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskclip_bench", "train", "--method", "clip", "--steps", "100000",
+         "--batch-size", "8", "--out", str(out), "--set", "workers=0", "--set", "log_every=1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 400  # generous: the first steps include imports and model construction
+    metrics = out / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert 2 <= state["step"] < 100000
+    assert read_metrics(metrics)[-1]["step"] == state["step"]
