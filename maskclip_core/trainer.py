@@ -175,8 +175,11 @@ def train(
 
     step, epoch, batch_in_epoch = 0, 0, 0
     if state is not None:
-        model.clip.load_state_dict(state["clip"])
-        model.load_state_dict(state["extras"], strict=False)
+        try:
+            model.load_state_dict({**{f"clip.{k}": v for k, v in state["clip"].items()}, **state["extras"]})
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt_path} does not match this config's model: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
