@@ -1,0 +1,357 @@
+"""Ablation grids: named grids of training-config values, expanded into cells (values x seeds), each trained
+and evaluated in its own folder, resumably, optionally in parallel processes.
+
+A cell folder (``<out>/<grid>=<value>[/<grid2>=<value2>]/seed=<n>/``) holds the trainer's ``config.json``,
+``metrics.jsonl`` and ``checkpoints/last.pt``, the evaluation ``records/``, and, written last, ``cell.json``
+(the cell's config, metrics and times). A cell with ``cell.json`` is finished and skipped on a rerun; a
+cell with a checkpoint but no ``cell.json`` was interrupted and resumes from its checkpoint; a cell that
+raises writes ``error.txt`` and the grid goes on with the others.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from maskclip_core.config import TrainConfig, resolve_key, set_value, validate
+from maskclip_core.errors import ConfigError
+
+CELL_MARKER = "cell.json"
+CELL_ERROR = "error.txt"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A named axis of an ablation: one config key, its values and the paper's reference value."""
+
+    name: str
+    key: str  # TrainConfig key (`section.field`)
+    values: tuple[Any, ...]
+    reference: Any
+    description: str = ""
+
+
+GRIDS: dict[str, Grid] = {
+    "method": Grid("method", "method.name", ("clip", "maskclip"), "clip", "CLIP vs MaskCLIP, same code and budget"),
+    "mask_ratio": Grid("mask_ratio", "method.mask_ratio", (0.25, 0.5, 0.75, 0.9), 0.75, "fraction of masked patches"),
+    "decoder_depth": Grid("decoder_depth", "method.decoder_depth", (0, 1, 2, 4), 2, "image decoder blocks"),
+    "distill_target": Grid("distill_target", "method.distill_target", ("feature", "soft", "pixel"), "feature",
+                           "what the masked patches predict"),
+    "mlm": Grid("mlm", "method.w_mlm", (0.0, 1.0), 1.0, "weight of the text MLM loss"),
+    "contrastive_view": Grid("contrastive_view", "method.contrastive_view", ("full", "masked"), "full",
+                             "contrastive image features from the full or the masked image"),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a grid: a value per axis and a seed."""
+
+    assignment: tuple[tuple[str, Any], ...]  # ((grid name, value), ...) in grid order
+    seed: int
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """{grid name: value}."""
+        return dict(self.assignment)
+
+    @property
+    def folder(self) -> Path:
+        """Relative folder: ``<grid>=<value>/.../seed=<n>``."""
+        return Path(*(f"{name}={value_label(value)}" for name, value in self.assignment), f"seed={self.seed}")
+
+
+def value_label(value: Any) -> str:
+    """How a value appears in folder names and tables (floats without trailing noise)."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def grid_label(names: Sequence[str]) -> str:
+    """File-name label of a (product) grid: names joined with ``x``."""
+    return "x".join(names)
+
+
+def _typed_values(grid: Grid, raw: Sequence[Any]) -> tuple[Any, ...]:
+    """Values coerced to the config field's type (``--values 0.5,0.9`` -> floats); ConfigError if invalid."""
+    out = []
+    for value in raw:
+        cfg = TrainConfig()
+        set_value(cfg, grid.key, value.strip() if isinstance(value, str) else value)
+        section, name = grid.key.split(".", 1)
+        out.append(getattr(getattr(cfg, section), name))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"--values for grid '{grid.name}' repeats a value: {', '.join(map(str, raw))}")
+    return tuple(out)
+
+
+def resolve_grids(names: Sequence[str], values: str | None = None) -> list[Grid]:
+    """The named grids, `values` (comma-separated, only with one grid) replacing the default values."""
+    if not names:
+        raise ConfigError(f"give at least one --grid ({', '.join(GRIDS)})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--grid repeated: {', '.join(names)}")
+    unknown = [n for n in names if n not in GRIDS]
+    if unknown:
+        raise ConfigError(f"unknown grid '{unknown[0]}' (choose {', '.join(GRIDS)})")
+    grids = [GRIDS[n] for n in names]
+    if values is not None:
+        if len(grids) != 1:
+            raise ConfigError("--values needs exactly one --grid")
+        parts = [v for v in values.split(",") if v.strip()]
+        if not parts:
+            raise ConfigError("--values is empty")
+        g = grids[0]
+        grids = [Grid(g.name, g.key, _typed_values(g, parts), g.reference, g.description)]
+    return grids
+
+
+def expand_cells(grids: Sequence[Grid], seeds: int, first_seed: int = 0) -> list[Cell]:
+    """Every (value combination, seed) of a product of grids; seeds first_seed .. first_seed + seeds - 1."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    combos = itertools.product(*(tuple((g.name, v) for v in g.values) for g in grids))
+    return [Cell(tuple(combo), seed) for combo in combos for seed in range(first_seed, first_seed + seeds)]
+
+
+def reference_assignment(grids: Sequence[Grid]) -> dict[str, Any]:
+    """{grid name: reference value}; the reference row of a product grid has every axis at its reference."""
+    return {g.name: g.reference for g in grids}
+
+
+def cell_config(base: TrainConfig, grids: Sequence[Grid], cell: Cell, out_root: Path, threads: int) -> TrainConfig:
+    """The cell's TrainConfig: a copy of `base` with the cell's values, seed, folder and thread budget."""
+    cfg = TrainConfig.from_dict(base.to_dict())
+    for grid in grids:
+        set_value(cfg, grid.key, cell.values[grid.name], parse=False)
+    cfg.run.seed = cell.seed
+    cfg.run.out = str(out_root / cell.folder)
+    cfg.run.threads = threads
+    return validate(cfg)
+
+
+# Fields that may differ between a finished cell and a rerun without changing its numbers.
+_IGNORED_KEYS = ("run.out", "run.threads", "data.workers", "run.log_every", "run.checkpoint_every")
+
+
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the fields that do not change results (paths, threads, logging)."""
+    out = json.loads(json.dumps(config))
+    for key in _IGNORED_KEYS:
+        section, name = key.split(".")
+        out.get(section, {}).pop(name, None)
+    return out
+
+
+@dataclass
+class EvalSpec:
+    """How each cell is evaluated: a suite and extra dataset specs (a bare ``shapes:OPTIONS`` sets sizes)."""
+
+    suite: str = "quick"
+    datasets: tuple[str, ...] = ()
+    batch_size: int = 250
+
+
+@dataclass
+class CellJob:
+    """Everything a worker process needs to run one cell (picklable)."""
+
+    config: dict[str, Any]
+    folder: str
+    values: dict[str, Any]
+    seed: int
+    eval_spec: EvalSpec
+    threads: int
+
+
+@dataclass
+class CellResult:
+    """Outcome of one cell: "done", "skipped" (finished before), or "failed"."""
+
+    folder: str
+    status: str
+    values: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    error: str = ""
+
+
+def metric_key(dataset: str, metric: str, variant: str = "") -> str:
+    """``<dataset without options>/<metric>[variant]``: the same name whatever the eval set sizes."""
+    return f"{dataset.split(':', 1)[0]}/{metric}" + (f"[{variant}]" if variant else "")
+
+
+def read_cell(folder: Path) -> dict[str, Any] | None:
+    """The finished marker of a cell folder, or None when the cell has not finished."""
+    path = folder / CELL_MARKER
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None  # a half-written marker (it is written atomically, so only by hand) counts as unfinished
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)  # the marker appears whole or not at all
+
+
+def evaluate_cell(ckpt: Path, records_dir: Path, eval_spec: EvalSpec, seed: int) -> dict[str, float]:
+    """Run the eval suite on a cell's checkpoint (one thread), write records; return {metric_key: value}."""
+    from maskclip_bench.commands.evaluate import execute
+    from maskclip_bench.suites import plan_suite
+
+    results = execute(
+        lambda session: plan_suite(session, eval_spec.suite, list(eval_spec.datasets)),
+        specs=tuple(eval_spec.datasets), ckpt=str(ckpt), model=None, batch_size=eval_spec.batch_size,
+        results_dir=str(records_dir), seed=0, workers=0, device="cpu", cache_dir=None, no_cache=True,
+        data_seed=0, quiet=True, threads=1, show=False,
+    )
+    metrics: dict[str, float] = {}
+    for r in results:
+        for name, value in r.metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[metric_key(r.dataset, name, r.variant)] = float(value)
+    return metrics
+
+
+def run_cell(job: CellJob) -> CellResult:
+    """Train (or resume) and evaluate one cell; never raises: a failure is written to ``error.txt``."""
+    import shutil
+
+    import torch
+
+    folder = Path(job.folder)
+    start = time.time()
+    threads_before = torch.get_num_threads()
+    try:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's per-class progress bars
+        from maskclip_core.trainer import train
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CELL_ERROR).unlink(missing_ok=True)
+        torch.set_num_threads(job.threads)
+        cfg = TrainConfig.from_dict(job.config)
+        ckpt = folder / "checkpoints" / "last.pt"
+        run = train(cfg, resume=ckpt.is_file())
+        records = folder / "records"
+        shutil.rmtree(records, ignore_errors=True)  # records of an interrupted evaluation would double count
+        metrics = evaluate_cell(ckpt, records, job.eval_spec, job.seed)
+        last = run.last_metrics or _last_logged(folder)
+        for key in ("loss", "loss_contrastive", "loss_distill", "loss_mlm"):
+            if last.get(key) is not None:
+                metrics[f"train/{key}"] = float(last[key])
+        wall = time.time() - start
+        _write_json_atomic(folder / CELL_MARKER, {
+            "values": job.values, "seed": job.seed, "config": job.config, "metrics": metrics,
+            "steps": run.steps, "train_wall_time_s": run.wall_time_s, "wall_time_s": wall,
+            "eval": {"suite": job.eval_spec.suite, "datasets": list(job.eval_spec.datasets)},
+        })
+        return CellResult(str(folder), "done", job.values, job.seed, metrics, wall)
+    except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
+        (folder / CELL_ERROR).write_text(traceback.format_exc())
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return CellResult(str(folder), "failed", job.values, job.seed, {}, time.time() - start, message)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _last_logged(folder: Path) -> dict[str, Any]:
+    """Last line of a run's metrics.jsonl (a resumed, already finished run logs nothing new)."""
+    path = folder / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class GridRun:
+    """What `run_grid` did: every cell's result (finished before or now) and the wall time of this call."""
+
+    results: list[CellResult]
+    wall_time_s: float
+
+    @property
+    def failed(self) -> list[CellResult]:
+        """Cells that raised."""
+        return [r for r in self.results if r.status == "failed"]
+
+
+def plan_jobs(base: TrainConfig, grids: Sequence[Grid], cells: Sequence[Cell], out_root: Path, threads: int,
+              eval_spec: EvalSpec) -> tuple[list[CellJob], list[CellResult]]:
+    """(jobs to run, results of finished cells). A finished or started cell whose config differs from the
+    one asked for now is an error: its numbers would silently mix two settings."""
+    jobs, finished = [], []
+    for cell in cells:
+        cfg = cell_config(base, grids, cell, out_root, threads)
+        folder = out_root / cell.folder
+        wanted = comparable_config(cfg.to_dict())
+        done = read_cell(folder)
+        existing = done["config"] if done else _saved_config(folder)
+        if existing is not None and comparable_config(existing) != wanted:
+            raise ConfigError(f"{folder} holds a run with another config; use another --out or delete it")
+        if done is not None:
+            finished.append(CellResult(str(folder), "skipped", cell.values, cell.seed, done.get("metrics", {}),
+                                       float(done.get("wall_time_s", 0.0))))
+        else:
+            jobs.append(CellJob(cfg.to_dict(), str(folder), cell.values, cell.seed, eval_spec, threads))
+    return jobs, finished
+
+
+def _saved_config(folder: Path) -> dict[str, Any] | None:
+    path = folder / "config.json"
+    if not (folder / "checkpoints" / "last.pt").is_file() or not path.is_file():
+        return None  # nothing to resume: the cell starts over whatever config.json says
+    return json.loads(path.read_text())
+
+
+def run_grid(jobs: Sequence[CellJob], finished: Sequence[CellResult], workers: int = 1,
+             on_update: Callable[[str, CellResult | None], None] | None = None) -> GridRun:
+    """Run the jobs (in this process with one worker, else in `workers` spawned processes).
+
+    `on_update(event, result)` sees "start" (result None; once per job when it is handed out) and "end".
+    """
+    start = time.time()
+    results = list(finished)
+    notify = on_update or (lambda event, result: None)
+    if workers <= 1:
+        for job in jobs:
+            notify("start", None)
+            result = run_cell(job)
+            results.append(result)
+            notify("end", result)
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        # spawn, not fork: forking a process that already ran torch threads can deadlock.
+        context = multiprocessing.get_context("spawn")
+        threads = jobs[0].threads if jobs else 1
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            pending = list(jobs)
+            running = set()
+            while pending or running:
+                while pending and len(running) < workers:
+                    running.add(pool.submit(run_cell, pending.pop(0)))
+                    notify("start", None)
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()
+                    results.append(result)
+                    notify("end", result)
+    return GridRun(results, time.time() - start)

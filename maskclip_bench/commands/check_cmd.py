@@ -1,0 +1,69 @@
+"""`maskclip-bench check`: the CI regression check against a committed baseline (see maskclip_bench.check)."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+
+def check_command(
+    baseline: Path = typer.Option(Path("results/baselines/ci.json"), "--baseline", help="baseline JSON file"),
+    update: bool = typer.Option(False, "--update", help="rewrite the baseline from --seeds fresh runs"),
+    seeds: int = typer.Option(3, "--seeds", help="with --update: runs (seeds) whose spread sets the tolerances"),
+    k: float = typer.Option(3.0, "--k", help="with --update: tolerance = max(k * std over seeds, floor)"),
+    steps: int = typer.Option(None, "--steps", help="with --update: training steps (default: kept or 40)"),
+    threads: int = typer.Option(None, "--threads", help="torch threads of the check run (default: from baseline)"),
+) -> None:
+    """Train the tiny model for a fixed short budget, evaluate, and fail (exit 1) naming any metric that
+    fell below its baseline by more than the recorded tolerance."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from maskclip_bench import check
+    from maskclip_core.errors import ConfigError
+
+    console = Console()
+    if update:
+        if seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+        settings = (check.CheckSettings.from_dict(check.load_baseline(baseline)["settings"])
+                    if baseline.is_file() else check.CheckSettings())
+        if steps is not None:
+            settings.steps = steps
+        if threads is not None:
+            settings.threads = threads
+        runs, start = [], time.time()
+        for i in range(seeds):
+            runs.append(check.measure(settings, seed=settings.seed + i))
+            console.print(f"seed {settings.seed + i}: " + ", ".join(f"{m} {v:.4f}" for m, v in runs[-1].items()))
+        command = "maskclip-bench " + shlex.join(sys.argv[1:])
+        data = check.build_baseline(settings, runs, command, k=k, wall_time_s=(time.time() - start) / seeds)
+        check.write_baseline(baseline, data)
+        console.print(f"wrote {baseline} ({seeds} seed(s), {data['wall_time_s_per_run']:.0f}s per run)")
+        return
+
+    data = check.load_baseline(baseline)
+    if threads is not None:
+        data = {**data, "settings": {**data["settings"], "threads": threads}}
+    outcome = check.run_check(data)
+    table = Table(title=f"check against {baseline} ({outcome.wall_time_s:.0f}s)")
+    for column in ("metric", "value", "baseline", "tolerance", "status"):
+        table.add_column(column)
+    failed = {f.metric for f in outcome.failures}
+    for name, entry in data["metrics"].items():
+        value = outcome.metrics.get(name)
+        table.add_row(name, "-" if value is None else f"{value:.4f}", f"{entry['value']:.4f}",
+                      f"{entry['tolerance']:.4f}", "[red]FAIL[/red]" if name in failed else "ok")
+    console.print(table)
+    if outcome.failures:
+        for failure in outcome.failures:
+            typer.secho(f"regression: {failure}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `check`."""
+    app.command("check")(check_command)

@@ -1,0 +1,191 @@
+"""Ablation grids: expansion, a tiny end-to-end grid, resumption, and the mean/std/diff tables."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from maskclip_bench import ablate, aggregate
+from maskclip_core.config import TrainConfig
+from maskclip_core.errors import ConfigError
+
+
+def test_named_grids_have_paper_references():
+    assert ablate.GRIDS["mask_ratio"].values == (0.25, 0.5, 0.75, 0.9) and ablate.GRIDS["mask_ratio"].reference == 0.75
+    assert ablate.GRIDS["decoder_depth"].values == (0, 1, 2, 4) and ablate.GRIDS["decoder_depth"].reference == 2
+    assert ablate.GRIDS["method"].reference == "clip"
+    for grid in ablate.GRIDS.values():
+        assert grid.reference in grid.values
+
+
+def test_expansion_product_seeds_and_folders():
+    grids = ablate.resolve_grids(["method", "mask_ratio"])
+    cells = ablate.expand_cells(grids, seeds=2)
+    assert len(cells) == 2 * 4 * 2
+    assert len({c.folder for c in cells}) == len(cells)
+    assert cells[0].folder == Path("method=clip/mask_ratio=0.25/seed=0")
+    assert {c.seed for c in cells} == {0, 1}
+    assert ablate.reference_assignment(grids) == {"method": "clip", "mask_ratio": 0.75}
+    assert ablate.grid_label([g.name for g in grids]) == "methodxmask_ratio"
+
+
+def test_values_override_is_typed_and_validated():
+    (grid,) = ablate.resolve_grids(["mask_ratio"], "0.5, 0.9")
+    assert grid.values == (0.5, 0.9) and all(isinstance(v, float) for v in grid.values)
+    (depth,) = ablate.resolve_grids(["decoder_depth"], "0,3")
+    assert depth.values == (0, 3)
+    with pytest.raises(ConfigError, match="exactly one"):
+        ablate.resolve_grids(["mask_ratio", "method"], "0.5")
+    with pytest.raises(ConfigError, match="unknown grid"):
+        ablate.resolve_grids(["mask_ratoi"])
+    with pytest.raises(ConfigError):
+        ablate.resolve_grids(["decoder_depth"], "two")
+    cfg = ablate.cell_config(TrainConfig(), [grid], ablate.expand_cells([grid], 1)[0], Path("/tmp/x"), 1)
+    assert cfg.method.mask_ratio == 0.5 and cfg.run.out == "/tmp/x/mask_ratio=0.5/seed=0"
+    bad = ablate.Grid("mask_ratio", "method.mask_ratio", (1.5,), 0.75)
+    with pytest.raises(ConfigError, match="mask_ratio"):
+        ablate.cell_config(TrainConfig(), [bad], ablate.expand_cells([bad], 1)[0], Path("/tmp/x"), 1)
+
+
+def _hand_cells():
+    # mask_ratio 0.75 is the reference; two seeds each.
+    return [
+        {"values": {"mask_ratio": 0.5}, "seed": 0, "metrics": {"shapes/shape_color/acc1": 0.2, "train/loss": 3.0}},
+        {"values": {"mask_ratio": 0.5}, "seed": 1, "metrics": {"shapes/shape_color/acc1": 0.4, "train/loss": 2.0}},
+        {"values": {"mask_ratio": 0.75}, "seed": 0, "metrics": {"shapes/shape_color/acc1": 0.5, "train/loss": 1.0}},
+        {"values": {"mask_ratio": 0.75}, "seed": 1, "metrics": {"shapes/shape_color/acc1": 0.7, "train/loss": 1.0}},
+    ]
+
+
+def test_mean_std_and_diff_columns():
+    frame = aggregate.cells_frame(_hand_cells())
+    table = aggregate.summarize(frame, ["mask_ratio"], {"mask_ratio": 0.75})
+    low, ref = table.iloc[0], table.iloc[1]
+    assert low["mask_ratio"] == 0.5 and low["n"] == 2 and not low["reference"] and ref["reference"]
+    assert low["shapes/shape_color/acc1 mean"] == pytest.approx(0.3)
+    assert low["shapes/shape_color/acc1 std"] == pytest.approx(0.1414213, rel=1e-5)  # sample std (ddof 1)
+    assert low["shapes/shape_color/acc1 diff"] == pytest.approx(-0.3)
+    assert ref["shapes/shape_color/acc1 diff"] == pytest.approx(0.0)
+    assert low["train/loss diff"] == pytest.approx(1.5)
+
+
+def test_write_tables_md_csv_and_plots(tmp_path):
+    written = aggregate.write_tables(_hand_cells(), ["mask_ratio"], {"mask_ratio": 0.75}, tmp_path, "mask_ratio",
+                                     "Produced by: `maskclip-bench ablate --grid mask_ratio`")
+    md = (tmp_path / "ablation_mask_ratio.md").read_text()
+    assert "maskclip-bench ablate --grid mask_ratio" in md
+    assert "30.0 ± 14.1" in md and "-30.0" in md and "**0.75** (ref)" in md
+    csv = (tmp_path / "ablation_mask_ratio.csv").read_text()
+    assert csv.startswith("# Produced by")
+    png = tmp_path / "ablation_mask_ratio_shapes_shape_color_acc1.png"
+    assert png in written and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _run_cli(args):
+    from typer.testing import CliRunner
+
+    from maskclip_bench.cli import _register_commands, app
+
+    _register_commands()
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+TINY = ["--steps", "3", "--batch-size", "8", "--model", "MaskCLIP-Tiny-8", "--data", "shapes",
+        "--set", "workers=0", "--set", "log_every=1", "--set", "warmup=1", "--threads", "1", "--quiet",
+        "--eval-dataset", "shapes:test=32,train=32,val=16", "--eval-batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    """A two-cell grid (decoder_depth 0 and 2, one seed), three training steps each, run once."""
+    root = tmp_path_factory.mktemp("grid")
+    args = ["ablate", "--grid", "decoder_depth", "--values", "0,2", *TINY, "--out", str(root / "cells"),
+            "--tables", str(root / "tables")]
+    result = _run_cli(args)
+    assert result.exit_code == 0, result.output
+    return root, args
+
+
+def test_two_cell_grid_end_to_end(tiny_grid):
+    root, _ = tiny_grid
+    for depth in (0, 2):
+        cell = root / "cells" / f"decoder_depth={depth}" / "seed=0"
+        marker = json.loads((cell / "cell.json").read_text())
+        assert marker["config"]["method"]["decoder_depth"] == depth and marker["steps"] == 3
+        assert "shapes/shape_color/acc1" in marker["metrics"] and "shapes/shape_color/lp_acc1" in marker["metrics"]
+        assert (cell / "checkpoints" / "last.pt").is_file() and list((cell / "records").glob("*.json"))
+        assert json.loads((cell / "config.json").read_text())["method"]["decoder_depth"] == depth
+    md = (root / "tables" / "ablation_decoder_depth.md").read_text()
+    assert "**2** (ref)" in md and "3 steps" in md and "Wall time" in md
+    assert (root / "tables" / "ablation_decoder_depth_shapes_shape_color_acc1.png").is_file()
+
+
+def test_resume_skips_finished_and_resumes_interrupted(tiny_grid, monkeypatch):
+    root, args = tiny_grid
+    done = root / "cells" / "decoder_depth=2" / "seed=0"
+    interrupted = root / "cells" / "decoder_depth=0" / "seed=0"
+    before = (done / "cell.json").read_text()
+    # Interrupted after training: checkpoint kept, marker and records gone.
+    (interrupted / "cell.json").unlink()
+    shutil.rmtree(interrupted / "records")
+    calls = []
+    import maskclip_core.trainer as trainer
+
+    real_train = trainer.train
+
+    def spy(cfg, resume=False, **kw):
+        calls.append((cfg.run.out, resume))
+        return real_train(cfg, resume=resume, **kw)
+
+    monkeypatch.setattr(trainer, "train", spy)
+    result = _run_cli(args)
+    assert result.exit_code == 0, result.output
+    assert calls == [(str(interrupted), True)]  # the finished cell never trained again
+    assert (done / "cell.json").read_text() == before
+    assert (interrupted / "cell.json").is_file() and list((interrupted / "records").glob("*.json"))
+    lines = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]  # resumed at the end: no step repeated
+
+
+def test_changed_config_is_refused_and_failing_cell_reported(tiny_grid, tmp_path):
+    root, args = tiny_grid
+    changed = [a if a != "3" else "4" for a in args]  # --steps 4 against cells trained for 3
+    with pytest.raises(ConfigError, match="another config"):
+        _run_cli(changed)
+    # A failing cell (unreadable checkpoint) writes error.txt; the other cell still finishes.
+    out = tmp_path / "cells"
+    broken = out / "decoder_depth=0" / "seed=0"
+    (broken / "checkpoints").mkdir(parents=True)
+    (broken / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    fresh = ["ablate", "--grid", "decoder_depth", "--values", "0,2", *TINY, "--out", str(out),
+             "--tables", str(tmp_path / "tables"), "--set", "steps=1"]
+    result = _run_cli(fresh)
+    assert result.exit_code == 1
+    assert (broken / "error.txt").is_file() and not (broken / "cell.json").exists()
+    assert (out / "decoder_depth=2" / "seed=0" / "cell.json").is_file()
+
+
+def _record(method, seed, acc1):
+    from maskclip_bench.records import make_record
+
+    cfg = TrainConfig().to_dict()
+    cfg["method"]["name"], cfg["run"]["seed"], cfg["run"]["out"] = method, seed, f"runs/{method}/{seed}"
+    return make_record(task="zeroshot_classification", dataset="shapes/shape_color:test=64", metrics={"acc1": acc1},
+                       checkpoint=f"{method}{seed}.pt", checkpoint_hash=f"{method}{seed}" * 4, model="MaskCLIP-Tiny-8",
+                       train_config=cfg, eval_seed=0, num_samples=64, bad_samples=0, wall_time_s=1.0)
+
+
+def test_comparison_rows_from_records_and_empty_case(tmp_path):
+    from maskclip_bench.comparison import write_comparison
+    from maskclip_bench.records import write_record
+
+    empty = write_comparison([tmp_path / "none"], tmp_path / "empty").read_text()
+    assert "No records found" in empty and "ImageNet zero-shot top-1 | 37.6 | 42.7 | +5.1" in empty
+    for method, accs in (("clip", (0.2, 0.3, 0.4)), ("maskclip", (0.5, 0.6, 0.7))):
+        for seed, acc in enumerate(accs):
+            write_record(_record(method, seed, acc), tmp_path / "recs")
+    md = write_comparison([tmp_path / "recs"], tmp_path / "out").read_text()
+    assert "| zero-shot | shapes/shape_color | acc1 | 30.0 ± 10.0 | 60.0 ± 10.0 | +30.0 | yes |" in md
+    assert "A-CLIP README" in md and "Published reference" in md
