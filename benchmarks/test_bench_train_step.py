@@ -14,6 +14,7 @@ import torch
 from maskclip_core.config import TrainConfig
 from maskclip_core.ema import Teacher, momentum_at
 from maskclip_core.optim import build_optimizer
+from maskclip_core.precision import compute_context
 from maskclip_core.trainer import MaskSampler, build_model
 
 BATCH = 64
@@ -41,7 +42,7 @@ def make_step(variant: str, precision: str):
     def step():
         s = state["step"]
         extra = masks(s, torch.arange(s * BATCH, (s + 1) * BATCH), text)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with compute_context(torch.device("cpu"), precision):
             targets = teacher.targets(images) if teacher is not None else None
             losses = model(images, text, teacher_targets=targets, **extra)
             loss = model.total_loss(losses)

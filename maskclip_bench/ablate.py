@@ -291,11 +291,40 @@ class GridRun:
         return [r for r in self.results if r.status == "failed"]
 
 
+def finished_cells(roots: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Every finished cell (folder, marker) under the given folders, searched recursively."""
+    found = []
+    for root in roots:
+        for marker in sorted(Path(root).glob(f"**/{CELL_MARKER}")) if Path(root).is_dir() else []:
+            done = read_cell(marker.parent)
+            if done is not None and "config" in done:
+                found.append((marker.parent, done))
+    return found
+
+
+def reuse_cell(source: Path, marker: dict[str, Any], folder: Path, cell: Cell, config: dict[str, Any]) -> None:
+    """Copy a finished cell with the same config and evaluation into `folder` (marker and records, not the
+    checkpoint): the same run under another grid's name. The marker says where it came from."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if (source / "records").is_dir():
+        shutil.copytree(source / "records", folder / "records", dirs_exist_ok=True)
+    _write_json_atomic(folder / CELL_MARKER, {**marker, "values": cell.values, "seed": cell.seed, "config": config,
+                                              "reused_from": str(source)})
+
+
 def plan_jobs(base: TrainConfig, grids: Sequence[Grid], cells: Sequence[Cell], out_root: Path, threads: int,
-              eval_spec: EvalSpec) -> tuple[list[CellJob], list[CellResult]]:
+              eval_spec: EvalSpec, reuse_from: Sequence[Path] = ()) -> tuple[list[CellJob], list[CellResult]]:
     """(jobs to run, results of finished cells). A finished or started cell whose config differs from the
-    one asked for now is an error: its numbers would silently mix two settings."""
+    one asked for now is an error: its numbers would silently mix two settings.
+
+    A cell not yet started whose config and evaluation equal those of a finished cell under `reuse_from` (e.g.
+    ``mask_ratio=0.75`` and ``method=maskclip`` in sibling grids) is copied from it instead of trained again.
+    """
     jobs, finished = [], []
+    eval_key = {"suite": eval_spec.suite, "datasets": list(eval_spec.datasets)}
+    donors = [(src, m) for src, m in finished_cells(reuse_from) if m.get("eval") == eval_key]
     for cell in cells:
         cfg = cell_config(base, grids, cell, out_root, threads)
         folder = out_root / cell.folder
@@ -304,6 +333,12 @@ def plan_jobs(base: TrainConfig, grids: Sequence[Grid], cells: Sequence[Cell], o
         existing = done["config"] if done else _saved_config(folder)
         if existing is not None and comparable_config(existing) != wanted:
             raise ConfigError(f"{folder} holds a run with another config; use another --out or delete it")
+        if done is None and existing is None:
+            donor = next(((src, m) for src, m in donors
+                          if src.resolve() != folder.resolve() and comparable_config(m["config"]) == wanted), None)
+            if donor is not None:
+                reuse_cell(donor[0], donor[1], folder, cell, cfg.to_dict())
+                done = read_cell(folder)
         if done is not None:
             finished.append(CellResult(str(folder), "skipped", cell.values, cell.seed, done.get("metrics", {}),
                                        float(done.get("wall_time_s", 0.0))))

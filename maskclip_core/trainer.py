@@ -29,6 +29,7 @@ from .masking import block_masking, random_masking
 from .mlm import mlm_mask
 from .model import MaskCLIP
 from .optim import build_optimizer
+from .precision import compute_context
 from .runlog import MetricsLog
 from .schedule import cosine_lr
 from .towers import create_clip, get_tokenizer, image_size_of
@@ -203,7 +204,6 @@ def train(
         )
 
     model.train()
-    use_bf16 = run.precision == "bf16"
     start_time = time.time()
     with stop_on_sigterm() as stop:  # SIGTERM: finish the step, checkpoint, return
         window_start, window_samples = time.perf_counter(), 0
@@ -217,8 +217,7 @@ def train(
             image, text = batch["image"].to(device, non_blocking=True), batch["text"].to(device, non_blocking=True)
             sample_ids = torch.arange(step * run.batch_size, (step + 1) * run.batch_size)
             extra = {k: v.to(device) for k, v in masks(step, sample_ids, text.cpu()).items()}
-            autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
-            with autocast:
+            with compute_context(device, run.precision):
                 targets = teacher.targets(image) if teacher is not None else None
                 losses = model(image, text, teacher_targets=targets, **extra)
                 loss = model.total_loss(losses)

@@ -149,6 +149,30 @@ def test_resume_skips_finished_and_resumes_interrupted(tiny_grid, monkeypatch):
     assert [x["step"] for x in lines] == [1, 2, 3]  # resumed at the end: no step repeated
 
 
+def test_identical_cell_of_a_sibling_grid_is_copied_not_retrained(tiny_grid, monkeypatch):
+    root, _ = tiny_grid
+    import maskclip_core.trainer as trainer
+
+    def no_training(*a, **kw):
+        raise AssertionError("a reusable cell was trained again")
+
+    monkeypatch.setattr(trainer, "train", no_training)
+    # decoder_depth=2 is the default config, so mask_ratio=0.75 (the default) is the same run.
+    args = ["ablate", "--grid", "mask_ratio", "--values", "0.75", *TINY, "--out", str(root / "sibling"),
+            "--tables", str(root / "tables")]
+    result = _run_cli(args)
+    assert result.exit_code == 0, result.output
+    copied = json.loads((root / "sibling" / "mask_ratio=0.75" / "seed=0" / "cell.json").read_text())
+    source = json.loads((root / "cells" / "decoder_depth=2" / "seed=0" / "cell.json").read_text())
+    assert copied["metrics"] == source["metrics"] and copied["values"] == {"mask_ratio": 0.75}
+    assert copied["reused_from"].endswith("decoder_depth=2/seed=0")
+    assert list((root / "sibling" / "mask_ratio=0.75" / "seed=0" / "records").glob("*.json"))
+    # --no-reuse trains it (here: reaches the trainer, which this test replaced by a failure).
+    result = _run_cli([*args[:-4], "--out", str(root / "sibling2"), "--tables", str(root / "tables"), "--no-reuse"])
+    assert result.exit_code == 1
+    assert "trained again" in (root / "sibling2" / "mask_ratio=0.75" / "seed=0" / "error.txt").read_text()
+
+
 def test_changed_config_is_refused_and_failing_cell_reported(tiny_grid, tmp_path):
     root, args = tiny_grid
     changed = [a if a != "3" else "4" for a in args]  # --steps 4 against cells trained for 3

@@ -83,6 +83,8 @@ def ablate_command(
     workers: int = typer.Option(1, "--workers", help="cells run in parallel processes"),
     threads: int = typer.Option(0, "--threads", help="torch threads per cell (0: cores // workers)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress display"),
+    reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="copy a cell whose config and eval equal a finished "
+                               "cell's in a sibling grid folder (e.g. mask_ratio=0.75 = method=maskclip)"),
 ) -> None:
     """Train and evaluate every cell of a grid (values x seeds), resumably; write mean ± std tables and plots."""
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -109,9 +111,13 @@ def ablate_command(
     per_cell = threads if threads > 0 else max(1, cores // workers)
     cells = ablate.expand_cells(grids, seeds)
     jobs, finished = ablate.plan_jobs(base, grids, cells, out_root, per_cell,
-                                      ablate.EvalSpec(suite, tuple(eval_dataset), eval_batch_size))
+                                      ablate.EvalSpec(suite, tuple(eval_dataset), eval_batch_size),
+                                      reuse_from=[out_root.parent] if reuse else [])
+    reused = sum(1 for r in finished if (Path(r.folder) / ablate.CELL_MARKER).is_file()
+                 and "reused_from" in (ablate.read_cell(Path(r.folder)) or {}))
     console = Console()
-    console.print(f"grid {label}: {len(cells)} cell(s) ({len(finished)} finished before), {workers} worker(s), "
+    console.print(f"grid {label}: {len(cells)} cell(s) ({len(finished)} finished before, {reused} of them "
+                  f"copied from an identical cell of another grid), {workers} worker(s), "
                   f"{per_cell} thread(s) each, cells in {out_root}/")
     with ablate_progress(len(cells), workers, not quiet, len(finished)) as progress:
         run = ablate.run_grid(jobs, finished, workers=workers, on_update=progress.update)
