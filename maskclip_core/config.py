@@ -72,6 +72,8 @@ class DataConfig:
     shuffle_buffer: int = 1000
     resampled: bool = False
     aug_scale_min: float = 0.5  # RandomResizedCrop scale (paper: 0.5); shapes are not cropped (captions name positions)
+    csv_root: str = ""  # image paths in a CSV must lie under this folder ("" = the CSV's own folder)
+    allow_outside_root: bool = False  # let CSV image paths (absolute, or with ..) point outside csv_root
 
 
 @dataclass
@@ -101,6 +103,8 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     max_nonfinite: int = 5  # consecutive non-finite steps (skipped) before the run stops
+    max_bad_fraction: float = 0.01  # stop when more than this fraction of the samples read so far was bad data
+    keep_checkpoints: int = 3  # step_*.pt files kept besides last.pt (resume falls back to them)
 
 
 @dataclass
@@ -263,8 +267,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"steps must be >= 1, got {r.steps}")
     if r.batch_size < 2:
         raise ConfigError(f"batch_size must be >= 2 for a contrastive loss, got {r.batch_size}")
-    if r.log_every < 1 or r.checkpoint_every < 1 or r.max_nonfinite < 1:
-        raise ConfigError("log_every, checkpoint_every and max_nonfinite must be >= 1")
+    if r.log_every < 1 or r.checkpoint_every < 1 or r.max_nonfinite < 1 or r.keep_checkpoints < 1:
+        raise ConfigError("log_every, checkpoint_every, max_nonfinite and keep_checkpoints must be >= 1")
+    if not 0.0 <= r.max_bad_fraction <= 1.0:
+        raise ConfigError(f"max_bad_fraction must be in [0, 1], got {r.max_bad_fraction}")
     if not 0.0 < cfg.data.aug_scale_min <= 1.0:
         raise ConfigError(f"aug_scale_min must be in (0, 1], got {cfg.data.aug_scale_min}")
     if cfg.data.workers < 0:
