@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import pandas as pd
 from PIL import Image
 
+from maskclip_core.data.images import to_rgb
 from maskclip_core.errors import DataError
 
 from maskclip_bench.eval_data import EvalDataset, build_eval_dataset
@@ -64,7 +65,8 @@ class ExportResult:
 
 def _as_pil(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+        # The training and evaluation readers' conversion (16-bit scaled, alpha composited).
+        return to_rgb(image) if image.mode != "RGB" else image
     from torchvision.transforms.functional import to_pil_image
 
     return to_pil_image(image).convert("RGB")  # a dataset that gives tensors even without a transform

@@ -90,11 +90,12 @@ def csv_layout(tmp_path: Path) -> tuple[Path, list[str], list[tuple[int, int, in
 
 def test_csv_resolves_paths_tokenizes_and_transforms(csv_layout, tokenizer, transform):
     path, captions, colors = csv_layout
-    ds = CsvDataset(path, transform, tokenizer)
+    # The images lie next to the CSV's folder, not in it: the root must include them.
+    ds = CsvDataset(path, transform, tokenizer, root=path.parent.parent)
     assert len(ds) == 3
     for i, caption in enumerate(captions):
         sample = ds[i]
-        assert set(sample) == {"image", "text"}
+        assert set(sample) == {"image", "text", "bad"} and sample["bad"] == 0
         _check_image(sample["image"], colors[i])
         assert torch.equal(sample["text"], tokenizer([caption])[0])
     assert ds.bad_samples == 0
@@ -215,13 +216,14 @@ def test_wds_streams_good_samples_and_skips_captionless(shards, tokenizer, trans
         samples = list(ds)
     assert len(samples) == len(good) == 5
     for sample in samples:
-        assert set(sample) == {"image", "text"}
+        assert set(sample) == {"image", "text", "bad"}
         _check_image(sample["image"])
         assert sample["text"].dtype == torch.long and sample["text"].shape == (77,)
     texts = torch.stack([s["text"] for s in samples])
     # shuffle_buffer=0 keeps tar order.
     assert _decode_captions(texts, good, tokenizer) == good
     assert any("102" in r.getMessage() and "no caption" in r.getMessage() for r in caplog.records)
+    assert sum(s["bad"] for s in samples) == 1  # the captionless sample
 
 
 def test_wds_dataloader_two_workers_no_duplicates(shards, tokenizer, transform):
@@ -338,8 +340,13 @@ def test_build_train_dataset_shapes_passes_options(monkeypatch, tokenizer, trans
 
 def test_build_train_dataset_csv_and_wds(csv_layout, shards, tokenizer, transform):
     path, captions, _ = csv_layout
-    ds = build_train_dataset(f"csv:{path}", transform=transform, tokenizer=tokenizer)
+    with pytest.raises(DataError, match="outside"):
+        build_train_dataset(f"csv:{path}", transform=transform, tokenizer=tokenizer)
+    ds = build_train_dataset(f"csv:{path}", transform=transform, tokenizer=tokenizer,
+                             csv_root=str(path.parent.parent))
     assert isinstance(ds, CsvDataset) and len(ds) == len(captions)
+    assert len(build_train_dataset(f"csv:{path}", transform=transform, tokenizer=tokenizer,
+                                   allow_outside_root=True)) == len(captions)
     # Column problems surface at build time, as one line.
     with pytest.raises(DataError, match="no column 'caption'"):
         build_train_dataset(f"csv:{path}", transform=transform, tokenizer=tokenizer, csv_caption_key="caption")
@@ -362,7 +369,8 @@ def test_train_collate_keeps_image_and_text(tokenizer):
         for i in range(3)
     ]
     batch = train_collate(samples)
-    assert set(batch) == {"image", "text"}
+    assert set(batch) == {"image", "text", "bad"}
+    assert batch["bad"].dtype == torch.int64 and batch["bad"].ndim == 0 and batch["bad"].item() == 0
     assert batch["image"].shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert batch["text"].shape == (3, 77) and batch["text"].dtype == torch.long
     assert torch.equal(batch["text"][1], samples[1]["text"])

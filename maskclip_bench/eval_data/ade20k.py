@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
 from .common import (IMAGE_EXTENSIONS, LazySplits, SkipBadImages, check_image, collate_for, default_templates,
@@ -80,8 +81,7 @@ class ADE20KDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
         image_path, mask_path = self.pairs[index]
-        with Image.open(image_path) as im:
-            image = im.convert("RGB")
+        image = open_rgb(image_path)
         mask = load_mask(mask_path)
         if self.transform is not None:
             image = self.transform(image)

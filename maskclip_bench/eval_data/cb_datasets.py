@@ -12,8 +12,9 @@ a download (CLIP_benchmark fetches missing annotation files even with ``download
 their sample count: ``flickr30k`` and ``mscoco_captions`` (see ``karpathy``) and ``wds/<name>``
 (see ``wds_benchmark``).
 
-Bad images: datasets with an ImageFolder-style ``samples`` list are checked up front; for the others a
-decode error while loading skips the item (``common.SkipBadImages``).
+Bad images: datasets with an ImageFolder-style ``samples`` list are checked up front, and their images
+are opened with ``maskclip_core.data.images.open_rgb`` (as in training); for the others a decode error
+while loading skips the item (``common.SkipBadImages``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset, IterableDataset
 
+from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
 from .common import LazySplits, SkipBadImages, collate_for, filter_decodable, first_line, require_dir, resolve_templates
@@ -62,6 +64,9 @@ def _build(name: str, root: Path, split: str, transform: Callable[[Any], Any] | 
         kept, bad = filter_decodable(samples, lambda s: s[0], where=f"clip_benchmark:{name}@{root}",
                                      verify=verify_images)
         dataset.samples = kept
+        if callable(getattr(dataset, "loader", None)):
+            # torchvision's DatasetFolder calls self.loader(path); use the checked function.
+            dataset.loader = open_rgb
         if hasattr(dataset, "imgs"):
             dataset.imgs = kept
         if hasattr(dataset, "targets"):

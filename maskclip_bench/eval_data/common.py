@@ -7,6 +7,10 @@ How unreadable images are handled (the same for every reader):
    PIL's ``draft``, which still reads the whole compressed stream, so truncated files fail). Images
    that fail are dropped from the sample list and counted in ``bad_samples``; one warning line names
    the first few. ``verify_images=False`` skips this pass.
+
+   Checking and loading both go through ``maskclip_core.data.images.open_rgb``, the function the
+   training sources use, so an image is bad (or converted: CMYK, 16-bit, palette, alpha) the same way
+   in training and evaluation.
 2. As a safety net (a file that changes after the check, or ``verify_images=False``), ``SkipBadImages``
    turns a decode error at load time into ``None`` and the collate functions here drop those items,
    so a batch just comes out shorter. Those late skips are counted in ``SkipBadImages.late_bad``
@@ -15,7 +19,6 @@ How unreadable images are handled (the same for every reader):
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -29,13 +32,16 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from maskclip_core.data.images import BadImageError, open_rgb
 from maskclip_core.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# Errors PIL (and file access) raise for unreadable images. UnidentifiedImageError is an OSError;
-# some malformed PNG/GIF files raise SyntaxError or ValueError instead.
-IMAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# Errors an unreadable image raises at load time: open_rgb's BadImageError, and what PIL (and file
+# access) raise in readers that still open images themselves (CLIP_benchmark's generic datasets).
+# UnidentifiedImageError is an OSError; some malformed PNG/GIF files raise SyntaxError or ValueError.
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (BadImageError, OSError, SyntaxError, ValueError, EOFError,
+                                                 Image.DecompressionBombError)
 
 # Formats PIL can write losslessly and CLIP_benchmark's wds reader decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -86,6 +92,22 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def check_inside_root(names: Sequence[str], root: Path, where: str) -> None:
+    """Raise a one-line DataError if a path named in an annotation file points outside ``root``.
+
+    ``names`` are joined to ``root`` as the readers do. The check is lexical (``..`` and absolute
+    paths), not through symlinks: a dataset root whose image folder is a link to another disk is a
+    common, deliberate setup, while the annotation file is what may come from elsewhere.
+    """
+    base = os.path.abspath(root)
+    prefix = base.rstrip(os.sep) + os.sep
+    for name in names:
+        full = os.path.normpath(os.path.join(base, name))
+        if full != base and not full.startswith(prefix):
+            raise DataError(f"{where}: image path {name!r} points outside the dataset root {root}; "
+                            "annotation files may only name images under the root")
+
+
 def first_line(exc: BaseException) -> str:
     """First non-empty line of an exception message, for one-line errors."""
     for line in str(exc).splitlines():
@@ -99,20 +121,16 @@ def first_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 def check_image(source: str | os.PathLike[str] | bytes) -> bool:
-    """True if ``source`` (a path or encoded bytes) decodes as an image.
+    """True if ``source`` (a path or encoded bytes) opens with ``open_rgb``, the loaders' function.
 
-    The image is fully decoded (``load``), not just ``verify``-ed: PIL's verify does not read JPEG
-    scan data, so a truncated JPEG would pass it and fail later. JPEGs are decoded at reduced scale
-    (``draft``), which still consumes the whole stream but is several times cheaper.
+    The image is fully decoded, not just ``verify``-ed: PIL's verify does not read JPEG scan data, so
+    a truncated JPEG would pass it and fail later. JPEGs are decoded at reduced scale (``draft``),
+    which still consumes the whole stream but is several times cheaper.
     """
     try:
-        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-        with stream, Image.open(stream) as image:
-            if image.format == "JPEG":
-                image.draft("RGB", (1, 1))
-            image.load()
+        open_rgb(source, draft_size=(1, 1))
         return True
-    except IMAGE_ERRORS:
+    except BadImageError:
         return False
 
 

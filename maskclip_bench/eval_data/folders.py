@@ -7,8 +7,9 @@ train/val folders become ``splits`` for probes.
 Class names: ``classnames.txt`` (one per line, in the sorted order of the class folders, as
 ImageFolder numbers them) in ``DIR`` or in the split folder; otherwise the folder names with ``_``
 read as spaces. Templates: ``zeroshot_classification_templates.txt`` in ``DIR`` if present, else
-CLIP_benchmark's default set. Images are read with torchvision's ``ImageFolder`` (its loader and
-extension list); ones that do not decode are dropped from ``samples`` and counted.
+CLIP_benchmark's default set. Images are listed by torchvision's ``ImageFolder`` (its extension list)
+and opened with ``maskclip_core.data.images.open_rgb`` (the training sources' function); ones that do
+not decode are dropped from ``samples`` and counted.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Callable
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
+from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
 from .common import (LazySplits, SkipBadImages, collate_for, default_templates, filter_decodable, first_line,
@@ -40,7 +42,7 @@ def load_imagefolder(folder: Path, transform: Callable[[Any], Any] | None, *, ve
     try:
         # allow_empty: a class with no images in this split is still a class (exports of a subset such
         # as shapes/compositional keep every class folder so labels line up with classnames.txt).
-        dataset = ImageFolder(str(folder), transform=transform, allow_empty=True)
+        dataset = ImageFolder(str(folder), transform=transform, loader=open_rgb, allow_empty=True)
     except FileNotFoundError as exc:
         # torchvision: "Couldn't find any class folder in ..." / "Found no valid file for the classes ..."
         raise DataError(f"no class folders with images in {folder} ({first_line(exc).split('.')[0]})") from None

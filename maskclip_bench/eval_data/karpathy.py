@@ -11,8 +11,10 @@ download missing ones; here nothing downloads, a missing file is a DataError):
   ``CocoCaptions``, as CLIP_benchmark's ``mscoco_captions`` does.
 
 Items are ``(image, [captions])``; batch them with CLIP_benchmark's ``image_captions_collate_fn``
-(the EvalDataset's ``collate_fn`` does). Images that are missing or do not decode are skipped and
-counted in ``bad_samples``.
+(the EvalDataset's ``collate_fn`` does). Images are opened with ``maskclip_core.data.images.open_rgb``
+(the training sources' function); ones that are missing or do not decode are skipped and counted in
+``bad_samples``. An annotation file that names an image outside ``ROOT`` (``..``, absolute paths) is a
+DataError (``common.check_inside_root``).
 """
 from __future__ import annotations
 
@@ -23,14 +25,37 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from clip_benchmark.datasets.flickr import Flickr
 from torch.utils.data import Dataset
+from torchvision.datasets import CocoCaptions
 
+from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
-from .common import SkipBadImages, collate_for, filter_decodable, first_line, require_dir
+from .common import SkipBadImages, check_inside_root, collate_for, filter_decodable, first_line, require_dir
 from .spec import EvalDataset
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+class _Flickr(Flickr):
+    """CLIP_benchmark's Flickr (same annotation parsing and items), images opened with ``open_rgb``."""
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        name, captions = self.data[index]
+        image = open_rgb(os.path.join(self.root, name))
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            captions = self.target_transform(captions)
+        return image, captions
+
+
+class _CocoCaptions(CocoCaptions):
+    """torchvision's CocoCaptions, images opened with ``open_rgb``."""
+
+    def _load_image(self, id: int) -> Any:  # noqa: A002 - torchvision's signature
+        return open_rgb(os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"]))
 
 
 def flickr30k_files(root: Path, split: str) -> Path:
@@ -46,16 +71,15 @@ def mscoco_files(root: Path, split: str) -> tuple[Path, Path]:
 def load_flickr30k(root: Path, split: str, transform: Callable[[Any], Any] | None, *,
                    verify_images: bool = True) -> SkipBadImages:
     """CLIP_benchmark's Flickr dataset over ``root``, minus unreadable images."""
-    from clip_benchmark.datasets.flickr import Flickr
-
     ann = flickr30k_files(root, split)
     if not ann.is_file():
         raise DataError(f"missing Flickr30k annotation file {ann}")
     try:
-        dataset = Flickr(root=str(root), ann_file=str(ann), transform=transform)
+        dataset = _Flickr(root=str(root), ann_file=str(ann), transform=transform)
     except (ValueError, UnicodeDecodeError) as exc:
         # Flickr splits each line at ".jpg,"; other lines fail to unpack.
         raise DataError(f"malformed annotation file {ann} (want '<image>.jpg,<caption>' lines): {first_line(exc)}") from None
+    check_inside_root([name for name, _ in dataset.data], root, f"flickr30k annotation file {ann}")
     dataset.data, bad = filter_decodable(dataset.data, lambda item: os.path.join(root, item[0]),
                                          where=f"flickr30k:{root}", verify=verify_images)
     return SkipBadImages(dataset, bad_samples=bad)
@@ -64,18 +88,21 @@ def load_flickr30k(root: Path, split: str, transform: Callable[[Any], Any] | Non
 def load_mscoco(root: Path, split: str, transform: Callable[[Any], Any] | None, *,
                 verify_images: bool = True) -> SkipBadImages:
     """torchvision's CocoCaptions over CLIP_benchmark's layout, minus unreadable images."""
-    from torchvision.datasets import CocoCaptions
-
     ann, images = mscoco_files(root, split)
     if not ann.is_file():
         raise DataError(f"missing MS-COCO annotation file {ann}")
     require_dir(images, "MS-COCO image folder")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            dataset = CocoCaptions(root=str(images), annFile=str(ann), transform=transform)
+            dataset = _CocoCaptions(root=str(images), annFile=str(ann), transform=transform)
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise DataError(f"malformed COCO annotation file {ann}: {exc.__class__.__name__} {first_line(exc)}") from None
     coco = dataset.coco
+    try:
+        names = [os.path.join(images.name, str(coco.loadImgs(i)[0]["file_name"])) for i in dataset.ids]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise DataError(f"malformed COCO annotation file {ann}: images need a file_name ({first_line(exc)})") from None
+    check_inside_root(names, root, f"MS-COCO annotation file {ann}")
     dataset.ids, bad = filter_decodable(
         dataset.ids, lambda i: os.path.join(images, coco.loadImgs(i)[0]["file_name"]),
         where=f"mscoco:{root}", verify=verify_images)

@@ -13,10 +13,12 @@ Why not ``build_wds_dataset`` itself: it returns a length-less stream, so the ev
 know the sample count up front, DataLoader workers would each read every shard, and one bad image
 ends the stream. This reader indexes the shards with ``tarfile`` instead and reads samples by
 offset, but keeps CLIP_benchmark's semantics: samples are grouped by key with webdataset's own
-``base_plus_ext``, the first present of webp/png/jpg/jpeg is the image, it is decoded with
-webdataset's ``ImageHandler("pil")`` (what CLIP_benchmark uses), ``cls`` is ``int(data)`` and
+``base_plus_ext``, the first present of webp/png/jpg/jpeg is the image, ``cls`` is ``int(data)`` and
 ``txt`` is split into captions with ``str.splitlines``. Shards and samples keep their order.
-Samples without an image or label, and images that do not decode, are skipped and counted.
+Images are decoded with ``maskclip_core.data.images.open_rgb`` (the training sources' function) rather
+than webdataset's ``ImageHandler("pil")``; for RGB images both give the same pixels, and odd modes (CMYK,
+16-bit, alpha) are converted as in training. Samples without an image or label, and images that do not
+decode, are skipped and counted.
 ``multilabel`` datasets (``npy`` labels) are not supported.
 """
 from __future__ import annotations
@@ -27,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import Dataset
-from webdataset.autodecode import ImageHandler
 from webdataset.tariterators import base_plus_ext
 
+from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
 from .common import (LazySplits, SkipBadImages, collate_for, default_templates, filter_decodable, first_line,
@@ -38,7 +40,6 @@ from .spec import EvalDataset
 
 # CLIP_benchmark's to_tuple(["webp", "png", "jpg", "jpeg"], ...): the first present wins.
 IMAGE_KEYS: tuple[str, ...] = ("webp", "png", "jpg", "jpeg")
-_DECODE = ImageHandler("pil", extensions=list(IMAGE_KEYS))
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class WdsBenchmarkDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         sample = self.samples[index]
-        image = _DECODE(sample.image_ext, sample.image.read())
+        image = open_rgb(sample.image.read())
         if self.transform is not None:
             image = self.transform(image)
         data = sample.label.read()

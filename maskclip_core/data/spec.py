@@ -94,11 +94,14 @@ def build_train_dataset(
     shuffle_buffer: int = 1000,
     resampled: bool = False,
     num_samples: int | None = None,
+    csv_root: str = "",
+    allow_outside_root: bool = False,
 ) -> torch.utils.data.Dataset | torch.utils.data.IterableDataset:
     """Build the training dataset a data spec names.
 
-    Every source yields dicts with at least ``"image"`` and ``"text"``; collate
-    batches with :func:`train_collate` so they are uniform across sources.
+    Every source yields dicts with at least ``"image"`` and ``"text"``; csv and wds
+    samples also carry ``"bad"`` (bad source samples skipped to produce this one).
+    Collate batches with :func:`train_collate` so they are uniform across sources.
 
     Args:
         spec: A spec string or an already parsed :class:`DataSpec`.
@@ -111,6 +114,8 @@ def build_train_dataset(
         shuffle_buffer: WebDataset sample shuffle buffer (``0``: no shuffling).
         resampled: Resample WebDataset shards with replacement.
         num_samples: WebDataset samples per epoch (gives the stream a length).
+        csv_root: Folder every ``csv`` image path must lie in (``""``: the CSV's folder).
+        allow_outside_root: Accept ``csv`` image paths outside ``csv_root``.
 
     Raises:
         DataError: for a bad spec or missing/malformed data (checked before returning).
@@ -143,7 +148,8 @@ def build_train_dataset(
         from maskclip_core.data.csv_dataset import CsvDataset
 
         return CsvDataset(parsed.path, transform, tokenizer,
-                          img_key=csv_img_key, caption_key=csv_caption_key)
+                          img_key=csv_img_key, caption_key=csv_caption_key,
+                          root=csv_root or None, allow_outside_root=allow_outside_root)
 
     if parsed.kind == "wds":
         from maskclip_core.data.wds_dataset import build_wds_dataset
@@ -156,11 +162,15 @@ def build_train_dataset(
 
 
 def train_collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Collate training samples into ``{"image": [B,3,H,W], "text": [B,context]}``.
+    """Collate training samples into ``{"image": [B,3,H,W], "text": [B,context], "bad": []}``.
 
-    Other keys (e.g. the shapes dataset's labels) are dropped, so batches look the
-    same whatever the source.
+    ``"bad"`` is a 0-dim int64 tensor: the sum of the samples' ``"bad"`` counts (bad
+    source samples skipped to fill this batch; 0 for sources without the key). Other
+    keys (e.g. the shapes dataset's labels) are dropped, so batches look the same
+    whatever the source.
     """
     if not samples:
         raise ValueError("train_collate got an empty batch")
-    return {key: torch.stack([sample[key] for sample in samples]) for key in ("image", "text")}
+    batch = {key: torch.stack([sample[key] for sample in samples]) for key in ("image", "text")}
+    batch["bad"] = torch.tensor(sum(int(sample.get("bad", 0)) for sample in samples), dtype=torch.int64)
+    return batch

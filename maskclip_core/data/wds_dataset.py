@@ -7,8 +7,18 @@ loaded whole, so datasets larger than memory or disk cache work.
 
 The pipeline is assembled from the ``webdataset`` library's stages: shard list ->
 (seeded) shard shuffle -> ``split_by_node`` -> ``split_by_worker`` -> tar reading ->
-(seeded) sample shuffle -> decode (``pilrgb``) -> ``to_tuple`` -> transform/tokenize.
-Broken or incomplete samples are logged and skipped rather than stopping training.
+(seeded) sample shuffle -> decode -> transform/tokenize -> bad-sample count. Images
+are decoded with :func:`maskclip_core.data.images.open_rgb` (the same as the CSV source
+and the evaluation readers), captions as strict UTF-8.
+
+Broken or incomplete samples are logged and skipped rather than stopping training, and
+counted: every yielded sample carries ``"bad"``, the number of samples this worker
+dropped since the previous yielded one (the count attached to a sample includes drops
+found while reading ahead to the next one, so drops at the end of a pass are not lost;
+per worker and pass, the counts add up to every drop, provided the pass yields a
+sample). What counts as one bad sample: a sample without an image or caption, an image
+that does not decode, an empty or non-UTF-8 caption, a shard that cannot be opened, and
+a shard that breaks off (truncated: one count for its unread rest, whose size is unknown).
 """
 
 from __future__ import annotations
@@ -21,8 +31,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 from webdataset.utils import make_seed, pytorch_worker_info
 
+from maskclip_core.data.captions import BadCaptionError, decode_caption
+from maskclip_core.data.images import BadImageError, open_rgb
 from maskclip_core.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -38,12 +51,20 @@ _skip_count = 0
 
 def _describe(exn: BaseException) -> str:
     """One line describing why a sample was dropped."""
-    if isinstance(exn, wds.DecodingError):
-        cause = exn.__cause__
-        reason = f"{type(cause).__name__}: {cause}" if cause is not None else "decode failed"
-        return f"cannot decode .{exn.k} of sample {exn.key} in {exn.url}: {reason}"
     text = str(exn).strip().splitlines()
     return text[0] if text else type(exn).__name__
+
+
+def _log_skip(what: str) -> None:
+    """Log one skipped sample or shard, at WARNING for the first few in this process."""
+    global _skip_count
+    _skip_count += 1
+    if _skip_count <= _MAX_SKIP_WARNINGS:
+        logger.warning("skipping webdataset %s", what)
+        if _skip_count == _MAX_SKIP_WARNINGS:
+            logger.warning("further skipped webdataset samples are logged at DEBUG level")
+    else:
+        logger.debug("skipping webdataset %s", what)
 
 
 def log_and_continue(exn: BaseException) -> bool:
@@ -52,15 +73,96 @@ def log_and_continue(exn: BaseException) -> bool:
     Like ``wds.warn_and_continue`` but through :mod:`logging` and without its
     half-second sleep per skipped sample.
     """
-    global _skip_count
-    _skip_count += 1
-    if _skip_count <= _MAX_SKIP_WARNINGS:
-        logger.warning("skipping webdataset sample: %s", _describe(exn))
-        if _skip_count == _MAX_SKIP_WARNINGS:
-            logger.warning("further skipped webdataset samples are logged at DEBUG level")
-    else:
-        logger.debug("skipping webdataset sample: %s", _describe(exn))
+    _log_skip(f"sample: {_describe(exn)}")
     return True
+
+
+class BadSampleCounter:
+    """webdataset exception handler that logs, skips and counts the dropped samples.
+
+    One instance is shared by the stages of one pipeline; DataLoader workers each get
+    their own copy of the pipeline (pickled or forked), so the count is per worker.
+    :class:`_AttachBadCount` takes the count into the yielded samples.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, exn: BaseException) -> bool:
+        self.count += 1
+        return log_and_continue(exn)
+
+    def add(self, n: int = 1) -> None:
+        """Count ``n`` drops that were logged elsewhere."""
+        self.count += n
+
+    def take(self) -> int:
+        """Return the drops counted since the last call, and reset the count."""
+        count, self.count = self.count, 0
+        return count
+
+
+class _ShardErrors:
+    """Handler for errors while reading a shard's tar stream: one count per broken shard.
+
+    A shard that breaks off raises once for the member it was reading and again for
+    the tar header after it; both mean "the rest of this shard is lost", counted once.
+    """
+
+    def __init__(self, counter: BadSampleCounter) -> None:
+        self.counter = counter
+        self.url: str | None = None
+        self.counted = False
+
+    def track(self, sources: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Pass opened shards through, remembering which one is being read."""
+        for source in sources:
+            self.url, self.counted = source.get("url"), False
+            yield source
+
+    def __call__(self, exn: BaseException) -> bool:
+        first = exn.args[0] if exn.args else type(exn).__name__
+        reason = str(first).split(" @ ")[0]  # webdataset appends " @ <stream>" to the message
+        _log_skip(f"rest of shard {self.url}: {type(exn).__name__}: {reason}")
+        if not self.counted:
+            self.counter.add()
+            self.counted = True
+        return True
+
+
+class _TarSamples(wds.PipelineStage):
+    """``wds.tarfile_to_samples`` with drops counted (one per broken shard, see :class:`_ShardErrors`)."""
+
+    def __init__(self, counter: BadSampleCounter) -> None:
+        self.counter = counter
+
+    def run(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        shard_errors = _ShardErrors(self.counter)
+        streams = shard_errors.track(url_opener(src, handler=self.counter))
+        files = tar_file_expander(streams, handler=shard_errors)
+        return group_by_keys(files, handler=self.counter)
+
+
+class _AttachBadCount(wds.PipelineStage):
+    """Set each sample's ``"bad"`` to the drops counted before it, reading one sample ahead.
+
+    Reading ahead attributes drops found while fetching the next sample to the current one,
+    so the drops after the last sample of a pass are still reported.
+    """
+
+    def __init__(self, counter: BadSampleCounter) -> None:
+        self.counter = counter
+
+    def run(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        previous: dict[str, Any] | None = None
+        for sample in src:
+            if previous is not None:
+                previous["bad"] = self.counter.take()
+                yield previous
+            previous = sample
+        if previous is not None:
+            previous["bad"] = self.counter.take()
+            yield previous
 
 
 def _is_remote(url: str) -> bool:
@@ -137,6 +239,19 @@ def _require_image_and_caption(sample: dict[str, Any]) -> dict[str, Any]:
     if CAPTION_EXTENSION not in sample:
         raise ValueError(f"{where} has no caption (.{CAPTION_EXTENSION})")
     return sample
+
+
+def _decode_sample(sample: dict[str, Any]) -> tuple[Any, str]:
+    """A raw sample as ``(RGB PIL image, caption)``; raises ValueError (handler skips) on bad data.
+
+    The image is the first present of :data:`IMAGE_EXTENSIONS`, as ``wds.to_tuple`` picks it.
+    """
+    _require_image_and_caption(sample)
+    ext = next(e for e in IMAGE_EXTENSIONS if e in sample)
+    try:
+        return open_rgb(sample[ext]), decode_caption(sample[CAPTION_EXTENSION])
+    except (BadImageError, BadCaptionError) as exc:
+        raise ValueError(f"sample {sample.get('__key__')} in {sample.get('__url__')}: {exc}") from None
 
 
 class _ToTrainSample:
@@ -237,7 +352,10 @@ def build_wds_dataset(
     epoch: int = 0,
     num_samples: int | None = None,
 ) -> torch.utils.data.IterableDataset:
-    """Build a streaming dataset of ``{"image": tensor, "text": LongTensor[context]}``.
+    """Build a streaming dataset of ``{"image": tensor, "text": LongTensor[context], "bad": int}``.
+
+    ``"bad"`` counts the samples this worker dropped since its previous sample (see the
+    module docstring).
 
     Args:
         pattern: Shard pattern, e.g. ``/data/shard-{00000..00009}.tar`` (see :func:`expand_shards`).
@@ -270,16 +388,16 @@ def build_wds_dataset(
             stages.append(_SeededShuffle(len(shards), len(shards), seed, per_worker=False))
         stages += [wds.split_by_node, wds.split_by_worker]
 
-    stages.append(wds.tarfile_to_samples(handler=log_and_continue))
+    counter = BadSampleCounter()
+    stages.append(_TarSamples(counter))
     if shuffle_buffer > 1:
         # Shuffle raw bytes before decoding: cheaper to hold in the buffer.
         stages.append(_SeededShuffle(shuffle_buffer, min(shuffle_buffer, 100), seed, per_worker=True))
     stages += [
-        wds.map(_require_image_and_caption, handler=log_and_continue),
-        wds.decode("pilrgb", only=[*IMAGE_EXTENSIONS, CAPTION_EXTENSION], handler=log_and_continue),
-        wds.to_tuple(";".join(IMAGE_EXTENSIONS), CAPTION_EXTENSION, handler=log_and_continue),
+        wds.map(_decode_sample, handler=counter),
         # Transform/tokenizer errors are bugs, not bad data, so they propagate.
         wds.map(_ToTrainSample(transform, tokenizer)),
+        _AttachBadCount(counter),
     ]
 
     cls = WdsStream if num_samples is None else _SizedWdsStream
