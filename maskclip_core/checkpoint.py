@@ -1,38 +1,104 @@
-"""Training checkpoints: written atomically, read with `torch.load(weights_only=True)`.
+"""Training checkpoints: written atomically with a SHA-256 sidecar, read with `torch.load(weights_only=True)`.
 
 A checkpoint is a dict of tensors and plain Python values:
 `format, step, epoch, batch_in_epoch, config` (the whole TrainConfig as a dict), `clip` (a plain open_clip CLIP
-state dict), `extras` (decoders, mask embedding, prototype head), `teacher`, `optimizer`, `rng`.
+state dict), `extras` (decoders, mask embedding, prototype head), `teacher`, `optimizer`, `rng`, `data`.
+
+A run's ``checkpoints/`` folder holds ``step_<N>.pt`` files (the newest `keep` of them), each with a
+``.sha256`` sidecar in `sha256sum` format, and ``last.pt``, a hard link to the newest. A file is written to a
+temporary name, flushed, fsynced and renamed, so a kill at any moment leaves either the old or the new file,
+never half of one. The sidecar catches what renaming cannot: a file damaged later (a truncated copy, a flipped
+bit), which torch's zip reader would load silently. Resuming takes the newest checkpoint that verifies and
+loads, and says which ones it skipped and why.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
+import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
+from . import faults
 from .errors import CheckpointError
 
 FORMAT = "maskclip-bench/1"
+LAST = "last.pt"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+logger = logging.getLogger(__name__)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file in the same folder, flush + fsync, then rename over `path`."""
+class _HashingWriter:
+    """File wrapper that hashes every byte torch.save writes, so the digest costs no second read."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> str:
+    """Write `state` to `path` atomically (temp file, flush, fsync, rename) with its sidecar; return the digest."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            writer = _HashingWriter(f)
+            torch.save({"format": FORMAT, **state}, writer)
             f.flush()
+            faults.point("checkpoint_write", int(state.get("step", -1)))  # tests: a kill mid-write
             os.fsync(f.fileno())
+        digest = writer.sha.hexdigest()
+        # Sidecar first: a checkpoint without one is still loadable (unverified), a stale sidecar of an older
+        # file under the same name would make a good new file look corrupt.
+        _sidecar(path).unlink(missing_ok=True)
         os.replace(tmp, path)
+        _atomic_write_text(_sidecar(path), f"{digest}  {path.name}\n")
+        return digest
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise CheckpointError when `path` does not match its ``.sha256`` sidecar (no sidecar: nothing to check)."""
+    path = Path(path)
+    side = _sidecar(path)
+    if not side.is_file():
+        return
+    expected = side.read_text().split()[0] if side.read_text().split() else ""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            sha.update(block)
+    if sha.hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its SHA-256 does not match {side.name} "
+                              f"(truncated or damaged after it was written)")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -40,6 +106,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    verify_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -52,3 +119,72 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "clip" not in state:
         raise CheckpointError(f"{path} is not a maskclip-bench checkpoint (no 'clip' state dict)")
     return state
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Point `dst` at `src`'s content atomically: a hard link where the filesystem has them, else a copy."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class CheckpointDir:
+    """The ``checkpoints/`` folder of a run: numbered checkpoints, the newest `keep` kept, ``last.pt`` linked."""
+
+    def __init__(self, folder: str | Path, keep: int = 3) -> None:
+        self.folder, self.keep = Path(folder), max(1, keep)
+
+    @property
+    def last(self) -> Path:
+        """``last.pt``: what evaluation commands read."""
+        return self.folder / LAST
+
+    def step_files(self) -> list[tuple[int, Path]]:
+        """(step, path) of every ``step_<N>.pt``, newest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+        return sorted(found, reverse=True)
+
+    def clean_temporaries(self) -> None:
+        """Remove temp files a killed writer left behind (they are never read)."""
+        if self.folder.is_dir():
+            for p in self.folder.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Write ``step_<N>.pt`` for ``state["step"]``, point ``last.pt`` at it, drop the oldest beyond `keep`."""
+        path = self.folder / f"step_{int(state['step']):08d}.pt"
+        save_checkpoint(state, path)
+        # Same order as save_checkpoint: a kill in between leaves last.pt without a sidecar (unverified), never
+        # beside a sidecar that describes another file.
+        _sidecar(self.last).unlink(missing_ok=True)
+        _link_or_copy(path, self.last)
+        _link_or_copy(_sidecar(path), _sidecar(self.last))
+        for _, old in self.step_files()[self.keep:]:
+            old.unlink(missing_ok=True)
+            _sidecar(old).unlink(missing_ok=True)
+        return path
+
+    def load_latest(self) -> tuple[dict[str, Any], Path]:
+        """The newest checkpoint that verifies and loads; a bad one is skipped with a warning naming it.
+
+        Raises CheckpointError when there is none (listing what was tried and why).
+        """
+        candidates = [p for _, p in self.step_files()]
+        if self.last.is_file():
+            candidates.append(self.last)  # a run from before numbered checkpoints, or one whose step files were deleted
+        if not candidates:
+            raise CheckpointError(f"--resume: no checkpoint in {self.folder}")
+        problems = []
+        for path in candidates:
+            try:
+                return load_checkpoint(path), path
+            except CheckpointError as exc:
+                logger.warning("skipping checkpoint: %s", exc)
+                problems.append(str(exc))
+        raise CheckpointError(f"--resume: no readable checkpoint in {self.folder} ({'; '.join(problems)})")

@@ -1,7 +1,9 @@
 """Training batches: an endless, resumable stream of `{"image", "text"}` batches from any data spec.
 
 Map-style datasets are read in a per-epoch permutation drawn from (seed, epoch); the stream can restart at any
-(epoch, batch) position without touching the skipped samples, which is what exact resume needs.
+(epoch, batch) position without touching the skipped samples, which is what exact resume needs. Each sample's
+random augmentation is drawn from its own seed (seed, epoch, index) rather than from a DataLoader worker's
+stream, so a sample looks the same whatever the number of workers and whether or not the run was resumed.
 """
 from __future__ import annotations
 
@@ -11,21 +13,40 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from . import rng
 from .data.spec import train_collate
+from .errors import DataError
 
 
-class EpochPermutationSampler(Sampler[int]):
-    """The permutation of epoch `epoch`, starting at position `start`."""
+class EpochPermutationSampler(Sampler[tuple[int, int]]):
+    """``(epoch, index)`` pairs of the permutation of epoch `epoch`, starting at position `start`."""
 
     def __init__(self, size: int, seed: int, epoch: int, start: int = 0):
         self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g)[self.start :].tolist())
+        return iter((self.epoch, i) for i in torch.randperm(self.size, generator=g)[self.start :].tolist())
 
     def __len__(self) -> int:
         return self.size - self.start
+
+
+class SeededSamples(Dataset):
+    """Reads ``dataset[index]`` for an ``(epoch, index)`` key with torch's RNG seeded from (seed, epoch, index)
+    (and restored afterwards), so random transforms are a function of the sample, not of the reader."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng.sample_seed(self.seed, epoch, index, rng.STREAM_AUGMENT))
+            return self.dataset[index]
 
 
 class BatchStream:
@@ -38,8 +59,6 @@ class BatchStream:
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self.iterable = isinstance(dataset, IterableDataset)
         if not self.iterable and len(dataset) < batch_size:
-            from .errors import DataError
-
             raise DataError(f"the dataset has {len(dataset)} samples, fewer than one batch of {batch_size}")
         self._it: Iterator[Any] | None = None
 
@@ -48,8 +67,11 @@ class BatchStream:
         return None if self.iterable else len(self.dataset) // self.batch_size
 
     def _start_epoch(self) -> None:
+        # The loader's own generator (its workers' base seed) keeps the global RNG untouched: creating an iterator
+        # at a resume point must not shift what the rest of the run draws from it.
         kwargs: dict[str, Any] = dict(
             batch_size=self.batch_size, num_workers=self.workers, collate_fn=train_collate, drop_last=True,
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
         )
         if self.iterable:
             if hasattr(self.dataset, "set_epoch"):
@@ -62,7 +84,7 @@ class BatchStream:
             sampler = EpochPermutationSampler(
                 len(self.dataset), self.seed, self.epoch, self.batch_in_epoch * self.batch_size
             )
-            it = iter(DataLoader(self.dataset, sampler=sampler, **kwargs))
+            it = iter(DataLoader(SeededSamples(self.dataset, self.seed), sampler=sampler, **kwargs))
         self._it = it
 
     def __iter__(self) -> "BatchStream":
@@ -80,6 +102,4 @@ class BatchStream:
                 self._it = None
                 self.epoch += 1
                 self.batch_in_epoch = 0
-        from .errors import DataError
-
         raise DataError("the training data yielded no complete batch")

@@ -10,12 +10,17 @@ import torch
 # Stream ids keep the image-mask and MLM draws of one sample independent.
 STREAM_IMAGE_MASK = 1
 STREAM_MLM = 2
+STREAM_AUGMENT = 3  # keyed by (seed, epoch, dataset index) rather than step and sample id
+
+
+def sample_seed(seed: int, step: int, sample_id: int, stream: int) -> int:
+    """A 63-bit seed from (seed, step, sample_id, stream) by a fixed integer hash."""
+    return (seed * 0x9E3779B1 + step * 0x85EBCA77 + sample_id * 0xC2B2AE3D + stream * 0x27D4EB2F) & ((1 << 63) - 1)
 
 
 def sample_generator(seed: int, step: int, sample_id: int, stream: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, step, sample_id, stream) by a fixed integer hash."""
-    h = (seed * 0x9E3779B1 + step * 0x85EBCA77 + sample_id * 0xC2B2AE3D + stream * 0x27D4EB2F) & ((1 << 63) - 1)
-    return torch.Generator().manual_seed(h)
+    """A CPU generator seeded from (seed, step, sample_id, stream)."""
+    return torch.Generator().manual_seed(sample_seed(seed, step, sample_id, stream))
 
 
 def per_sample_uniform(seed: int, step: int, sample_ids: torch.Tensor, n: int, stream: int) -> torch.Tensor:

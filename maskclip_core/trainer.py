@@ -19,11 +19,12 @@ import open_clip
 import torch
 
 from . import rng
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import faults
+from .checkpoint import CheckpointDir
 from .config import TrainConfig, validate
 from .data.spec import build_train_dataset, parse_data_spec
 from .ema import Teacher, momentum_at
-from .errors import CheckpointError, MaskClipError
+from .errors import CheckpointError, DataError, MaskClipError
 from .loader import BatchStream
 from .masking import block_masking, random_masking
 from .mlm import mlm_mask
@@ -103,6 +104,36 @@ class NonFiniteLossError(MaskClipError):
     """Too many consecutive non-finite losses or gradients."""
 
 
+class BadDataError(DataError):
+    """More of the training data was unreadable than `run.max_bad_fraction` allows."""
+
+
+@dataclass
+class DataHealth:
+    """Counts of samples read and of bad ones skipped (unreadable image, empty caption, ...), over the whole run."""
+
+    samples: int = 0
+    bad: int = 0
+
+    def add(self, good: int, bad: int) -> None:
+        """Count one batch: `good` samples used, `bad` skipped to fill it."""
+        self.samples += good + bad
+        self.bad += bad
+
+    def check(self, max_fraction: float) -> None:
+        """Raise BadDataError when the bad fraction so far exceeds `max_fraction`. Checked only once enough
+        samples were read for one bad sample not to exceed it by itself (1 of 10 is not yet 10 %)."""
+        if self.bad == 0:
+            return
+        enough = self.samples >= (1.0 / max_fraction if max_fraction > 0 else 0)
+        if enough and self.bad / self.samples > max_fraction:
+            raise BadDataError(
+                f"{self.bad} of {self.samples} training samples read so far were unreadable or empty "
+                f"({100 * self.bad / self.samples:.1f}% > max_bad_fraction {100 * max_fraction:g}%); fix the data "
+                f"or raise --set max_bad_fraction=..."
+            )
+
+
 @contextlib.contextmanager
 def stop_on_sigterm():
     """Yield a flag that turns true on SIGTERM (what SLURM and Kubernetes send), so the loop can checkpoint and
@@ -150,12 +181,12 @@ def train(
     if run.threads > 0:
         torch.set_num_threads(run.threads)
     out = Path(run.out)
-    ckpt_path = out / "checkpoints" / "last.pt"
+    ckpts = CheckpointDir(out / "checkpoints", run.keep_checkpoints)
+    ckpts.clean_temporaries()
     state = None
     if resume:
-        if not ckpt_path.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path)
+        state, ckpt_path = ckpts.load_latest()
+        logger.info("resuming from %s (step %d)", ckpt_path, state["step"])
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
 
@@ -171,8 +202,9 @@ def train(
         cfg.data.spec, transform=train_transform(cfg, model.clip), tokenizer=tokenizer, seed=run.seed,
         image_size=image_size_of(model.clip), csv_img_key=cfg.data.csv_img_key,
         csv_caption_key=cfg.data.csv_caption_key, shuffle_buffer=cfg.data.shuffle_buffer,
-        resampled=cfg.data.resampled,
+        resampled=cfg.data.resampled, csv_root=cfg.data.csv_root, allow_outside_root=cfg.data.allow_outside_root,
     )
+    health = DataHealth()
 
     step, epoch, batch_in_epoch = 0, 0, 0
     if state is not None:
@@ -186,6 +218,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         _set_rng_state(state["rng"])
+        health = DataHealth(**state.get("data", {}))
     stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, epoch, batch_in_epoch)
     total = resolve_total_steps(cfg, stream)
     log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None)
@@ -193,27 +226,29 @@ def train(
 
     def checkpoint() -> None:
         extras = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
-        save_checkpoint(
-            {
-                "step": step, "epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch,
-                "config": cfg.to_dict(), "clip": model.clip.state_dict(), "extras": extras,
-                "teacher": teacher.state_dict() if teacher is not None else None,
-                "optimizer": optimizer.state_dict(), "rng": _rng_state(),
-            },
-            ckpt_path,
-        )
+        ckpts.save({
+            "step": step, "epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch,
+            "config": cfg.to_dict(), "clip": model.clip.state_dict(), "extras": extras,
+            "teacher": teacher.state_dict() if teacher is not None else None,
+            "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+            "data": {"samples": health.samples, "bad": health.bad},
+            "nonfinite": {"skipped": skipped, "consecutive": consecutive},
+        })
 
     model.train()
     start_time = time.time()
     with stop_on_sigterm() as stop:  # SIGTERM: finish the step, checkpoint, return
         window_start, window_samples = time.perf_counter(), 0
         last: dict[str, Any] = {}
-        skipped, consecutive = 0, 0
+        counters = state.get("nonfinite", {}) if state is not None else {}
+        skipped, consecutive = counters.get("skipped", 0), counters.get("consecutive", 0)
         while step < total:
             lr = cosine_lr(step, cfg.optim.lr, cfg.optim.warmup, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = next(stream)
+            health.add(run.batch_size, int(batch.get("bad", 0)))
+            health.check(run.max_bad_fraction)
             image, text = batch["image"].to(device, non_blocking=True), batch["text"].to(device, non_blocking=True)
             sample_ids = torch.arange(step * run.batch_size, (step + 1) * run.batch_size)
             extra = {k: v.to(device) for k, v in masks(step, sample_ids, text.cpu()).items()}
@@ -227,6 +262,7 @@ def train(
             if finite:
                 loss.backward()
                 finite = _finite_grads(model)
+            faults.point("train_step", step + 1)  # tests: a kill mid-step (after backward, before the update)
             if finite:
                 consecutive = 0
                 if cfg.optim.grad_clip > 0:
@@ -245,7 +281,7 @@ def train(
                 if consecutive >= run.max_nonfinite:
                     raise NonFiniteLossError(
                         f"{consecutive} consecutive non-finite losses/gradients at step {step + 1}; stopped, the last "
-                        f"good checkpoint is {out / 'checkpoints' / 'last.pt'}"
+                        f"good checkpoint is {ckpts.last}"
                     )
             step += 1
             window_samples += run.batch_size
@@ -259,7 +295,7 @@ def train(
                     "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
                     "ema_momentum": momentum if teacher is not None else None,
                     "samples_per_s": window_samples / max(now - window_start, 1e-9),
-                    "nonfinite_skipped": skipped,
+                    "nonfinite_skipped": skipped, "bad_samples": health.bad, "samples_read": health.samples,
                 }
                 log.write(last)
                 if on_log is not None:
