@@ -198,3 +198,33 @@ def test_bad_data_is_counted_and_too_much_of_it_stops_the_run(tmp_path, csv_data
     cfg.run.out = str(tmp_path / "strict")
     with pytest.raises(BadDataError, match=r"max_bad_fraction 1%"):
         train(cfg)
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_hostile_feature_cache_entry_is_dropped_and_nothing_executes(tmp_path):
+    from maskclip_bench.feature_cache import FeatureCache
+
+    cache = FeatureCache(tmp_path / "cache")
+    key = "ab" + "0" * 62
+    path = cache.put(key, ["proj"], {"proj": torch.ones(2, 3)}, {"n": 2})
+    assert path is not None and torch.equal(cache.get(key, ["proj"])["proj"], torch.ones(2, 3))
+    marker = tmp_path / "executed"
+    torch.save({"format": "x", "key": key, "features": _Payload(str(marker))}, path)
+    with pytest.warns(UserWarning, match="dropping unreadable feature cache entry"):
+        assert cache.get(key, ["proj"]) is None
+    assert not marker.exists() and not path.exists()
+    # The same payload as a checkpoint is refused with a clear message, and nothing runs either.
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"clip": {}, "step": 1, "x": _Payload(str(marker))}, hostile)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_checkpoint(hostile)
+    assert not marker.exists()

@@ -54,7 +54,13 @@ def train_command(
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast)"),
     seed: Optional[int] = typer.Option(None),
     out: Optional[str] = typer.Option(None, help="run folder (config.json, metrics.jsonl, checkpoints/)"),
-    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoints/last.pt"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest good checkpoint in OUT/checkpoints"),
+    max_bad_fraction: Optional[float] = typer.Option(None, "--max-bad-fraction", help="stop when more than this "
+                                                     "fraction of the samples read was unreadable (default 0.01)"),
+    max_nonfinite: Optional[int] = typer.Option(None, "--max-nonfinite", help="consecutive non-finite steps "
+                                                "(skipped) before the run stops (default 5)"),
+    keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", help="step_*.pt files kept "
+                                                   "(default 3)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON config file"),
     set_: list[str] = typer.Option([], "--set", help="any config field: key=value (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -64,6 +70,8 @@ def train_command(
         "method.name": method, "model.name": model, "data.spec": data, "run.steps": steps, "run.epochs": epochs,
         "run.batch_size": batch_size, "optim.lr": lr, "method.mask_ratio": mask_ratio,
         "method.decoder_depth": decoder_depth, "run.precision": precision, "run.seed": seed, "run.out": out,
+        "run.max_bad_fraction": max_bad_fraction, "run.max_nonfinite": max_nonfinite,
+        "run.keep_checkpoints": keep_checkpoints,
     }
     if resume and config is None and out and (Path(out) / "config.json").is_file():
         config = Path(out) / "config.json"  # resume continues the saved run unless flags change it
