@@ -1,60 +1,37 @@
 """Throughput of one training step, `clip` vs `maskclip`, tiny config, same batch, same process.
 
 Run with `make bench` (or `pytest benchmarks/test_bench_train_step.py --benchmark-only`). The last case writes
-`results/train_step.md` with the maskclip/clip ratio (target: at most 1.5x).
+`results/train_step.md` with the maskclip/clip ratio (target: at most 1.5x). The step of each variant is
+`maskclip_bench.perf.build_step`, the one implementation `maskclip-bench bench` and benchmarks/test_bench_perf.py
+time too (it mirrors the trainer's step, non-finite guards and logit-scale clamp included).
 """
 from __future__ import annotations
 
+import functools
+import os
 import platform
 from pathlib import Path
 
 import pytest
 import torch
 
-from maskclip_core.config import TrainConfig
-from maskclip_core.ema import Teacher, momentum_at
-from maskclip_core.optim import build_optimizer
-from maskclip_core.precision import compute_context
-from maskclip_core.trainer import MaskSampler, build_model
+from maskclip_bench import perf
 
-BATCH = 64
+MODEL = "MaskCLIP-Tiny-8"
+BATCH = int(os.environ.get("MASKCLIP_BENCH_BATCH", "64"))
 RESULTS: dict[tuple[str, str], float] = {}
-VARIANTS = {
-    "clip": {"name": "clip"},
-    "maskclip": {"name": "maskclip"},
-    "maskclip-masked-view": {"name": "maskclip", "contrastive_view": "masked"},
-}
+VARIANTS = ("clip", "maskclip", "maskclip-masked-view")  # perf.VARIANTS without the open_clip reference
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return perf.make_batch(MODEL, BATCH, torch.device("cpu"))
 
 
 def make_step(variant: str, precision: str):
-    torch.manual_seed(0)
-    cfg = TrainConfig()
-    for k, v in VARIANTS[variant].items():
-        setattr(cfg.method, k, v)
-    model, tok = build_model(cfg)
-    teacher = Teacher(model, "feature") if model.needs_teacher else None
-    opt = build_optimizer(model, cfg.optim)
-    masks = MaskSampler(model, 0)
-    images = torch.randn(BATCH, 3, 64, 64)
-    text = tok([f"a large red star in the top left and a small blue ring number {i}" for i in range(BATCH)])
-    state = {"step": 0}
-
-    def step():
-        s = state["step"]
-        extra = masks(s, torch.arange(s * BATCH, (s + 1) * BATCH), text)
-        with compute_context(torch.device("cpu"), precision):
-            targets = teacher.targets(images) if teacher is not None else None
-            losses = model(images, text, teacher_targets=targets, **extra)
-            loss = model.total_loss(losses)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if teacher is not None:
-            teacher.update(model, momentum_at(s, 1000, 0.996, 1.0))
-        state["step"] += 1
-
-    return step
+    """One training step of `variant`: `maskclip_bench.perf.build_step` (the code `maskclip-bench bench` times)."""
+    images, text = cpu_batch()
+    return perf.build_step(variant, MODEL, images, text, precision)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -1,0 +1,124 @@
+"""`maskclip-bench bench`: measured training throughput of open_clip's loop, our clip, maskclip and the masked
+view on the current device; prints a table and writes per-device sections of results/perf.md (see
+maskclip_bench.perf)."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+
+
+def split_list(values: list[str]) -> list[str]:
+    """Repeatable options that also take comma lists: ["fp32,bf16", "x"] -> ["fp32", "bf16", "x"]."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def bench_command(
+    model: str = typer.Option("MaskCLIP-Tiny-8", "--model", help="open_clip model config (ours included)"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    precision: list[str] = typer.Option([], "--precision", help="fp32 | bf16, repeatable or a comma list "
+                                        "(default: fp32,bf16 on CPU, bf16 on CUDA)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    steps: int = typer.Option(10, "--steps", help="timed steps per variant"),
+    warmup: int = typer.Option(2, "--warmup", help="untimed steps per variant before timing"),
+    threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0: torch's default)"),
+    variants: list[str] = typer.Option([], "--variants", help="subset of open_clip, clip, maskclip, "
+                                       "maskclip-masked-view (repeatable or a comma list; default: all)"),
+    out: Path = typer.Option(Path("results/perf.md"), "--out", help="markdown file; only this run's device / "
+                             "model / precision sections are replaced"),
+) -> None:
+    """Time one training step of open_clip's own loop and of our clip / maskclip / masked-view variants (same
+    model config, batch and process); print samples/s, peak memory, FLOP/s and the targeted ratios."""
+    import torch
+    from rich.console import Console
+
+    from maskclip_bench import perf
+    from maskclip_core.errors import ConfigError, MaskClipError
+    from maskclip_core.towers import check_model_name
+
+    dev = perf.resolve_device(device)
+    precisions = split_list(precision) or (["bf16"] if dev.type == "cuda" else ["fp32", "bf16"])
+    chosen = split_list(variants) or list(perf.VARIANTS)
+    for p in precisions:
+        if p not in perf.PRECISIONS:
+            raise ConfigError(f"unknown precision '{p}' (choose {', '.join(perf.PRECISIONS)})")
+    for v in chosen:
+        if v not in perf.VARIANTS:
+            raise ConfigError(f"unknown variant '{v}' (choose {', '.join(perf.VARIANTS)})")
+    if batch_size < 2:
+        raise ConfigError(f"--batch-size must be >= 2 for a contrastive loss, got {batch_size}")
+    if steps < 1 or warmup < 0:
+        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    check_model_name(model)
+    chosen = [v for v in perf.VARIANTS if v in chosen]  # canonical order, no duplicates
+    precisions = list(dict.fromkeys(precisions))
+
+    previous_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    command = "maskclip-bench bench " + shlex.join([
+        "--model", model, "--batch-size", str(batch_size), *[a for p in precisions for a in ("--precision", p)],
+        "--device", device, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads),
+        "--variants", ",".join(chosen), "--out", str(out),
+    ])
+    console = Console()
+    name = perf.device_name(dev)
+    sections: dict[str, str] = {}
+    try:
+        images, text = perf.make_batch(model, batch_size, dev)
+        for prec in precisions:
+            results: dict[str, perf.VariantResult] = {}
+            for variant in chosen:
+                console.print(f"[dim]{prec} {variant}: {warmup} warm-up + {steps} timed step(s)...[/dim]")
+                try:
+                    results[variant] = perf.measure_variant(variant, model, images, text, prec, steps, warmup)
+                except MaskClipError:
+                    raise
+                except Exception as exc:  # one failing variant (e.g. out of memory) is reported, not fatal
+                    message = " ".join(f"{type(exc).__name__}: {exc}".split())[:200].replace("|", "/")
+                    results[variant] = perf.VariantResult(variant, batch_size, error=message)
+                    console.print(f"[red]{variant} failed[/red]: {message}")
+            info = perf.RunInfo(command=command, device=dev, device_name=name, model=model, precision=prec,
+                                batch_size=batch_size, steps=steps, warmup=warmup,
+                                threads=torch.get_num_threads())
+            key, body = perf.render_section(info, results)
+            sections[key] = body
+            console.print(results_table(info, results))
+    finally:
+        torch.set_num_threads(previous_threads)
+    models = list(dict.fromkeys([model, perf.GPU_REFERENCE_MODEL]))
+    perf.write_perf_md(out, sections, dev.type, models)
+    console.print(f"wrote {out}")
+
+
+def results_table(info, results):  # type: ignore[no-untyped-def]
+    """Rich table of one precision's results, with the ratio lines as its caption."""
+    from rich.table import Table
+
+    from maskclip_bench import perf
+
+    cuda = info.device.type == "cuda"
+    peak = perf.peak_bf16_tflops(info.device_name) if cuda else None
+    table = Table(title=f"{info.device.type}: {info.device_name} · {info.model} · {info.precision} · batch "
+                        f"{info.batch_size} · {info.threads} thread(s)",
+                  caption="\n".join(r.line() for r in perf.ratios(results)))
+    for column in ("variant", "s / step", "samples / s",
+                   "peak MiB (cuda max allocated)" if cuda else "max RSS MiB (process, cumulative)",
+                   "TFLOP/s", "MFU" if peak or not cuda else "MFU (peak unknown)"):
+        table.add_column(column)
+    for variant, r in results.items():
+        if not r.ok:
+            table.add_row(variant, f"[red]failed[/red]: {r.error}", "", "", "", "")
+            continue
+        tf = r.tflops
+        mfu = "-" if not cuda or not peak or not tf else f"{100 * tf / peak:.1f} %"
+        table.add_row(variant, f"{r.seconds:.4f}", f"{r.samples_per_s:,.1f}",
+                      "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:,.0f}",
+                      "-" if tf is None else f"{tf:.3f}", mfu)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bench`."""
+    app.command("bench")(bench_command)

@@ -1,0 +1,572 @@
+"""Training throughput of one step: open_clip's own loop against our `clip`, `maskclip` and FLIP-style masked view.
+
+Plain functions, used by `maskclip-bench bench` (which writes `results/perf.md`) and by the pytest-benchmark cases
+in `benchmarks/`. The one implementation of "one training step of variant X" is `build_step`:
+
+- `open_clip`: the reference, written as open_clip's `training/train.py` does one step (accum_freq 1, no scaler):
+  `optimizer.zero_grad()`, `model(images, texts)` with `output_dict=True` under the autocast context,
+  `ClipLoss(local_loss=False, gather_with_grad=False, cache_labels=True, rank=0, world_size=1)`, backward,
+  `clip_grad_norm_` (open_clip's `--grad-clip-norm`, set to our `grad_clip`), AdamW (open_clip's `main.py`
+  parameter groups, our hyper-parameters), `logit_scale.clamp_(0, ln 100)`.
+- `clip`, `maskclip`, `maskclip-masked-view`: our MaskCLIP module, stepped as `maskclip_core.trainer.train` steps it
+  on one process (accum_freq 1): masks from `MaskSampler`, EMA-teacher targets, loss terms, total loss, the
+  trainer's non-finite guards (loss and every gradient checked), backward, grad clip, AdamW, logit-scale clamp,
+  EMA update.
+
+Both run under `maskclip_core.precision.compute_context(device, precision)` (same autocast, same attention
+kernel), on the same batch, from the same initial weights (same seed), so a difference is a difference of loops.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import platform
+import re
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "open_clip": {},
+    "clip": {"name": "clip"},
+    "maskclip": {"name": "maskclip"},
+    "maskclip-masked-view": {"name": "maskclip", "contrastive_view": "masked"},
+}
+PRECISIONS = ("fp32", "bf16")
+MAX_LOGIT_SCALE = math.log(100.0)
+CAPTION = "a large red star in the top left and a small blue ring number {i}"
+
+# Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, matched in order as a substring of
+# torch.cuda.get_device_name(); the more specific names come first ("H100 PCIe" before "H100", "L40S" before "L4").
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM5 / "H100 80GB HBM3"
+    ("H800", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+)
+
+# The ratios the project targets: (name, numerator, denominator, test on the ratio, how the target reads).
+TARGETS: tuple[tuple[str, str, str, Callable[[float], bool], str], ...] = (
+    ("our clip / open_clip step time", "clip", "open_clip", lambda r: r <= 1.05, "target: within 5 %, i.e. <= 1.05x"),
+    ("maskclip / clip step time", "maskclip", "clip", lambda r: r <= 1.5,
+     "target: at most 1.5x; the published GPU figure for this design is 1.56x"),
+    ("masked-view / clip step time", "maskclip-masked-view", "clip", lambda r: r < 1.0, "target: below 1.0x"),
+)
+
+
+# ------------------------------------------------------------------------------------------------ devices / batch
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is a user error."""
+    from maskclip_core.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but torch sees no CUDA device on this machine")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{name}' (choose auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """A human name of the device: the GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return re.sub(r"\s+", " ", line.split(":", 1)[1]).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def peak_bf16_tflops(name: str) -> float | None:
+    """Dense bf16 peak of a GPU by name, or None ("peak unknown")."""
+    for key, value in PEAK_BF16_TFLOPS:
+        if key in name:
+            return value
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_batch(model_name: str, batch_size: int, device: torch.device, seed: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed (images, tokens) batch for the model config: normal-noise images at the model's input size and
+    distinct shapes-like captions, already on `device`."""
+    import open_clip
+
+    from maskclip_core.towers import check_model_name, get_tokenizer
+
+    check_model_name(model_name)
+    size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch_size, 3, int(size[0]), int(size[1]), generator=gen)
+    text = get_tokenizer(model_name)([CAPTION.format(i=i) for i in range(batch_size)])
+    return images.to(device), text.to(device)
+
+
+# ------------------------------------------------------------------------------------------------ the steps
+
+
+class TrainStep:
+    """One training step of a variant, callable repeatedly; returns the step's (detached) total loss.
+
+    Attributes: `variant`, `model` (open_clip CLIP for the reference, our MaskCLIP otherwise), `optimizer`,
+    `teacher` (None unless the variant has one), `steps_done`.
+    """
+
+    variant: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    teacher: torch.nn.Module | None = None
+    steps_done: int = 0
+
+    def __call__(self) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def num_params(self) -> int:
+        """Parameters the optimizer updates."""
+        return sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
+
+
+class OpenClipStep(TrainStep):
+    """open_clip `training/train.py`'s step (accum_freq 1, no GradScaler), on our precision context."""
+
+    def __init__(self, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
+                 clip_state: dict[str, torch.Tensor] | None = None, seed: int = 0):
+        import open_clip
+
+        from maskclip_core.config import TrainConfig
+        from maskclip_core.towers import create_clip
+
+        self.variant = "open_clip"
+        self.device, self.precision = images.device, precision
+        self.images, self.text = images, text
+        self.optim_cfg = TrainConfig().optim
+        torch.manual_seed(seed)
+        # open_clip's main.py: create_model_and_transforms(..., output_dict=True); random init, nothing downloaded.
+        self.model = create_clip(model_name, output_dict=True)
+        if clip_state is not None:
+            self.model.load_state_dict(clip_state)
+        self.model.to(self.device).train()
+        self.loss = open_clip.ClipLoss(local_loss=False, gather_with_grad=False, cache_labels=True, rank=0,
+                                       world_size=1)
+        # open_clip's main.py parameter groups (gain_or_bias without weight decay), our AdamW hyper-parameters.
+        named = list(self.model.named_parameters())
+        exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+        gain_or_bias = [p for n, p in named if exclude(n, p) and p.requires_grad]
+        rest = [p for n, p in named if not exclude(n, p) and p.requires_grad]
+        cfg = self.optim_cfg
+        self.optimizer = torch.optim.AdamW(
+            [{"params": gain_or_bias, "weight_decay": 0.0}, {"params": rest, "weight_decay": cfg.weight_decay}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+        )
+        self.steps_done = 0
+
+    def __call__(self) -> torch.Tensor:
+        from maskclip_core.precision import compute_context
+        from maskclip_core.schedule import cosine_lr
+
+        cfg = self.optim_cfg
+        lr = cosine_lr(self.steps_done, cfg.lr, cfg.warmup, 1000)  # open_clip: scheduler(step) every step
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad()
+        with compute_context(self.device, self.precision):
+            model_out = self.model(self.images, self.text)
+            losses = self.loss(**model_out, output_dict=True)
+            total_loss = sum(losses.values())
+        total_loss.backward()
+        if cfg.grad_clip > 0:  # open_clip: --grad-clip-norm
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, norm_type=2.0)
+        self.optimizer.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        self.steps_done += 1
+        return total_loss.detach()
+
+
+class OurStep(TrainStep):
+    """Our MaskCLIP module (`clip`, `maskclip`, `maskclip-masked-view`), stepped as the trainer steps it."""
+
+    def __init__(self, variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
+                 seed: int = 0, total_steps: int = 1000):
+        from maskclip_core.config import TrainConfig
+        from maskclip_core.ema import Teacher
+        from maskclip_core.optim import build_optimizer
+        from maskclip_core.trainer import MaskSampler, build_model
+
+        self.variant = variant
+        self.device, self.precision = images.device, precision
+        self.images, self.text = images, text
+        self.text_cpu = text.cpu()  # the trainer draws masks from the loader's CPU tokens, then moves them
+        self.batch_size = images.shape[0]
+        self.total_steps = total_steps
+        cfg = TrainConfig()
+        cfg.model.name = model_name
+        for key, value in VARIANTS[variant].items():
+            setattr(cfg.method, key, value)
+        self.cfg = cfg
+        torch.manual_seed(seed)  # model.clip gets the same initial weights as the open_clip reference
+        self.model, _ = build_model(cfg)
+        self.model.to(self.device).train()
+        m = cfg.method
+        self.teacher = (Teacher(self.model, m.distill_target, m.soft_teacher_temp, m.soft_center_momentum)
+                        .to(self.device) if self.model.needs_teacher else None)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.masks = MaskSampler(self.model, seed)
+        self.steps_done = 0
+
+    def __call__(self) -> torch.Tensor:
+        from maskclip_core.ema import momentum_at
+        from maskclip_core.precision import compute_context
+        from maskclip_core.schedule import cosine_lr
+        from maskclip_core.trainer import _finite_grads
+
+        cfg, s, b = self.cfg, self.steps_done, self.batch_size
+        model, teacher, optimizer = self.model, self.teacher, self.optimizer
+        lr = cosine_lr(s, cfg.optim.lr, cfg.optim.warmup, self.total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ids = torch.arange(s * b, (s + 1) * b)
+        extra = {k: v.to(self.device) for k, v in self.masks(s, ids, self.text_cpu).items()}
+        with compute_context(self.device, self.precision):
+            targets = teacher.targets(self.images) if teacher is not None else None
+            losses = model(self.images, self.text, teacher_targets=targets, **extra)
+            loss = model.total_loss(losses)
+        optimizer.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            finite = _finite_grads(model)
+        if finite:
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            if teacher is not None:
+                teacher.update(model, momentum_at(s, self.total_steps, cfg.method.ema_momentum,
+                                                  cfg.method.ema_momentum_end))
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
+        return loss.detach()
+
+
+def build_step(variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
+               seed: int = 0, clip_state: dict[str, torch.Tensor] | None = None) -> TrainStep:
+    """One training step of `variant` on the given batch (on the batch's device). `clip_state` (open_clip only):
+    initial weights of the reference model, e.g. our clip step's `model.clip.state_dict()`."""
+    from maskclip_core.errors import ConfigError
+
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant '{variant}' (choose {', '.join(VARIANTS)})")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}' (choose {', '.join(PRECISIONS)})")
+    if variant == "open_clip":
+        return OpenClipStep(model_name, images, text, precision, clip_state=clip_state, seed=seed)
+    return OurStep(variant, model_name, images, text, precision, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+@dataclass
+class VariantResult:
+    """Measurement of one variant: per-step wall times, peak memory, FLOPs of one step."""
+
+    variant: str
+    batch_size: int
+    step_times: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None
+    flops: int | None = None
+    params: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.step_times)
+
+    @property
+    def seconds(self) -> float:
+        """Median wall time of a timed step."""
+        times = sorted(self.step_times)
+        n = len(times)
+        return times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch_size / self.seconds
+
+    @property
+    def tflops(self) -> float | None:
+        """Achieved TFLOP/s (counted FLOPs of one step / median step time)."""
+        return None if not self.flops else self.flops / self.seconds / 1e12
+
+
+def count_flops(step: Callable[[], Any]) -> int:
+    """FLOPs of one call of `step` (forward + backward matmuls, convolutions, attention), by
+    `torch.utils.flop_counter.FlopCounterMode`. The call is a real training step (the optimizer moves)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def max_rss_bytes() -> int:
+    """The process's maximum resident set size so far (Linux reports KiB, macOS bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if platform.system() == "Darwin" else rss * 1024)
+
+
+def measure_variant(variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
+                    steps: int, warmup: int, seed: int = 0, flops: bool = True) -> VariantResult:
+    """Build the variant, run `warmup` untimed steps, time `steps` steps (synchronising CUDA around each), read
+    peak memory (CUDA: max allocated since after the warm-up; CPU: process max RSS), then count one extra step's
+    FLOPs (untimed). The variant is freed before returning, so the next one's peak memory does not include it."""
+    device = images.device
+    result = VariantResult(variant, images.shape[0])
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    step = build_step(variant, model_name, images, text, precision, seed=seed)
+    result.params = step.num_params
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        result.step_times.append(time.perf_counter() - start)
+    result.peak_bytes = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max_rss_bytes())
+    if flops:
+        result.flops = count_flops(step)
+        synchronize(device)
+    del step
+    gc.collect()
+    return result
+
+
+@dataclass
+class RunInfo:
+    """What a section of results/perf.md says about the run that produced it."""
+
+    command: str
+    device: torch.device
+    device_name: str
+    model: str
+    precision: str
+    batch_size: int
+    steps: int
+    warmup: int
+    threads: int
+    torch_version: str = torch.__version__
+    open_clip_version: str = ""
+    date: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.open_clip_version:
+            import open_clip
+
+            self.open_clip_version = getattr(open_clip, "__version__", "?")
+        if not self.date:
+            self.date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+# ------------------------------------------------------------------------------------------------ ratios
+
+
+@dataclass
+class Ratio:
+    name: str
+    value: float | None
+    met: bool | None
+    target: str
+    missing: str = ""
+
+    def line(self) -> str:
+        if self.value is None:
+            return f"{self.name}: not measured ({self.missing}; {self.target})"
+        return f"{self.name}: {self.value:.3f}x ({self.target}): {'met' if self.met else 'NOT met'}"
+
+
+def ratios(results: dict[str, VariantResult]) -> list[Ratio]:
+    """The targeted step-time ratios of one run (median step times)."""
+    out = []
+    for name, num, den, test, target in TARGETS:
+        a, b = results.get(num), results.get(den)
+        if a is None or b is None:
+            missing = " and ".join(v for v, r in ((num, a), (den, b)) if r is None)
+            out.append(Ratio(name, None, None, target, f"{missing} not in this run"))
+        elif not (a.ok and b.ok):
+            failed = " and ".join(v for v, r in ((num, a), (den, b)) if not r.ok)
+            out.append(Ratio(name, None, None, target, f"{failed} failed"))
+        else:
+            value = a.seconds / b.seconds
+            out.append(Ratio(name, value, bool(test(value)), target))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ results/perf.md
+
+MARKER = "<!-- perf-section: {key} -->"
+MARKER_RE = re.compile(r"^<!-- perf-section: (.+?) -->$", re.M)
+NO_GPU = "not measured (no GPU in this run)"
+GPU_REFERENCE_MODEL = "MaskCLIP-ViT-B-16"
+PREAMBLE = """# Training throughput: maskclip-bench against open_clip
+
+Produced by `maskclip-bench bench` (`maskclip_bench/perf.py`). Each section is one run on one device, model config
+and precision: every variant on the same batch, from the same initial weights, in the same process, one variant
+after the other (each is built, run and freed before the next). A rerun replaces only the section of its own device,
+model and precision; sections of other devices stay.
+
+Variants: `open_clip` = open_clip's own step as `training/train.py` writes it (`model(images, texts)` with
+`output_dict=True`, `ClipLoss`, backward, `--grad-clip-norm` = our `grad_clip`, AdamW with open_clip's parameter
+groups and our hyper-parameters, `logit_scale` clamp); `clip`, `maskclip`, `maskclip-masked-view` = our MaskCLIP
+module stepped as `maskclip_core.trainer` steps it (masks, EMA-teacher targets, loss terms, non-finite guards,
+backward, grad clip, AdamW, clamp, EMA update). All under the same autocast / attention context
+(`maskclip_core.precision.compute_context`). Data loading is not part of any step (the batch is resident).
+
+s / step is the median wall time of the timed steps (CUDA synchronised after each step). FLOPs / step are counted
+by `torch.utils.flop_counter.FlopCounterMode` over one extra, untimed step (matmuls, convolutions, attention; forward
+and backward). MFU = achieved FLOP/s / the device's dense bf16 peak (GPU only).
+"""
+
+
+def section_key(device_type: str, name: str, model: str, precision: str) -> str:
+    clean = lambda s: re.sub(r"[|\n]|-->", " ", s).strip()  # noqa: E731
+    return "|".join(clean(s) for s in (device_type, name, model, precision))
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f}"
+
+
+def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[str, str]:
+    """(key, markdown) of one measured section."""
+    dev = info.device.type
+    key = section_key(dev, info.device_name, info.model, info.precision)
+    peak = peak_bf16_tflops(info.device_name) if dev == "cuda" else None
+    if dev == "cuda":
+        mem_header = "peak memory (MiB, torch.cuda.max_memory_allocated over the timed steps)"
+        mfu_header = f"MFU (vs {peak:g} TFLOP/s dense bf16)" if peak else "MFU (peak unknown)"
+    else:
+        mem_header = "process max RSS (MiB, ru_maxrss: cumulative over the process, includes earlier variants)"
+        mfu_header = "MFU"
+    lines = [
+        MARKER.format(key=key),
+        f"## {dev.upper()}: {info.device_name} · {info.model} · {info.precision}",
+        "",
+        f"- Command: `{info.command}`",
+        f"- Device: {dev} ({info.device_name}); torch threads: {info.threads}",
+        f"- torch {info.torch_version}, open_clip {info.open_clip_version}, Python {platform.python_version()}; "
+        f"date: {info.date}",
+        f"- Batch {info.batch_size}, {info.warmup} warm-up + {info.steps} timed step(s) per variant, one process",
+        "",
+        f"| variant | s / step (median) | samples / s | {mem_header} | GFLOPs / step | TFLOP/s | {mfu_header} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, r in results.items():
+        if not r.ok:
+            lines.append(f"| {variant} | failed: {r.error} | | | | | |")
+            continue
+        tf = r.tflops
+        if dev != "cuda":
+            mfu = "- (CPU)"
+        elif peak is None:
+            mfu = "peak unknown"
+        else:
+            mfu = f"{100 * tf / peak:.1f} %" if tf else "-"
+        lines.append(f"| {variant} | {r.seconds:.4f} | {r.samples_per_s:,.1f} | {_fmt_bytes(r.peak_bytes)} | "
+                     f"{'-' if not r.flops else f'{r.flops / 1e9:,.1f}'} | {'-' if tf is None else f'{tf:.3f}'} | "
+                     f"{mfu} |")
+    lines += ["", "Ratios (this run, median step times):", ""]
+    lines += [f"- {r.line()}" for r in ratios(results)]
+    return key, "\n".join(lines) + "\n"
+
+
+def render_placeholder(model: str, precision: str = "bf16") -> tuple[str, str]:
+    """(key, markdown) of a CUDA section that this run could not measure."""
+    key = section_key("cuda", "-", model, precision)
+    lines = [
+        MARKER.format(key=key),
+        f"## CUDA · {model} · {precision}",
+        "",
+        f"{NO_GPU[0].upper() + NO_GPU[1:]}. Produce it on a GPU machine with "
+        f"`maskclip-bench bench --device cuda --model {model} --precision {precision}`.",
+        "",
+        "| variant | s / step (median) | samples / s | peak memory (MiB) | GFLOPs / step | TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {v} | {NO_GPU} | | | | | |" for v in VARIANTS]
+    lines += ["", "Ratios:", ""]
+    lines += [f"- {name}: {NO_GPU} ({target})" for name, _, _, _, target in TARGETS]
+    return key, "\n".join(lines) + "\n"
+
+
+def parse_sections(text: str) -> dict[str, str]:
+    """Sections of an existing perf.md by key, in file order (the preamble before the first marker is dropped)."""
+    matches = list(MARKER_RE.finditer(text))
+    sections = {}
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        sections[m.group(1)] = text[m.start():end].rstrip() + "\n"
+    return sections
+
+
+def merge_sections(existing: str, new: dict[str, str], device_type: str, models: list[str]) -> str:
+    """The whole perf.md: the preamble, the existing sections with the new ones replacing those of the same key
+    (new keys appended), a CUDA placeholder for each of `models` that has no CUDA section when this run was on
+    the CPU, and no placeholder left where a CUDA section of that model and precision now exists."""
+    sections = parse_sections(existing)
+    for key, body in new.items():
+        sections[key] = body
+    parts = [k.split("|") for k in sections]
+    measured_cuda = {(p[2], p[3]) for p in parts if p[0] == "cuda" and p[1] != "-"}
+    sections = {k: v for k, v in sections.items()
+                if not (k.split("|")[0] == "cuda" and k.split("|")[1] == "-"
+                        and tuple(k.split("|")[2:4]) in measured_cuda)}
+    if device_type != "cuda":
+        for model in models:
+            if not any(p[0] == "cuda" and p[2] == model for p in (k.split("|") for k in sections)):
+                key, body = render_placeholder(model)
+                sections[key] = body
+    return PREAMBLE + "\n" + "\n".join(sections.values())
+
+
+def write_perf_md(path: Path, new: dict[str, str], device_type: str, models: list[str]) -> str:
+    """Merge the new sections into `path` (created if missing), written atomically; returns the text."""
+    existing = path.read_text() if path.is_file() else ""
+    text = merge_sections(existing, new, device_type, models)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text

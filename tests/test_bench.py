@@ -1,0 +1,141 @@
+"""`maskclip-bench bench` and `maskclip_bench.perf`: the perf.md file (rows, ratios, per-device sections, GPU rows
+never estimated), and that the open_clip reference step computes the same loss as our clip step (like for like).
+
+Tiny settings throughout (batch 4, one step, one thread): these check the measuring code, not the numbers.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskclip_bench import perf
+
+MODEL = "MaskCLIP-Tiny-8"
+TINY = ["--model", MODEL, "--batch-size", "4", "--steps", "1", "--threads", "1"]
+
+
+def run_bench(args):
+    from typer.testing import CliRunner
+
+    from maskclip_bench.cli import _register_commands, app
+
+    _register_commands()
+    return CliRunner().invoke(app, ["bench", *args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def perf_md(tmp_path_factory):
+    """One fp32 run of all four variants on the CPU, then a bf16 run of two of them into the same file."""
+    out = tmp_path_factory.mktemp("bench") / "perf.md"
+    threads = torch.get_num_threads()
+    first = run_bench([*TINY, "--warmup", "1", "--precision", "fp32", "--device", "cpu", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    after_first = out.read_text()
+    second = run_bench([*TINY, "--warmup", "0", "--precision", "bf16", "--device", "cpu",
+                        "--variants", "open_clip,clip", "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    assert torch.get_num_threads() == threads  # --threads is restored for the rest of the process
+    return after_first, out.read_text(), first.output
+
+
+def section(text: str, device_type: str, precision: str, model: str = MODEL) -> str:
+    found = [body for key, body in perf.parse_sections(text).items()
+             if key.split("|")[0] == device_type and key.split("|")[2] == model and key.split("|")[3] == precision]
+    assert len(found) == 1, list(perf.parse_sections(text))
+    return found[0]
+
+
+def test_bench_writes_variant_rows_ratios_and_command(perf_md):
+    text, _, stdout = perf_md
+    cpu = section(text, "cpu", "fp32")
+    rows = [line for line in cpu.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+    assert [row.split("|")[1].strip() for row in rows] == list(perf.VARIANTS)
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert float(cells[1]) > 0 and float(cells[2].replace(",", "")) > 0, row  # s/step, samples/s
+        assert float(cells[4].replace(",", "")) > 0 and "(CPU)" in cells[6], row  # GFLOPs counted; no MFU on CPU
+    for name in ("our clip / open_clip step time", "maskclip / clip step time", "masked-view / clip step time"):
+        (line,) = [line for line in cpu.splitlines() if line.startswith(f"- {name}: ")]
+        assert line.endswith(": met") or line.endswith(": NOT met"), line
+        assert name in stdout  # the printed table carries the ratios too
+    assert "- Command: `maskclip-bench bench --model MaskCLIP-Tiny-8 --batch-size 4 --precision fp32 " \
+           "--device cpu --steps 1 --warmup 1 --threads 1" in cpu
+    assert f"torch {torch.__version__}" in cpu and "torch threads: 1" in cpu and "date: " in cpu
+    assert "max RSS" in cpu  # the CPU memory method is named
+
+
+def test_gpu_sections_are_not_measured_on_this_cpu_machine(perf_md):
+    text, _, _ = perf_md
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for model in (MODEL, perf.GPU_REFERENCE_MODEL):
+        gpu = section(text, "cuda", "bf16", model)
+        rows = [line for line in gpu.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+        assert len(rows) == 4 and all(perf.NO_GPU in row for row in rows)
+        assert not any(ch.isdigit() for row in rows for ch in row.split("|")[2])  # nothing estimated
+        assert "met" not in gpu.replace("measured", "")
+
+
+def test_second_precision_keeps_the_first_section(perf_md):
+    first, text, _ = perf_md
+    assert section(text, "cpu", "fp32") == section(first, "cpu", "fp32")
+    bf16 = section(text, "cpu", "bf16")
+    assert "| open_clip |" in bf16 and "| clip |" in bf16 and "| maskclip |" not in bf16
+    assert "maskclip / clip step time: not measured (maskclip not in this run" in bf16
+    assert text.count("<!-- perf-section: ") == 4  # cpu fp32, cpu bf16, two CUDA placeholders: nothing duplicated
+
+
+def test_rerun_replaces_only_its_own_section_and_a_gpu_run_replaces_the_placeholder():
+    existing = perf.merge_sections("", {"cpu|X|M|fp32": "<!-- perf-section: cpu|X|M|fp32 -->\nold cpu\n"},
+                                   "cpu", ["M"])
+    assert "cuda|-|M|bf16" in perf.parse_sections(existing)
+    gpu = perf.merge_sections(existing, {"cuda|NVIDIA H200|M|bf16": "<!-- perf-section: cuda|NVIDIA H200|M|bf16 -->"
+                                                                    "\ngpu rows\n"}, "cuda", ["M"])
+    assert list(perf.parse_sections(gpu)) == ["cpu|X|M|fp32", "cuda|NVIDIA H200|M|bf16"]
+    again = perf.merge_sections(gpu, {"cpu|X|M|fp32": "<!-- perf-section: cpu|X|M|fp32 -->\nnew cpu\n"}, "cpu", ["M"])
+    assert "new cpu" in again and "old cpu" not in again and "gpu rows" in again
+    assert "cuda|-|M|bf16" not in perf.parse_sections(again)  # a measured GPU section needs no placeholder
+
+
+def test_peak_table_and_ratio_verdicts():
+    assert perf.peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989
+    assert perf.peak_bf16_tflops("NVIDIA H100 PCIe") == 756
+    assert perf.peak_bf16_tflops("NVIDIA H200") == 989
+    assert perf.peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312
+    assert perf.peak_bf16_tflops("NVIDIA L4") == 121 and perf.peak_bf16_tflops("NVIDIA L40S") == 362
+    assert perf.peak_bf16_tflops("Tesla V100-SXM2-16GB") is None
+    results = {v: perf.VariantResult(v, 8, step_times=[t]) for v, t in
+               (("open_clip", 1.0), ("clip", 1.04), ("maskclip", 1.6), ("maskclip-masked-view", 0.9))}
+    lines = [r.line() for r in perf.ratios(results)]
+    assert lines[0].endswith(": met") and lines[1].endswith(": NOT met") and lines[2].endswith(": met")
+
+
+def test_user_errors_are_one_line_with_exit_2(capsys):
+    from maskclip_bench.cli import main
+
+    cases = [(["--variants", "clip,nope"], "unknown variant 'nope'"), (["--precision", "fp16"], "unknown precision"),
+             (["--model", "MaskCLIP-Tiny-9"], "unknown model")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "no CUDA device"))
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_open_clip_reference_and_our_clip_compute_the_same_loss(one_thread):
+    """Same batch, same initial weights (our clip's state dict copied into the open_clip model), fp32: the two
+    steps' losses agree to 1e-5, and so do the weights after the optimizer step (same groups, same AdamW)."""
+    images, text = perf.make_batch(MODEL, 4, torch.device("cpu"), seed=1)
+    ours = perf.build_step("clip", MODEL, images, text, "fp32", seed=3)
+    reference = perf.build_step("open_clip", MODEL, images, text, "fp32",
+                                clip_state=ours.model.clip.state_dict())
+    assert reference.num_params == ours.num_params
+    assert [len(g["params"]) for g in reference.optimizer.param_groups] == \
+           [len(g["params"]) for g in ours.optimizer.param_groups]
+    loss_ours, loss_ref = float(ours()), float(reference())
+    assert loss_ours == pytest.approx(loss_ref, abs=1e-5)
+    after_ref = reference.model.state_dict()
+    for name, value in ours.model.clip.state_dict().items():
+        torch.testing.assert_close(value, after_ref[name], atol=1e-5, rtol=1e-4, msg=name)
