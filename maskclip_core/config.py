@@ -21,7 +21,7 @@ MASK_STRATEGIES = ("random", "block")
 DISTILL_TARGETS = ("feature", "soft", "pixel")
 DISTILL_LOSSES = ("mse", "smooth_l1", "cosine")
 CONTRASTIVE_VIEWS = ("full", "masked")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "amp_bf16", "amp")  # bf16 = amp_bf16: bf16 autocast, fp32 weights
 
 
 @dataclass
@@ -98,7 +98,12 @@ class RunConfig:
     batch_size: int = 64
     seed: int = 0
     out: str = "runs/default"
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32 | bf16 / amp_bf16 (bf16 autocast) | amp (fp16 autocast + GradScaler)
+    accum_freq: int = 1  # micro-batches of batch_size per optimizer step (contrastive loss over all of them)
+    grad_checkpointing: bool = False  # recompute transformer blocks (towers and decoders) in the backward
+    torchcompile: bool = False  # torch.compile the student (checkpoints hold the uncompiled state dict)
+    compile_backend: str = "inductor"
+    device: str = "auto"  # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     log_every: int = 10
     checkpoint_every: int = 200
@@ -269,6 +274,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"batch_size must be >= 2 for a contrastive loss, got {r.batch_size}")
     if r.log_every < 1 or r.checkpoint_every < 1 or r.max_nonfinite < 1 or r.keep_checkpoints < 1:
         raise ConfigError("log_every, checkpoint_every, max_nonfinite and keep_checkpoints must be >= 1")
+    if r.accum_freq < 1:
+        raise ConfigError(f"accum_freq must be >= 1, got {r.accum_freq}")
+    _choice("device", r.device, ("auto", "cpu", "cuda"))
     if not 0.0 <= r.max_bad_fraction <= 1.0:
         raise ConfigError(f"max_bad_fraction must be in [0, 1], got {r.max_bad_fraction}")
     if not 0.0 < cfg.data.aug_scale_min <= 1.0:

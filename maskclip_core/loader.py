@@ -19,17 +19,33 @@ from .errors import DataError
 
 
 class EpochPermutationSampler(Sampler[tuple[int, int]]):
-    """``(epoch, index)`` pairs of the permutation of epoch `epoch`, starting at position `start`."""
+    """``(epoch, index)`` pairs of this rank's share of epoch `epoch`'s permutation, from position `start`.
 
-    def __init__(self, size: int, seed: int, epoch: int, start: int = 0):
+    The permutation is cut into global batches of ``batch_size * world_size``; rank r reads the r-th slice of
+    ``batch_size`` of each. So the global batch of a step holds the same samples whatever the number of ranks
+    (one process with batch 2B reads exactly what two ranks with batch B read together), and every rank gets
+    the same number of batches. The tail that fills no global batch is dropped, as ``drop_last`` would.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0, *, batch_size: int = 1, rank: int = 0,
+                 world_size: int = 1):
         self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+
+    def _indices(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.size, generator=g)
+        if self.world_size == 1:
+            return perm
+        glob = self.batch_size * self.world_size
+        usable = self.size // glob * glob
+        return perm[:usable].view(-1, self.world_size, self.batch_size)[:, self.rank].reshape(-1)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter((self.epoch, i) for i in torch.randperm(self.size, generator=g)[self.start :].tolist())
+        return iter((self.epoch, i) for i in self._indices()[self.start :].tolist())
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return len(self._indices()) - self.start
 
 
 class SeededSamples(Dataset):
@@ -53,18 +69,21 @@ class BatchStream:
     """Endless iterator of batches that knows its (epoch, batch_in_epoch) position."""
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, seed: int, workers: int = 0, epoch: int = 0, batch_in_epoch: int = 0
+        self, dataset: Dataset, batch_size: int, seed: int, workers: int = 0, epoch: int = 0, batch_in_epoch: int = 0,
+        rank: int = 0, world_size: int = 1,
     ):
         self.dataset, self.batch_size, self.seed, self.workers = dataset, batch_size, seed, workers
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
+        self.rank, self.world_size = rank, world_size
         self.iterable = isinstance(dataset, IterableDataset)
-        if not self.iterable and len(dataset) < batch_size:
-            raise DataError(f"the dataset has {len(dataset)} samples, fewer than one batch of {batch_size}")
+        if not self.iterable and len(dataset) < batch_size * world_size:
+            raise DataError(f"the dataset has {len(dataset)} samples, fewer than one global batch of "
+                            f"{batch_size} x {world_size} rank(s)")
         self._it: Iterator[Any] | None = None
 
     @property
     def batches_per_epoch(self) -> int | None:
-        return None if self.iterable else len(self.dataset) // self.batch_size
+        return None if self.iterable else len(self.dataset) // (self.batch_size * self.world_size)
 
     def _start_epoch(self) -> None:
         # The loader's own generator (its workers' base seed) keeps the global RNG untouched: creating an iterator
@@ -82,7 +101,8 @@ class BatchStream:
                 next(it)
         else:
             sampler = EpochPermutationSampler(
-                len(self.dataset), self.seed, self.epoch, self.batch_in_epoch * self.batch_size
+                len(self.dataset), self.seed, self.epoch, self.batch_in_epoch * self.batch_size,
+                batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
             )
             it = iter(DataLoader(SeededSamples(self.dataset, self.seed), sampler=sampler, **kwargs))
         self._it = it

@@ -50,8 +50,16 @@ def pixel_targets(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return (x - mean) / (var + 1e-6).sqrt()
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the masked token positions (logits [M, V], labels [M])."""
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+    """Cross-entropy on the masked token positions (logits [M, V], labels [M]).
+
+    Mean over the M positions by default. Data-parallel ranks and accumulation micro-batches hold different
+    numbers of masked tokens, so there the trainer passes `denominator` (the masked-token count of the whole
+    step divided by the number of shards): the sum over positions / denominator, averaged over the shards, is
+    then exactly the mean over the whole step's tokens, as one process with the whole batch computes it.
+    """
     if labels.numel() == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels)
+    if denominator is None:
+        return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels, reduction="sum") / denominator

@@ -84,19 +84,25 @@ class MaskCLIP(nn.Module):
         image_mask: torch.Tensor | None = None,
         mlm_mask: torch.Tensor | None = None,
         teacher_targets: torch.Tensor | None = None,
+        mlm_length: int | None = None,
+        mlm_denominator: float | None = None,
+        feature_bank: "FeatureBank | None" = None,
     ) -> dict[str, torch.Tensor]:
-        """One training step's loss terms (unweighted) as a dict; `loss_weights` says how to sum them."""
+        """One training step's loss terms (unweighted) as a dict; `loss_weights` says how to sum them.
+
+        `mlm_length` / `mlm_denominator` (see `mlm_loss`) make the MLM term of a shard of the step equal to its
+        part of the whole step's; `feature_bank` (gradient accumulation) holds the other micro-batches' cached
+        contrastive features, so the contrastive loss of every micro-batch is the whole step's loss.
+        """
         clip = self.clip
         losses: dict[str, torch.Tensor] = {}
         masked = None
         if self.needs_image_mask:
             masked = encode_image_tokens(clip.visual, image, ids_keep)  # visible tokens only: ~(1 - ratio) cost
 
-        if self.cfg.contrastive_view == "masked" and masked is not None:
-            image_features = masked[0]
-        else:
-            image_features = clip.encode_image(image)
-        text_features = clip.encode_text(text)
+        image_features, text_features = self._contrastive_features(image, text, masked)
+        if feature_bank is not None:
+            image_features, text_features = feature_bank.splice(image_features, text_features)
         losses["loss_contrastive"] = contrastive_loss(self.loss_fn, image_features, text_features, clip.logit_scale)
 
         if self.image_decoder is not None:
@@ -116,15 +122,57 @@ class MaskCLIP(nn.Module):
                 losses["loss_distill"] = feature_distill_loss(pred, target, self.cfg.distill_loss)
 
         if self.text_decoder is not None:
-            # Trailing padding carries nothing: cut the batch to its longest caption before the MLM pass.
-            length = int(((text != self.pad_id).long() * torch.arange(1, text.shape[1] + 1)).max())
+            # Trailing padding carries nothing: cut the batch to its longest caption before the MLM pass (the
+            # trainer passes the longest of the whole step, so that every shard cuts at the same length).
+            length = mlm_length or caption_length(text, self.pad_id)
             text_c, mask_c = text[:, :length], mlm_mask[:, :length]
             hidden = encode_text_hidden(clip, text_c, mask_c, self.mask_embedding, causal=self.cfg.mlm_causal)
             logits = self.text_decoder(hidden, mask_c, clip.token_embedding.weight)
-            losses["loss_mlm"] = mlm_loss(logits, text_c[mask_c])
+            losses["loss_mlm"] = mlm_loss(logits, text_c[mask_c], mlm_denominator)
         return losses
 
-    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _contrastive_features(
+        self, image: torch.Tensor, text: torch.Tensor, masked: tuple | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.contrastive_view == "masked" and masked is not None:
+            image_features = masked[0]
+        else:
+            image_features = self.clip.encode_image(image)
+        return image_features, self.clip.encode_text(text)
+
+    @torch.no_grad()
+    def contrastive_features(
+        self, image: torch.Tensor, text: torch.Tensor, ids_keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (image, text) features the contrastive loss sees, without gradient (accumulation's first pass)."""
+        masked = None
+        if self.cfg.contrastive_view == "masked" and self.needs_image_mask:
+            masked = encode_image_tokens(self.clip.visual, image, ids_keep)
+        return self._contrastive_features(image, text, masked)
+
+    def total_loss(self, losses: dict[str, torch.Tensor], accum_freq: int = 1) -> torch.Tensor:
         """Weighted sum of the named terms."""
         weights = self.loss_weights
-        return sum(weights[k] * v for k, v in losses.items())
+        # Under accumulation each micro-batch's contrastive term is already the whole step's loss (its gradient
+        # flows only into this micro-batch's features); the per-sample terms are means over the micro-batch.
+        return sum(weights[k] * (v if k == "loss_contrastive" else v / accum_freq) for k, v in losses.items())
+
+
+def caption_length(text: torch.Tensor, pad_id: int) -> int:
+    """Length of the longest caption of a token batch (trailing padding excluded)."""
+    return int(((text != pad_id).long() * torch.arange(1, text.shape[1] + 1, device=text.device)).max())
+
+
+class FeatureBank:
+    """The contrastive features of every micro-batch of a step (cached without gradient), with micro-batch
+    `index`'s slot to be replaced by the freshly computed features that carry gradient (open_clip's
+    `accum_freq` scheme)."""
+
+    def __init__(self, images: list[torch.Tensor], texts: list[torch.Tensor], index: int = 0) -> None:
+        self.images, self.texts, self.index = images, texts, index
+
+    def splice(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All micro-batches' features in order, this one's with gradient."""
+        i = self.index
+        return (torch.cat([*self.images[:i], image, *self.images[i + 1:]]),
+                torch.cat([*self.texts[:i], text, *self.texts[i + 1:]]))

@@ -8,8 +8,19 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a `run.precision` (None: fp32, no autocast). `bf16` is `amp_bf16`: weights, optimizer
+    state, EMA teacher and loss reductions stay float32 (autocast runs matmuls in bf16, losses in fp32)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "amp_bf16": torch.bfloat16, "amp": torch.float16}[precision]
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 autocast only (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(device.type) if precision == "amp" else None
+
+
 def compute_context(device: torch.device, precision: str) -> ContextManager:
-    """The context for a forward pass: bf16 autocast when asked; on CPU, plain-math attention.
+    """The context for a forward pass: autocast when asked; on CPU, plain-math attention.
 
     Why math attention on CPU: the tiny models' sequences are short (33-65 tokens) and PyTorch's CPU flash
     kernel spends more time in its backward than all matmuls of the tower together; the math path (two
@@ -17,8 +28,9 @@ def compute_context(device: torch.device, precision: str) -> ContextManager:
     (measured in results/train_step.md). On CUDA the fused kernels win, so they stay.
     """
     stack = contextlib.ExitStack()
-    if precision == "bf16":
-        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+    dtype = autocast_dtype(precision)
+    if dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
     if device.type == "cpu":
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
     return stack

@@ -28,9 +28,10 @@ from .errors import CheckpointError, DataError, MaskClipError
 from .loader import BatchStream
 from .masking import block_masking, random_masking
 from .mlm import mlm_mask
-from .model import MaskCLIP
+from .distributed import DistEnv, all_reduce_max, all_reduce_sum, barrier, init_distributed
+from .model import FeatureBank, MaskCLIP, caption_length
 from .optim import build_optimizer
-from .precision import compute_context
+from .precision import compute_context, grad_scaler
 from .runlog import MetricsLog
 from .schedule import cosine_lr
 from .towers import create_clip, get_tokenizer, image_size_of
@@ -169,35 +170,94 @@ def _finite_grads(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
+@dataclass
+class StepBatch:
+    """One optimizer step's data on this rank: `accum_freq` micro-batches, their masks and sample ids."""
+
+    images: list[torch.Tensor]
+    texts: list[torch.Tensor]
+    extras: list[dict[str, Any]]
+    bad: int
+
+
+def _gather_step(stream: BatchStream, masks: MaskSampler, step: int, cfg: TrainConfig, env: DistEnv) -> StepBatch:
+    """Read `accum_freq` micro-batches and draw their masks. A sample's id is its position in the step's global
+    batch (micro-batch, then rank, then index), so its mask is the same for any split of the step."""
+    run, k = cfg.run, cfg.run.accum_freq
+    glob = run.batch_size * env.world_size
+    images, texts, extras, bad = [], [], [], 0
+    for m in range(k):
+        batch = next(stream)
+        bad += int(batch.get("bad", 0))
+        ids = step * k * glob + m * glob + env.rank * run.batch_size + torch.arange(run.batch_size)
+        text = batch["text"]
+        extras.append({key: v.to(env.device) for key, v in masks(step, ids, text).items()})
+        images.append(batch["image"].to(env.device, non_blocking=True))
+        texts.append(text.to(env.device, non_blocking=True))
+    return StepBatch(images, texts, extras, bad)
+
+
+def _mlm_normalisation(model: MaskCLIP, step_batch: StepBatch, env: DistEnv, k: int) -> dict[str, Any]:
+    """`mlm_length` and `mlm_denominator` for every shard of the step (see `mlm_loss`): the longest caption and
+    the masked-token count of the whole step (all ranks, all micro-batches) per shard."""
+    if model.text_decoder is None or (env.world_size == 1 and k == 1):
+        return {}  # one shard: the plain mean over the batch's masked tokens
+    stats = torch.tensor([
+        max(caption_length(t, model.pad_id) for t in step_batch.texts),
+        sum(int(e["mlm_mask"].sum()) for e in step_batch.extras),
+    ], dtype=torch.float64, device=env.device)
+    length = int(all_reduce_max(stats[:1].clone(), env))
+    count = float(all_reduce_sum(stats[1:].clone(), env))
+    return {"mlm_length": length, "mlm_denominator": max(count, 1.0) / (env.world_size * k)}
+
+
+def _set_grad_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute every open_clip transformer (both towers, the decoders) in the backward pass."""
+    from open_clip.transformer import Transformer
+
+    for module in model.modules():
+        if isinstance(module, Transformer):
+            module.grad_checkpointing = True
+
+
 def train(
     cfg: TrainConfig,
     resume: bool = False,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Run (or resume) one training run as `cfg` says; writes config.json, metrics.jsonl and checkpoints."""
+    """Run (or resume) one training run as `cfg` says; writes config.json, metrics.jsonl and checkpoints.
+
+    Under torchrun (or SLURM) every rank runs this: data-parallel with DistributedDataParallel, the contrastive
+    loss over the global batch, rank 0 alone writing; the result equals one process with the global batch.
+    """
     validate(cfg)
-    run = cfg.run
+    run, k = cfg.run, cfg.run.accum_freq
     if run.threads > 0:
         torch.set_num_threads(run.threads)
+    env = init_distributed(run.device)
     out = Path(run.out)
     ckpts = CheckpointDir(out / "checkpoints", run.keep_checkpoints)
-    ckpts.clean_temporaries()
     state = None
-    if resume:
+    if resume:  # every rank reads the same newest good checkpoint
         state, ckpt_path = ckpts.load_latest()
         logger.info("resuming from %s (step %d)", ckpt_path, state["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
+    if env.is_primary:
+        ckpts.clean_temporaries()
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
 
-    torch.manual_seed(run.seed)
+    torch.manual_seed(run.seed)  # the same initial weights on every rank
     random.seed(run.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = build_model(cfg)
+    device = env.device
+    model, tokenizer = build_model(cfg, env.rank, env.world_size)
     model.to(device)
+    if run.grad_checkpointing:
+        _set_grad_checkpointing(model)
     teacher = Teacher(model, cfg.method.distill_target, cfg.method.soft_teacher_temp,
                       cfg.method.soft_center_momentum).to(device) if model.needs_teacher else None
     optimizer = build_optimizer(model, cfg.optim)
+    scaler = grad_scaler(device, run.precision)
     dataset = build_train_dataset(
         cfg.data.spec, transform=train_transform(cfg, model.clip), tokenizer=tokenizer, seed=run.seed,
         image_size=image_size_of(model.clip), csv_img_key=cfg.data.csv_img_key,
@@ -209,31 +269,47 @@ def train(
     step, epoch, batch_in_epoch = 0, 0, 0
     if state is not None:
         try:
-            model.load_state_dict({**{f"clip.{k}": v for k, v in state["clip"].items()}, **state["extras"]})
+            model.load_state_dict({**{f"clip.{k_}": v for k_, v in state["clip"].items()}, **state["extras"]})
         except RuntimeError as exc:
             raise CheckpointError(f"{ckpt_path} does not match this config's model: "
                                   f"{str(exc).splitlines()[0][:200]}") from None
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         _set_rng_state(state["rng"])
         health = DataHealth(**state.get("data", {}))
-    stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, epoch, batch_in_epoch)
+    # The teacher and the optimizer see the plain module; DDP (and torch.compile) only wrap the forward.
+    forward: torch.nn.Module = model
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[env.local_rank] if device.type == "cuda" else None)
+    if run.torchcompile:
+        forward = torch.compile(forward, backend=run.compile_backend)
+    stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, epoch, batch_in_epoch,
+                         rank=env.rank, world_size=env.world_size)
     total = resolve_total_steps(cfg, stream)
-    log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None) if env.is_primary \
+        else None
     masks = MaskSampler(model, run.seed)
+    global_batch = run.batch_size * env.world_size * k
 
     def checkpoint() -> None:
-        extras = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
-        ckpts.save({
-            "step": step, "epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch,
-            "config": cfg.to_dict(), "clip": model.clip.state_dict(), "extras": extras,
-            "teacher": teacher.state_dict() if teacher is not None else None,
-            "optimizer": optimizer.state_dict(), "rng": _rng_state(),
-            "data": {"samples": health.samples, "bad": health.bad},
-            "nonfinite": {"skipped": skipped, "consecutive": consecutive},
-        })
+        if env.is_primary:
+            extras = {k_: v for k_, v in model.state_dict().items() if not k_.startswith("clip.")}
+            ckpts.save({
+                "step": step, "epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch,
+                "config": cfg.to_dict(), "clip": model.clip.state_dict(), "extras": extras,
+                "teacher": teacher.state_dict() if teacher is not None else None,
+                "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "data": {"samples": health.samples, "bad": health.bad},
+                "nonfinite": {"skipped": skipped, "consecutive": consecutive},
+            })
+        barrier(env)  # no rank runs ahead of a checkpoint it might have to resume from
 
     model.train()
     start_time = time.time()
@@ -246,28 +322,55 @@ def train(
             lr = cosine_lr(step, cfg.optim.lr, cfg.optim.warmup, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = next(stream)
-            health.add(run.batch_size, int(batch.get("bad", 0)))
-            health.check(run.max_bad_fraction)
-            image, text = batch["image"].to(device, non_blocking=True), batch["text"].to(device, non_blocking=True)
-            sample_ids = torch.arange(step * run.batch_size, (step + 1) * run.batch_size)
-            extra = {k: v.to(device) for k, v in masks(step, sample_ids, text.cpu()).items()}
+            batch = _gather_step(stream, masks, step, cfg, env)
+            mlm = _mlm_normalisation(model, batch, env, k)
             with compute_context(device, run.precision):
-                targets = teacher.targets(image) if teacher is not None else None
-                losses = model(image, text, teacher_targets=targets, **extra)
-                loss = model.total_loss(losses)
+                targets = [teacher.targets(x) if teacher is not None else None for x in batch.images]
+                bank = None
+                if k > 1:  # open_clip's accum_freq: cache every micro-batch's contrastive features first
+                    feats = [model.contrastive_features(x, t, e.get("ids_keep"))
+                             for x, t, e in zip(batch.images, batch.texts, batch.extras)]
+                    bank = ([f[0] for f in feats], [f[1] for f in feats])
             optimizer.zero_grad(set_to_none=True)
-            momentum = momentum_at(step, total, cfg.method.ema_momentum, cfg.method.ema_momentum_end)
-            finite = bool(torch.isfinite(loss))
-            if finite:
-                loss.backward()
-                finite = _finite_grads(model)
+            logged: dict[str, torch.Tensor] = {}
+            loss_finite = True
+            for m in range(k):
+                last_micro = m == k - 1
+                sync = forward.no_sync() if env.distributed and not last_micro else contextlib.nullcontext()
+                with sync:
+                    with compute_context(device, run.precision):
+                        losses = forward(batch.images[m], batch.texts[m], teacher_targets=targets[m],
+                                         feature_bank=FeatureBank(*bank, m) if bank else None,
+                                         **batch.extras[m], **mlm)
+                        loss = model.total_loss(losses, k)
+                    loss_finite &= bool(torch.isfinite(loss))
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                for name, value in losses.items():  # contrastive: the step's loss; the others: means over micro
+                    v = value.detach().float() / (1 if name == "loss_contrastive" else k)
+                    logged[name] = v if name == "loss_contrastive" else logged.get(name, 0) + v
             faults.point("train_step", step + 1)  # tests: a kill mid-step (after backward, before the update)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            # One small all-reduce carries what every rank must agree on: SIGTERM, bad data, non-finite values.
+            # (Gradients are already identical on all ranks after DDP's all-reduce.)
+            flags = all_reduce_sum(torch.tensor(
+                [float(stop.is_set()), float(batch.bad), float(not loss_finite)], dtype=torch.float64,
+                device=device), env).tolist()
+            health.add(global_batch, int(flags[1]))
+            health.check(run.max_bad_fraction)
+            # Under fp16 GradScaler, overflowing gradients are the scaler's business (it skips and rescales);
+            # only a non-finite loss counts as a fault there.
+            finite = flags[2] == 0 and (scaler is not None or _finite_grads(model))
+            momentum = momentum_at(step, total, cfg.method.ema_momentum, cfg.method.ema_momentum_end)
             if finite:
                 consecutive = 0
                 if cfg.optim.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 with torch.no_grad():
                     model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
                 if teacher is not None:
@@ -276,6 +379,8 @@ def train(
                 # Skip the step: neither the optimizer nor the teacher moves; the step still counts (the batch is
                 # consumed), so the schedule and data position stay those of an uninterrupted run.
                 optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.update()
                 skipped, consecutive = skipped + 1, consecutive + 1
                 logger.warning("step %d: non-finite loss or gradient, step skipped", step + 1)
                 if consecutive >= run.max_nonfinite:
@@ -284,25 +389,32 @@ def train(
                         f"good checkpoint is {ckpts.last}"
                     )
             step += 1
-            window_samples += run.batch_size
-            if on_step is not None:
+            window_samples += global_batch
+            if on_step is not None and env.is_primary:
                 on_step(step, total)
             if step % run.log_every == 0 or step == total:
+                # Loss terms averaged over ranks: what one process with the global batch would log.
+                names = sorted(logged)
+                values = all_reduce_sum(torch.stack([logged[n] for n in names]).double(), env) / env.world_size
+                terms = dict(zip(names, values.tolist()))
                 now = time.perf_counter()
                 last = {
-                    "step": step, "epoch": stream.epoch, "loss": float(loss.detach()),
-                    **{k: (float(losses[k].detach()) if k in losses else None) for k in LOSS_KEYS},
+                    "step": step, "epoch": stream.epoch, "loss": float(sum(model.loss_weights[n] * terms[n]
+                                                                          for n in names)),
+                    **{key: terms.get(key) for key in LOSS_KEYS},
                     "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
                     "ema_momentum": momentum if teacher is not None else None,
                     "samples_per_s": window_samples / max(now - window_start, 1e-9),
                     "nonfinite_skipped": skipped, "bad_samples": health.bad, "samples_read": health.samples,
                 }
-                log.write(last)
-                if on_log is not None:
+                if log is not None:
+                    log.write(last)
+                if on_log is not None and env.is_primary:
                     on_log(last)
                 window_start, window_samples = now, 0
-            if step % run.checkpoint_every == 0 or step == total or stop.is_set():
+            stopping = flags[0] > 0
+            if step % run.checkpoint_every == 0 or step == total or stopping:
                 checkpoint()
-            if stop.is_set():
+            if stopping:
                 return TrainResult(out, step, last, time.time() - start_time, stopped_early=True, skipped_steps=skipped)
         return TrainResult(out, step, last, time.time() - start_time, skipped_steps=skipped)

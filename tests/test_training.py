@@ -103,9 +103,9 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
     real_total = MaskCLIP.total_loss
     calls = {"n": 0}
 
-    def flaky_total(self, losses):
+    def flaky_total(self, losses, *args):
         calls["n"] += 1
-        loss = real_total(self, losses)
+        loss = real_total(self, losses, *args)
         return loss * float("nan") if calls["n"] == 2 else loss  # step 2 goes non-finite once
 
     monkeypatch.setattr(MaskCLIP, "total_loss", flaky_total)
@@ -115,7 +115,7 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == list(range(1, 7))  # no duplicated or missing steps
     assert rows[-1]["nonfinite_skipped"] == 1
 
-    monkeypatch.setattr(MaskCLIP, "total_loss", lambda self, losses: real_total(self, losses) * float("inf"))
+    monkeypatch.setattr(MaskCLIP, "total_loss", lambda self, losses, *a: real_total(self, losses, *a) * float("inf"))
     cfg.run.out = str(tmp_path / "always_nan")
     with pytest.raises(NonFiniteLossError, match="3 consecutive"):
         train(cfg)
