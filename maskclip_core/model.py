@@ -101,9 +101,11 @@ class MaskCLIP(nn.Module):
             masked = encode_image_tokens(clip.visual, image, ids_keep)  # visible tokens only: ~(1 - ratio) cost
 
         image_features, text_features = self._contrastive_features(image, text, masked)
+        logit_scale = clip.logit_scale
         if feature_bank is not None:
             image_features, text_features = feature_bank.splice(image_features, text_features)
-        losses["loss_contrastive"] = contrastive_loss(self.loss_fn, image_features, text_features, clip.logit_scale)
+            logit_scale = feature_bank.scale(logit_scale)
+        losses["loss_contrastive"] = contrastive_loss(self.loss_fn, image_features, text_features, logit_scale)
 
         if self.image_decoder is not None:
             _, pooled, tokens = masked
@@ -170,6 +172,12 @@ class FeatureBank:
 
     def __init__(self, images: list[torch.Tensor], texts: list[torch.Tensor], index: int = 0) -> None:
         self.images, self.texts, self.index = images, texts, index
+
+    def scale(self, logit_scale: torch.Tensor) -> torch.Tensor:
+        """The logit scale, with gradient in the first micro-batch only. Every micro-batch's loss is the whole
+        step's loss, so letting each pass a gradient to the shared scale would count it `accum_freq` times (as
+        open_clip's accum_freq does); the features do not have this problem, each micro-batch owns its own."""
+        return logit_scale if self.index == 0 else logit_scale.detach()
 
     def splice(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All micro-batches' features in order, this one's with gradient."""

@@ -1,0 +1,114 @@
+"""Data-parallel training is the single-process run: two gloo ranks with batch B equal one process with batch 2B
+(weights, teacher, every logged loss), gradient accumulation equals the larger batch, and a 2-rank run killed and
+resumed ends where the uninterrupted one does. CPU only, torchrun in subprocesses."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskclip_core.checkpoint import load_checkpoint
+from maskclip_core.runlog import read_metrics
+
+STEPS, B = 3, 4
+# Adam eps 1e-6 (not 1e-8): the attention key bias has an exactly-zero true gradient, so its gradient is rounding
+# noise (~1e-10) whose value depends on the summation order; with eps 1e-8 Adam turns that noise into lr-sized
+# steps that differ between any two batch splits. With 1e-6 the noise stays noise and the comparison is of the
+# computation, not of the rounding.
+LOGGED = ("loss", "loss_contrastive", "loss_distill", "loss_mlm", "logit_scale", "lr", "samples_read")
+COMMON = ["--steps", str(STEPS), "--quiet", "--data", "shapes:difficulty=0.3",
+          "--set", "workers=0", "--set", "threads=1", "--set", "log_every=1", "--set", "warmup=1",
+          "--set", "lr=5e-4", "--set", "eps=1e-6", "--set", "gather_with_grad=true", "--set", "local_loss=true"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(fault: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASKCLIP_FAULT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    if fault:
+        env["MASKCLIP_FAULT"] = fault
+    return env
+
+
+def _train(out: Path, method: str, batch: int, ranks: int = 1, extra: tuple = (), resume: bool = False,
+           fault: str | None = None) -> subprocess.CompletedProcess:
+    args = ["train", "--method", method, "--batch-size", str(batch), "--out", str(out), *COMMON, *extra]
+    if resume:
+        args.append("--resume")
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "maskclip_bench", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "maskclip_bench", *args]
+    return subprocess.run(cmd, env=_env(fault), capture_output=True, text=True, timeout=900)
+
+
+def _assert_close_runs(a: Path, b: Path, tol: float = 1e-5) -> None:
+    sa, sb = load_checkpoint(a / "checkpoints" / "last.pt"), load_checkpoint(b / "checkpoints" / "last.pt")
+    assert sa["step"] == sb["step"] == STEPS
+    for part in ("clip", "extras", "teacher"):
+        if sa[part] is None:
+            assert sb[part] is None
+            continue
+        for k, v in sa[part].items():
+            assert torch.allclose(v.float(), sb[part][k].float(), atol=tol, rtol=0), (part, k,
+                                                                                      (v - sb[part][k]).abs().max())
+    ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, STEPS + 1))
+    for x, y in zip(ra, rb):
+        for key in LOGGED:
+            if x[key] is None:
+                assert y[key] is None, key
+            else:
+                assert abs(x[key] - y[key]) <= tol * max(1.0, abs(x[key])), (x["step"], key, x[key], y[key])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process with batch 2B and two ranks with batch B each, for clip and maskclip."""
+    root = tmp_path_factory.mktemp("ddp")
+    done = {}
+    for method in ("clip", "maskclip"):
+        for ranks, batch in ((1, 2 * B), (2, B)):
+            out = root / f"{method}-{ranks}"
+            result = _train(out, method, batch, ranks)
+            assert result.returncode == 0, result.stderr[-3000:]
+            done[(method, ranks)] = out
+    return done
+
+
+@pytest.mark.parametrize("method", ["clip", "maskclip"])
+def test_two_ranks_equal_one_process_with_the_global_batch(runs, method):
+    _assert_close_runs(runs[(method, 1)], runs[(method, 2)])
+
+
+def test_only_rank_zero_writes(runs):
+    out = runs[("maskclip", 2)]
+    assert len(read_metrics(out / "metrics.jsonl")) == STEPS  # not once per rank
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*.pt")) == ["step_00000003.pt"]
+
+
+def test_gradient_accumulation_equals_the_larger_batch(runs, tmp_path):
+    out = tmp_path / "accum"
+    result = _train(out, "maskclip", B, extra=("--set", "accum_freq=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_close_runs(runs[("maskclip", 1)], out)
+
+
+def test_two_rank_run_killed_and_resumed_continues_exactly(runs, tmp_path):
+    out = tmp_path / "killed"
+    extra = ("--set", "checkpoint_every=1")
+    killed = _train(out, "maskclip", B, ranks=2, extra=extra, fault="train_step@3")
+    assert killed.returncode != 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
+    resumed = _train(out, "maskclip", B, ranks=2, extra=extra, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_close_runs(runs[("maskclip", 2)], out, tol=0.0 + 1e-7)
