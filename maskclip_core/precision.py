@@ -31,6 +31,11 @@ def compute_context(device: torch.device, precision: str) -> ContextManager:
     dtype = autocast_dtype(precision)
     if dtype is not None:
         stack.enter_context(torch.autocast(device.type, dtype=dtype))
-    if device.type == "cpu":
-        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    stack.enter_context(attention_context(device))
     return stack
+
+
+def attention_context(device: torch.device) -> ContextManager:
+    """The attention kernel choice alone: also needed around the backward pass, where gradient checkpointing
+    recomputes the forward and must take the same kernel as the forward did."""
+    return sdpa_kernel([SDPBackend.MATH]) if device.type == "cpu" else contextlib.nullcontext()

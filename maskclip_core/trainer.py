@@ -31,7 +31,7 @@ from .mlm import mlm_mask
 from .distributed import DistEnv, all_reduce_max, all_reduce_sum, barrier, init_distributed
 from .model import FeatureBank, MaskCLIP, caption_length
 from .optim import build_optimizer
-from .precision import compute_context, grad_scaler
+from .precision import attention_context, compute_context, grad_scaler
 from .runlog import MetricsLog
 from .schedule import cosine_lr
 from .towers import create_clip, get_tokenizer, image_size_of
@@ -344,7 +344,8 @@ def train(
                                          **batch.extras[m], **mlm)
                         loss = model.total_loss(losses, k)
                     loss_finite &= bool(torch.isfinite(loss))
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                    with attention_context(device):
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
                 for name, value in losses.items():  # contrastive: the step's loss; the others: means over micro
                     v = value.detach().float() / (1 if name == "loss_contrastive" else k)
                     logged[name] = v if name == "loss_contrastive" else logged.get(name, 0) + v

@@ -34,7 +34,8 @@ def check_model_and_data(cfg: TrainConfig) -> None:
         from maskclip_core.data.csv_dataset import CsvDataset
 
         CsvDataset(spec.path, transform=None, tokenizer=None, img_key=cfg.data.csv_img_key,
-                   caption_key=cfg.data.csv_caption_key)
+                   caption_key=cfg.data.csv_caption_key, root=cfg.data.csv_root or None,
+                   allow_outside_root=cfg.data.allow_outside_root)
     elif spec.kind == "wds":
         from maskclip_core.data.wds_dataset import expand_shards
 
@@ -51,7 +52,19 @@ def train_command(
     lr: Optional[float] = typer.Option(None),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio"),
     decoder_depth: Optional[int] = typer.Option(None, "--decoder-depth"),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast)"),
+    precision: Optional[str] = typer.Option(None, help="fp32 | bf16 = amp_bf16 (bf16 autocast) | amp (fp16 "
+                                            "autocast + GradScaler)"),
+    accum_freq: Optional[int] = typer.Option(None, "--accum-freq", help="micro-batches per optimizer step "
+                                             "(contrastive loss over all of them, as open_clip)"),
+    grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing"),
+    torchcompile: Optional[bool] = typer.Option(None, "--torchcompile/--no-torchcompile"),
+    local_loss: Optional[bool] = typer.Option(None, "--local-loss/--no-local-loss",
+                                              help="contrastive loss over local rows only (open_clip)"),
+    gather_with_grad: Optional[bool] = typer.Option(None, "--gather-with-grad/--no-gather-with-grad",
+                                                    help="all-gather features with gradient (open_clip)"),
+    dataset_resampled: Optional[bool] = typer.Option(None, "--dataset-resampled/--no-dataset-resampled",
+                                                     help="webdataset: draw shards with replacement"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     seed: Optional[int] = typer.Option(None),
     out: Optional[str] = typer.Option(None, help="run folder (config.json, metrics.jsonl, checkpoints/)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest good checkpoint in OUT/checkpoints"),
@@ -71,7 +84,10 @@ def train_command(
         "run.batch_size": batch_size, "optim.lr": lr, "method.mask_ratio": mask_ratio,
         "method.decoder_depth": decoder_depth, "run.precision": precision, "run.seed": seed, "run.out": out,
         "run.max_bad_fraction": max_bad_fraction, "run.max_nonfinite": max_nonfinite,
-        "run.keep_checkpoints": keep_checkpoints,
+        "run.keep_checkpoints": keep_checkpoints, "run.accum_freq": accum_freq,
+        "run.grad_checkpointing": grad_checkpointing, "run.torchcompile": torchcompile,
+        "method.local_loss": local_loss, "method.gather_with_grad": gather_with_grad,
+        "data.resampled": dataset_resampled, "run.device": device,
     }
     if resume and config is None and out and (Path(out) / "config.json").is_file():
         config = Path(out) / "config.json"  # resume continues the saved run unless flags change it
