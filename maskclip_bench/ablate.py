@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from maskclip_core.config import TrainConfig, resolve_key, set_value, validate
+from maskclip_core.config import TrainConfig, set_value, validate
 from maskclip_core.errors import ConfigError
 
 CELL_MARKER = "cell.json"

@@ -8,10 +8,10 @@ in `benchmarks/`. The one implementation of "one training step of variant X" is 
   `ClipLoss(local_loss=False, gather_with_grad=False, cache_labels=True, rank=0, world_size=1)`, backward,
   `clip_grad_norm_` (open_clip's `--grad-clip-norm`, set to our `grad_clip`), AdamW (open_clip's `main.py`
   parameter groups, our hyper-parameters), `logit_scale.clamp_(0, ln 100)`.
-- `clip`, `maskclip`, `maskclip-masked-view`: our MaskCLIP module, stepped as `maskclip_core.trainer.train` steps it
-  on one process (accum_freq 1): masks from `MaskSampler`, EMA-teacher targets, loss terms, total loss, the
-  trainer's non-finite guards (loss and every gradient checked), backward, grad clip, AdamW, logit-scale clamp,
-  EMA update.
+- `clip`, `maskclip`, `maskclip-masked-view`: our MaskCLIP module, stepped by `maskclip_core.step.Stepper`, the
+  same object the trainer steps with (accum_freq 1, one process): masks from `MaskSampler`, EMA-teacher targets,
+  loss terms, total loss, backward, the non-finite guards (loss and every gradient checked), grad clip, AdamW,
+  logit-scale clamp, EMA update.
 
 Both run under `maskclip_core.precision.compute_context(device, precision)` (same autocast, same attention
 kernel), on the same batch, from the same initial weights (same seed), so a difference is a difference of loops.
@@ -208,23 +208,24 @@ class OpenClipStep(TrainStep):
 
 
 class OurStep(TrainStep):
-    """Our MaskCLIP module (`clip`, `maskclip`, `maskclip-masked-view`), stepped as the trainer steps it."""
+    """Our MaskCLIP module (`clip`, `maskclip`, `maskclip-masked-view`), stepped by the trainer's own `Stepper`."""
 
     def __init__(self, variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
                  seed: int = 0, total_steps: int = 1000):
         from maskclip_core.config import TrainConfig
+        from maskclip_core.distributed import DistEnv
         from maskclip_core.ema import Teacher
         from maskclip_core.optim import build_optimizer
-        from maskclip_core.trainer import MaskSampler, build_model
+        from maskclip_core.step import MaskSampler, Stepper
+        from maskclip_core.trainer import build_model
 
         self.variant = variant
         self.device, self.precision = images.device, precision
-        self.images, self.text = images, text
-        self.text_cpu = text.cpu()  # the trainer draws masks from the loader's CPU tokens, then moves them
-        self.batch_size = images.shape[0]
+        self.batch = {"image": images, "text": text.cpu()}  # as the loader hands it over (tokens on the CPU)
         self.total_steps = total_steps
         cfg = TrainConfig()
         cfg.model.name = model_name
+        cfg.run.precision = precision
         for key, value in VARIANTS[variant].items():
             setattr(cfg.method, key, value)
         self.cfg = cfg
@@ -232,47 +233,21 @@ class OurStep(TrainStep):
         self.model, _ = build_model(cfg)
         self.model.to(self.device).train()
         m = cfg.method
-        self.teacher = (Teacher(self.model, m.distill_target, m.soft_teacher_temp, m.soft_center_momentum)
-                        .to(self.device) if self.model.needs_teacher else None)
+        teacher = (Teacher(self.model, m.distill_target, m.soft_teacher_temp, m.soft_center_momentum)
+                   .to(self.device) if self.model.needs_teacher else None)
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.env = DistEnv(device=self.device)
         self.masks = MaskSampler(self.model, seed)
+        self.stepper = Stepper(cfg, self.model, self.optimizer, self.env, teacher)
         self.steps_done = 0
 
     def __call__(self) -> torch.Tensor:
-        from maskclip_core.ema import momentum_at
-        from maskclip_core.precision import compute_context
-        from maskclip_core.schedule import cosine_lr
-        from maskclip_core.trainer import _finite_grads
+        from maskclip_core.step import make_step_batch
 
-        cfg, s, b = self.cfg, self.steps_done, self.batch_size
-        model, teacher, optimizer = self.model, self.teacher, self.optimizer
-        lr = cosine_lr(s, cfg.optim.lr, cfg.optim.warmup, self.total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        ids = torch.arange(s * b, (s + 1) * b)
-        extra = {k: v.to(self.device) for k, v in self.masks(s, ids, self.text_cpu).items()}
-        with compute_context(self.device, self.precision):
-            targets = teacher.targets(self.images) if teacher is not None else None
-            losses = model(self.images, self.text, teacher_targets=targets, **extra)
-            loss = model.total_loss(losses)
-        optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            loss.backward()
-            finite = _finite_grads(model)
-        if finite:
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            if teacher is not None:
-                teacher.update(model, momentum_at(s, self.total_steps, cfg.method.ema_momentum,
-                                                  cfg.method.ema_momentum_end))
-        else:
-            optimizer.zero_grad(set_to_none=True)
+        s = self.steps_done
+        outcome = self.stepper(make_step_batch([self.batch], self.masks, s, self.env), s, self.total_steps)
         self.steps_done += 1
-        return loss.detach()
+        return self.model.total_loss(outcome.losses)
 
 
 def build_step(variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,

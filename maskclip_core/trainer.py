@@ -1,11 +1,11 @@
-"""The training loop shared by `clip` and `maskclip`: batch -> masks -> (teacher targets) -> losses dict -> summed
-loss -> AdamW step -> logit-scale clamp -> EMA update -> metrics.jsonl / checkpoint.
+"""The training loop shared by `clip` and `maskclip`: set-up (ranks, model, teacher, optimizer, data, resume),
+then per step: micro-batches + masks -> `Stepper` (losses dict -> summed loss -> backward -> AdamW -> logit-scale
+clamp -> EMA update) -> data and fault bookkeeping -> metrics.jsonl (rank 0) -> checkpoint (rank 0).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import signal
 import threading
@@ -18,27 +18,22 @@ from typing import Any
 import open_clip
 import torch
 
-from . import rng
-from . import faults
 from .checkpoint import CheckpointDir
 from .config import TrainConfig, validate
 from .data.spec import build_train_dataset, parse_data_spec
-from .ema import Teacher, momentum_at
+from .distributed import all_reduce_sum, barrier, init_distributed
+from .ema import Teacher
 from .errors import CheckpointError, DataError, MaskClipError
 from .loader import BatchStream
-from .masking import block_masking, random_masking
-from .mlm import mlm_mask
-from .distributed import DistEnv, all_reduce_max, all_reduce_sum, barrier, init_distributed
-from .model import FeatureBank, MaskCLIP, caption_length
+from .model import MaskCLIP
 from .optim import build_optimizer
-from .precision import attention_context, compute_context, grad_scaler
+from .precision import grad_scaler
 from .runlog import MetricsLog
-from .schedule import cosine_lr
+from .step import MaskSampler, Stepper, make_step_batch
 from .towers import create_clip, get_tokenizer, image_size_of
 
 logger = logging.getLogger(__name__)
 LOSS_KEYS = ("loss_contrastive", "loss_distill", "loss_mlm")
-MAX_LOGIT_SCALE = math.log(100.0)
 
 
 def special_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], int]:
@@ -63,30 +58,6 @@ def train_transform(cfg: TrainConfig, clip: torch.nn.Module) -> Callable:
     if parse_data_spec(cfg.data.spec).kind == "shapes":
         return open_clip.image_transform(size, is_train=False)
     return open_clip.image_transform(size, is_train=True, aug_cfg={"scale": (cfg.data.aug_scale_min, 1.0)})
-
-
-class MaskSampler:
-    """Image masks and MLM positions for a batch, drawn per sample from (seed, step, global sample id)."""
-
-    def __init__(self, model: MaskCLIP, seed: int):
-        self.model, self.seed = model, seed
-        visual = model.clip.visual
-        self.grid = tuple(visual.grid_size)
-
-    def __call__(self, step: int, sample_ids: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg, out = self.model.cfg, {}
-        if self.model.needs_image_mask:
-            n = self.grid[0] * self.grid[1]
-            if cfg.mask_strategy == "block":
-                gens = [rng.sample_generator(self.seed, step, int(i), rng.STREAM_IMAGE_MASK) for i in sample_ids]
-                out["ids_keep"], out["image_mask"] = block_masking(gens, self.grid, cfg.mask_ratio)
-            else:
-                noise = rng.per_sample_uniform(self.seed, step, sample_ids, n, rng.STREAM_IMAGE_MASK)
-                out["ids_keep"], out["image_mask"] = random_masking(noise, cfg.mask_ratio)
-        if self.model.text_decoder is not None:
-            noise = rng.per_sample_uniform(self.seed, step, sample_ids, text.shape[1], rng.STREAM_MLM)
-            out["mlm_mask"] = mlm_mask(text, noise, cfg.mlm_ratio, self.model.special_token_ids, self.model.pad_id)
-        return out
 
 
 @dataclass
@@ -164,51 +135,6 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-
-
-def _finite_grads(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
-
-
-@dataclass
-class StepBatch:
-    """One optimizer step's data on this rank: `accum_freq` micro-batches, their masks and sample ids."""
-
-    images: list[torch.Tensor]
-    texts: list[torch.Tensor]
-    extras: list[dict[str, Any]]
-    bad: int
-
-
-def _gather_step(stream: BatchStream, masks: MaskSampler, step: int, cfg: TrainConfig, env: DistEnv) -> StepBatch:
-    """Read `accum_freq` micro-batches and draw their masks. A sample's id is its position in the step's global
-    batch (micro-batch, then rank, then index), so its mask is the same for any split of the step."""
-    run, k = cfg.run, cfg.run.accum_freq
-    glob = run.batch_size * env.world_size
-    images, texts, extras, bad = [], [], [], 0
-    for m in range(k):
-        batch = next(stream)
-        bad += int(batch.get("bad", 0))
-        ids = step * k * glob + m * glob + env.rank * run.batch_size + torch.arange(run.batch_size)
-        text = batch["text"]
-        extras.append({key: v.to(env.device) for key, v in masks(step, ids, text).items()})
-        images.append(batch["image"].to(env.device, non_blocking=True))
-        texts.append(text.to(env.device, non_blocking=True))
-    return StepBatch(images, texts, extras, bad)
-
-
-def _mlm_normalisation(model: MaskCLIP, step_batch: StepBatch, env: DistEnv, k: int) -> dict[str, Any]:
-    """`mlm_length` and `mlm_denominator` for every shard of the step (see `mlm_loss`): the longest caption and
-    the masked-token count of the whole step (all ranks, all micro-batches) per shard."""
-    if model.text_decoder is None or (env.world_size == 1 and k == 1):
-        return {}  # one shard: the plain mean over the batch's masked tokens
-    stats = torch.tensor([
-        max(caption_length(t, model.pad_id) for t in step_batch.texts),
-        sum(int(e["mlm_mask"].sum()) for e in step_batch.extras),
-    ], dtype=torch.float64, device=env.device)
-    length = int(all_reduce_max(stats[:1].clone(), env))
-    count = float(all_reduce_sum(stats[1:].clone(), env))
-    return {"mlm_length": length, "mlm_denominator": max(count, 1.0) / (env.world_size * k)}
 
 
 def _set_grad_checkpointing(model: torch.nn.Module) -> None:
@@ -295,6 +221,7 @@ def train(
     log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None) if env.is_primary \
         else None
     masks = MaskSampler(model, run.seed)
+    stepper = Stepper(cfg, model, optimizer, env, teacher, forward, scaler)
     global_batch = run.batch_size * env.world_size * k
 
     def checkpoint() -> None:
@@ -319,69 +246,16 @@ def train(
         counters = state.get("nonfinite", {}) if state is not None else {}
         skipped, consecutive = counters.get("skipped", 0), counters.get("consecutive", 0)
         while step < total:
-            lr = cosine_lr(step, cfg.optim.lr, cfg.optim.warmup, total)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = _gather_step(stream, masks, step, cfg, env)
-            mlm = _mlm_normalisation(model, batch, env, k)
-            with compute_context(device, run.precision):
-                targets = [teacher.targets(x) if teacher is not None else None for x in batch.images]
-                bank = None
-                if k > 1:  # open_clip's accum_freq: cache every micro-batch's contrastive features first
-                    feats = [model.contrastive_features(x, t, e.get("ids_keep"))
-                             for x, t, e in zip(batch.images, batch.texts, batch.extras)]
-                    bank = ([f[0] for f in feats], [f[1] for f in feats])
-            optimizer.zero_grad(set_to_none=True)
-            logged: dict[str, torch.Tensor] = {}
-            loss_finite = True
-            for m in range(k):
-                last_micro = m == k - 1
-                sync = forward.no_sync() if env.distributed and not last_micro else contextlib.nullcontext()
-                with sync:
-                    with compute_context(device, run.precision):
-                        losses = forward(batch.images[m], batch.texts[m], teacher_targets=targets[m],
-                                         feature_bank=FeatureBank(*bank, m) if bank else None,
-                                         **batch.extras[m], **mlm)
-                        loss = model.total_loss(losses, k)
-                    loss_finite &= bool(torch.isfinite(loss))
-                    with attention_context(device):
-                        (scaler.scale(loss) if scaler is not None else loss).backward()
-                for name, value in losses.items():  # contrastive: the step's loss; the others: means over micro
-                    v = value.detach().float() / (1 if name == "loss_contrastive" else k)
-                    logged[name] = v if name == "loss_contrastive" else logged.get(name, 0) + v
-            faults.point("train_step", step + 1)  # tests: a kill mid-step (after backward, before the update)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            # One small all-reduce carries what every rank must agree on: SIGTERM, bad data, non-finite values.
-            # (Gradients are already identical on all ranks after DDP's all-reduce.)
-            flags = all_reduce_sum(torch.tensor(
-                [float(stop.is_set()), float(batch.bad), float(not loss_finite)], dtype=torch.float64,
-                device=device), env).tolist()
+            batch = make_step_batch([next(stream) for _ in range(k)], masks, step, env)
+            outcome = stepper(batch, step, total, stop_requested=stop.is_set())
+            flags, logged, lr, momentum = outcome.flags, outcome.losses, outcome.lr, outcome.momentum
             health.add(global_batch, int(flags[1]))
             health.check(run.max_bad_fraction)
-            # Under fp16 GradScaler, overflowing gradients are the scaler's business (it skips and rescales);
-            # only a non-finite loss counts as a fault there.
-            finite = flags[2] == 0 and (scaler is not None or _finite_grads(model))
-            momentum = momentum_at(step, total, cfg.method.ema_momentum, cfg.method.ema_momentum_end)
-            if finite:
+            if outcome.applied:
                 consecutive = 0
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                with torch.no_grad():
-                    model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                if teacher is not None:
-                    teacher.update(model, momentum)
             else:
-                # Skip the step: neither the optimizer nor the teacher moves; the step still counts (the batch is
+                # Skipped: neither the optimizer nor the teacher moved; the step still counts (the batch is
                 # consumed), so the schedule and data position stay those of an uninterrupted run.
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.update()
                 skipped, consecutive = skipped + 1, consecutive + 1
                 logger.warning("step %d: non-finite loss or gradient, step skipped", step + 1)
                 if consecutive >= run.max_nonfinite:

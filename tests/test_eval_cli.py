@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskclip_bench.records import REQUIRED_FIELDS, load_records
+from maskclip_bench.records import REQUIRED_FIELDS
 
 MODEL = "MaskCLIP-Tiny-8"
 ZS_SPEC = "shapes/shape:test=100"  # 10 classes: cheap zero-shot classifiers

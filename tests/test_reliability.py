@@ -1,6 +1,5 @@
 """Fault injection: SIGKILL at any moment resumes bit-exactly, corrupt checkpoints are skipped, the newest K are
 kept, bad data past a threshold stops the run, and augmentation does not depend on who reads a sample."""
-import json
 import os
 import subprocess
 import sys
