@@ -112,3 +112,22 @@ def test_two_rank_run_killed_and_resumed_continues_exactly(runs, tmp_path):
     resumed = _train(out, "maskclip", B, ranks=2, extra=extra, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_close_runs(runs[("maskclip", 2)], out, tol=0.0 + 1e-7)
+
+
+def test_rank_slices_of_a_global_batch_are_the_single_process_batch():
+    """Each rank reads its slice of every global batch: together, in rank order, exactly the batches one process
+    with the global batch reads, and every rank the same number of samples."""
+    from maskclip_core.loader import EpochPermutationSampler
+
+    size, b, world = 103, 4, 3
+    single = [i for _, i in EpochPermutationSampler(size, 7, 2, batch_size=b * world)]
+    ranks = [[i for _, i in EpochPermutationSampler(size, 7, 2, batch_size=b, rank=r, world_size=world)]
+             for r in range(world)]
+    assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) == size // (b * world) * b
+    glob = b * world
+    for step in range(size // glob):
+        merged = [i for r in ranks for i in r[step * b:(step + 1) * b]]
+        assert merged == single[step * glob:(step + 1) * glob]
+    # Resuming at batch 5 of the epoch starts at the same place for every rank.
+    late = [i for _, i in EpochPermutationSampler(size, 7, 2, 5 * b, batch_size=b, rank=1, world_size=world)]
+    assert late == ranks[1][5 * b:]
