@@ -50,11 +50,6 @@ class MaskSampler:
         return out
 
 
-def finite_grads(model: torch.nn.Module) -> bool:
-    """True when every gradient is finite."""
-    return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
-
-
 @dataclass
 class StepBatch:
     """One optimizer step's data on this rank: `accum_freq` micro-batches, their masks and sample ids."""
@@ -107,6 +102,7 @@ class StepOutcome:
     flags: list[float]
     lr: float
     momentum: float
+    grad_norm: float  # before clipping (unscaled under fp16)
 
 
 class Stepper:
@@ -161,13 +157,16 @@ class Stepper:
         # One small all-reduce carries what every rank must agree on (gradients are identical after DDP's).
         flags = all_reduce_sum(torch.tensor([float(stop_requested), float(batch.bad), float(not loss_finite)],
                                             dtype=torch.float64, device=device), env).tolist()
+        # The global gradient norm (which clipping needs anyway) is non-finite exactly when some gradient is: one
+        # fused reduction and one host sync instead of a check per parameter. With clipping off (grad_clip 0)
+        # the infinite max_norm leaves the gradients unchanged.
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
         # Under fp16's GradScaler, overflowing gradients are the scaler's business (it skips and rescales);
         # only a non-finite loss counts as a fault there.
-        finite = flags[2] == 0 and (scaler is not None or finite_grads(model))
+        finite = flags[2] == 0 and (scaler is not None or bool(torch.isfinite(grad_norm)))
         momentum = momentum_at(step, total, cfg.method.ema_momentum, cfg.method.ema_momentum_end)
         if finite:
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -181,4 +180,4 @@ class Stepper:
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.update()
-        return StepOutcome(logged, finite, flags, lr, momentum)
+        return StepOutcome(logged, finite, flags, lr, momentum, float(grad_norm))
