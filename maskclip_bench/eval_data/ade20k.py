@@ -28,8 +28,8 @@ from torch.utils.data import Dataset
 from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
-from .common import (IMAGE_EXTENSIONS, LazySplits, SkipBadImages, check_image, collate_for, default_templates,
-                     filter_decodable, mask_like_image, read_lines, require_dir, resolve_templates)
+from .common import (IMAGE_EXTENSIONS, SkipBadImages, check_image, default_templates, filter_decodable,
+                     mask_like_image, read_lines, require_dir, resolve_templates)
 from .spec import EvalDataset
 
 IGNORE_INDEX = 255
@@ -121,16 +121,8 @@ def build_ade20k(root: Path, *, transform: Callable[[Any], Any] | None, split: s
     extra = {}
     if SPLIT_FOLDERS[split] != "training" and (root / "images" / "training").is_dir():
         extra["train"] = lambda: load_split(root, "train", transform, verify_images=verify_images)
-    return EvalDataset(
-        name=f"ade20k:{root}",
-        task="segmentation",
-        dataset=dataset,
-        classnames=classnames,
-        templates=resolve_templates(templates, default_templates()),
-        num_samples=len(dataset),
-        bad_samples=dataset.bad_samples,
-        splits=LazySplits(extra),
-        collate_fn=collate_for("segmentation"),
-        ignore_index=IGNORE_INDEX,
+    return EvalDataset.from_reader(
+        f"ade20k:{root}", "segmentation", dataset, classnames=classnames,
+        templates=resolve_templates(templates, default_templates()), extra_splits=extra, ignore_index=IGNORE_INDEX,
         info={"kind": "ade20k", "root": str(root), "split": split, "folder": SPLIT_FOLDERS[split]},
     )

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, IterableDataset
 from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
-from .common import LazySplits, SkipBadImages, collate_for, filter_decodable, first_line, require_dir, resolve_templates
+from .common import SkipBadImages, collate_for, filter_decodable, first_line, require_dir, resolve_templates
 from .spec import EvalDataset, root_path
 
 DEFAULT_ROOT = "root"
@@ -113,15 +113,8 @@ def build_clip_benchmark(text: str, *, transform: Callable[[Any], Any] | None, s
 
     # Use our None-dropping versions of exactly the collate CLIP_benchmark would pick.
     collate = collate_for("retrieval" if get_dataset_collate_fn(name) is image_captions_collate_fn else "classification")
-    return EvalDataset(
-        name=f"clip_benchmark:{name}@{root}",
-        task=task,
-        dataset=dataset,
-        classnames=classnames,
-        templates=task_templates,
-        num_samples=len(dataset),
-        bad_samples=dataset.bad_samples,
-        splits=LazySplits(extra),
-        collate_fn=collate,
+    return EvalDataset.from_reader(
+        f"clip_benchmark:{name}@{root}", task, dataset, classnames=classnames, templates=task_templates,
+        extra_splits=extra, collate_fn=collate,
         info={"kind": "clip_benchmark", "clip_benchmark_name": name, "root": str(root), "split": split},
     )

@@ -22,8 +22,8 @@ from torchvision.datasets import ImageFolder
 from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
-from .common import (LazySplits, SkipBadImages, collate_for, default_templates, filter_decodable, first_line,
-                     read_lines, require_dir, resolve_templates)
+from .common import (SkipBadImages, default_templates, filter_decodable, first_line, read_lines, require_dir,
+                     resolve_templates)
 from .spec import EvalDataset
 
 SPLIT_DIRS: tuple[str, ...] = ("train", "val", "test")
@@ -98,15 +98,8 @@ def build_imagefolder(root: Path, *, transform: Callable[[Any], Any] | None, spl
         return build
 
     extra = {name: loader(path) for name, path in folders.items() if name != split and name != "test"}
-    return EvalDataset(
-        name=f"imagefolder:{root}",
-        task="classification",
-        dataset=dataset,
-        classnames=classnames,
-        templates=task_templates,
-        num_samples=len(dataset),
-        bad_samples=dataset.bad_samples,
-        splits=LazySplits(extra),
-        collate_fn=collate_for("classification"),
+    return EvalDataset.from_reader(
+        f"imagefolder:{root}", "classification", dataset, classnames=classnames, templates=task_templates,
+        extra_splits=extra,
         info={"kind": "imagefolder", "root": str(root), "split": split, "folder": str(folder)},
     )

@@ -32,7 +32,7 @@ from torchvision.datasets import CocoCaptions
 from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
-from .common import SkipBadImages, check_inside_root, collate_for, filter_decodable, first_line, require_dir
+from .common import SkipBadImages, check_inside_root, filter_decodable, first_line, require_dir
 from .spec import EvalDataset
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -119,16 +119,8 @@ def build_karpathy(kind: str, root: Path, *, transform: Callable[[Any], Any] | N
     dataset: Dataset = load(root, split, transform, verify_images=verify_images)
     if len(dataset) == 0:
         raise DataError(f"no readable images for {kind} split '{split}' under {root}")
-    return EvalDataset(
-        name=f"{kind}:{root}",
-        task="retrieval",
-        dataset=dataset,
-        classnames=None,
-        templates=None,
-        num_samples=len(dataset),
-        bad_samples=dataset.bad_samples,
-        splits={},
-        collate_fn=collate_for("retrieval"),
+    return EvalDataset.from_reader(
+        f"{kind}:{root}", "retrieval", dataset,
         info={"kind": kind, "root": str(root), "split": split,
               "clip_benchmark_name": "flickr30k" if kind == "flickr30k" else "mscoco_captions"},
     )

@@ -55,6 +55,21 @@ class EvalDataset:
     ignore_index: int = 255  # segmentation label to ignore (ADE20K "other"); unused by other tasks
     info: dict[str, Any] = field(default_factory=dict)  # kind, root, split, ... for run records
 
+    @classmethod
+    def from_reader(cls, name: str, task: str, dataset: Dataset, *, info: dict[str, Any],
+                    classnames: list[str] | None = None, templates: Any = None,
+                    extra_splits: Mapping[str, Callable[[], Dataset]] | None = None,
+                    collate_fn: Callable[[list[Any]], Any] | None = None, **kw: Any) -> "EvalDataset":
+        """An EvalDataset from a reader's dataset (which counts its ``bad_samples``): sizes and counts come from
+        the dataset, `extra_splits` (name -> builder) are built on first use, the collate is the task's
+        None-dropping one unless given."""
+        from .common import LazySplits, collate_for
+
+        return cls(name=name, task=task, dataset=dataset, classnames=classnames, templates=templates,
+                   num_samples=len(dataset), bad_samples=getattr(dataset, "bad_samples", 0),
+                   splits=LazySplits(dict(extra_splits)) if extra_splits else {},
+                   collate_fn=collate_fn or collate_for(task), info=info, **kw)
+
 
 def split_kind(spec: str) -> tuple[str, str]:
     """``"kind:rest"`` -> (kind, rest); shapes specs keep their task and options in ``rest``."""

@@ -34,8 +34,8 @@ from webdataset.tariterators import base_plus_ext
 from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
-from .common import (LazySplits, SkipBadImages, collate_for, default_templates, filter_decodable, first_line,
-                     read_lines, require_dir, resolve_templates)
+from .common import (SkipBadImages, default_templates, filter_decodable, first_line, read_lines, require_dir,
+                     resolve_templates)
 from .spec import EvalDataset
 
 # CLIP_benchmark's to_tuple(["webp", "png", "jpg", "jpeg"], ...): the first present wins.
@@ -189,15 +189,7 @@ def build_wds(root: Path, *, transform: Callable[[Any], Any] | None, split: str 
     task = "retrieval" if retrieval else "classification"
     extra = {name: loader(name) for name in ("train", "val")
              if name != split and (root / name / "nshards.txt").is_file()}
-    return EvalDataset(
-        name=f"wds:{root}",
-        task=task,
-        dataset=dataset,
-        classnames=classes,
-        templates=task_templates,
-        num_samples=len(dataset),
-        bad_samples=dataset.bad_samples,
-        splits=LazySplits(extra),
-        collate_fn=collate_for(task),
+    return EvalDataset.from_reader(
+        f"wds:{root}", task, dataset, classnames=classes, templates=task_templates, extra_splits=extra,
         info={"kind": "wds", "root": str(root), "split": split},
     )
