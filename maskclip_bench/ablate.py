@@ -137,12 +137,15 @@ def cell_config(base: TrainConfig, grids: Sequence[Grid], cell: Cell, out_root: 
 
 
 # Fields that may differ between a finished cell and a rerun without changing its numbers.
-_IGNORED_KEYS = ("run.out", "run.threads", "data.workers", "run.log_every", "run.checkpoint_every")
+_IGNORED_KEYS = ("run.out", "run.threads", "data.workers", "run.log_every", "run.checkpoint_every",
+                 "run.keep_checkpoints", "run.device", "run.grad_checkpointing", "run.torchcompile",
+                 "run.compile_backend", "run.max_nonfinite", "run.max_bad_fraction")
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A config dict without the fields that do not change results (paths, threads, logging)."""
-    out = json.loads(json.dumps(config))
+    """A config dict without the fields that do not change results (paths, threads, logging, fault limits).
+    Fields a cell's saved config lacks (written by an older version) take today's defaults."""
+    out = TrainConfig.from_dict(json.loads(json.dumps(config))).to_dict()
     for key in _IGNORED_KEYS:
         section, name = key.split(".")
         out.get(section, {}).pop(name, None)

@@ -173,6 +173,19 @@ def test_identical_cell_of_a_sibling_grid_is_copied_not_retrained(tiny_grid, mon
     assert "trained again" in (root / "sibling2" / "mask_ratio=0.75" / "seed=0" / "error.txt").read_text()
 
 
+def test_tables_only_trains_nothing_and_counts_seeds_per_row(tiny_grid, monkeypatch, tmp_path):
+    root, args = tiny_grid
+    import maskclip_core.trainer as trainer
+
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("trained")))
+    more_seeds = [a for a in args if a not in ("--tables", str(root / "tables"))]
+    result = _run_cli([*more_seeds, "--seeds", "2", "--tables-only", "--tables", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "ablation_decoder_depth.md").read_text()
+    assert "up to 2 seed(s)" in md and "| **2** (ref) | 1 |" in md  # only seed 0 has finished
+    assert not (root / "cells" / "decoder_depth=0" / "seed=1").exists()
+
+
 def test_changed_config_is_refused_and_failing_cell_reported(tiny_grid, tmp_path):
     root, args = tiny_grid
     changed = [a if a != "3" else "4" for a in args]  # --steps 4 against cells trained for 3

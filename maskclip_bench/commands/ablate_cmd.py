@@ -83,6 +83,8 @@ def ablate_command(
     workers: int = typer.Option(1, "--workers", help="cells run in parallel processes"),
     threads: int = typer.Option(0, "--threads", help="torch threads per cell (0: cores // workers)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress display"),
+    tables_only: bool = typer.Option(False, "--tables-only", help="train nothing: write the tables from the cells "
+                                     "finished so far (each row says how many seeds it has)"),
     reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="copy a cell whose config and eval equal a finished "
                                "cell's in a sibling grid folder (e.g. mask_ratio=0.75 = method=maskclip)"),
 ) -> None:
@@ -119,19 +121,27 @@ def ablate_command(
     console.print(f"grid {label}: {len(cells)} cell(s) ({len(finished)} finished before, {reused} of them "
                   f"copied from an identical cell of another grid), {workers} worker(s), "
                   f"{per_cell} thread(s) each, cells in {out_root}/")
-    with ablate_progress(len(cells), workers, not quiet, len(finished)) as progress:
+    if tables_only:
+        console.print(f"--tables-only: {len(jobs)} unfinished cell(s) left out")
+        jobs = []
+    with ablate_progress(len(cells) - (len(jobs) if tables_only else 0), workers, not quiet and not tables_only,
+                         len(finished)) as progress:
         run = ablate.run_grid(jobs, finished, workers=workers, on_update=progress.update)
 
     good = [r for r in run.results if r.status != "failed"]
     axes = [g.name for g in grids]
     command = "maskclip-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "maskclip-bench ablate"
-    compute = sum(r.wall_time_s for r in good)
+    copied = {r.folder for r in good if "reused_from" in (ablate.read_cell(Path(r.folder)) or {})}
+    compute = sum(r.wall_time_s for r in good if r.folder not in copied)
+    invocation = ("" if tables_only else f"; this invocation {run.wall_time_s / 60:.1f} min with {workers} worker(s) "
+                  f"x {per_cell} thread(s) on {cores} core(s)")
     header = (f"Produced by: `{command}`\n\n"
               f"Settings: model {base.model.name}, data {base.data.spec}, {base.run.steps} steps, batch "
-              f"{base.run.batch_size}, lr {base.optim.lr}, {seeds} seed(s) per value, eval suite {suite}"
-              f"{' + ' + ', '.join(eval_dataset) if eval_dataset else ''}.\n\n"
-              f"Wall time: {compute / 60:.1f} min summed over {len(good)} cell(s) (train + eval); this invocation "
-              f"{run.wall_time_s / 60:.1f} min with {workers} worker(s) x {per_cell} thread(s) on {cores} core(s).")
+              f"{base.run.batch_size}, lr {base.optim.lr}, {'up to ' if tables_only else ''}{seeds} seed(s) per "
+              f"value, eval suite {suite}{' + ' + ', '.join(eval_dataset) if eval_dataset else ''}.\n\n"
+              f"Wall time: {compute / 60:.1f} min summed over the {len(good) - len(copied)} cell(s) trained for "
+              f"this grid (train + eval; {len(copied)} more copied from identical cells of other grids)"
+              f"{invocation}.")
     if good:
         cell_dicts = [{"values": r.values, "seed": r.seed, "metrics": r.metrics} for r in good]
         written = aggregate.write_tables(cell_dicts, axes, ablate.reference_assignment(grids), tables, label, header)
