@@ -425,7 +425,7 @@ model and precision; sections of other devices stay.
 Variants: `open_clip` = open_clip's own step as `training/train.py` writes it (`model(images, texts)` with
 `output_dict=True`, `ClipLoss`, backward, `--grad-clip-norm` = our `grad_clip`, AdamW with open_clip's parameter
 groups and our hyper-parameters, `logit_scale` clamp); `clip`, `maskclip`, `maskclip-masked-view` = our MaskCLIP
-module stepped as `maskclip_core.trainer` steps it (masks, EMA-teacher targets, loss terms, non-finite guards,
+module stepped by `maskclip_core.step.Stepper`, as the trainer steps it (masks, EMA-teacher targets, loss terms, non-finite guards,
 backward, grad clip, AdamW, clamp, EMA update). All under the same autocast / attention context
 (`maskclip_core.precision.compute_context`). Data loading is not part of any step (the batch is resident).
 

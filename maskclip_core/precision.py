@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import ContextManager
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# "auto" lets PyTorch pick the CPU attention kernel (its flash kernel): the "before" of results/perf.md.
+CPU_ATTENTION_ENV = "MASKCLIP_CPU_ATTENTION"
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -25,7 +29,7 @@ def compute_context(device: torch.device, precision: str) -> ContextManager:
     Why math attention on CPU: the tiny models' sequences are short (33-65 tokens) and PyTorch's CPU flash
     kernel spends more time in its backward than all matmuls of the tower together; the math path (two
     batched matmuls and a softmax, differentiated by autograd) made a bf16 training step 1.2x faster
-    (measured in results/train_step.md). On CUDA the fused kernels win, so they stay.
+    (measured in results/perf.md). On CUDA the fused kernels win, so they stay.
     """
     stack = contextlib.ExitStack()
     dtype = autocast_dtype(precision)
@@ -38,4 +42,6 @@ def compute_context(device: torch.device, precision: str) -> ContextManager:
 def attention_context(device: torch.device) -> ContextManager:
     """The attention kernel choice alone: also needed around the backward pass, where gradient checkpointing
     recomputes the forward and must take the same kernel as the forward did."""
-    return sdpa_kernel([SDPBackend.MATH]) if device.type == "cpu" else contextlib.nullcontext()
+    if device.type != "cpu" or os.environ.get(CPU_ATTENTION_ENV, "math") == "auto":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
