@@ -143,10 +143,12 @@ def _pm(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" + ("" if std is None or math.isnan(std) else f" ± {100 * std:.1f}")
 
 
-def comparison_markdown(records: pd.DataFrame, sources: Sequence[str]) -> str:
+def comparison_markdown(records: pd.DataFrame, sources: Sequence[str], command: str = "maskclip-bench report") -> str:
     """The whole comparison.md text."""
     group = pick_group(records)
     lines = ["# CLIP vs MaskCLIP: this project beside the published numbers", "",
+             f"Produced by: `{command}` (from the evaluation records under {', '.join(f'`{s}`' for s in sources)}).",
+             "",
              "Compare the DIFFERENCES (MaskCLIP - CLIP), not absolute values: the published settings are orders of "
              "magnitude larger than ours. Published numbers are from `../shared/reference/published-numbers.md`, "
              "labelled with source and setting. Numbers in percent.", ""]
@@ -194,7 +196,8 @@ def _record_folders(root: Path) -> list[Path]:
     return found or [root]
 
 
-def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Path:
+def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
+                     command: str = "maskclip-bench report") -> Path:
     """Read the records of every folder in `record_dirs` (missing ones are empty) and write comparison.md."""
     from .records import load_records
 
@@ -204,5 +207,5 @@ def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "comparison.md"
-    path.write_text(comparison_markdown(records, [str(d) for d in record_dirs]), encoding="utf-8")
+    path.write_text(comparison_markdown(records, [str(d) for d in record_dirs], command), encoding="utf-8")
     return path

@@ -18,7 +18,11 @@ def report_command(
     from maskclip_bench.report import write_report
 
     files = write_report(results_dir, out)
-    comparison = write_comparison([results_dir, ablations_dir], out)
+    import shlex
+    import sys
+
+    command = "maskclip-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "maskclip-bench report"
+    comparison = write_comparison([results_dir, ablations_dir], out, command)
     typer.echo(f"{len(files.table)} checkpoint(s) from {files.num_records} record(s): "
                f"{files.markdown}, {files.csv}, {files.long_csv}, {comparison}")
 
