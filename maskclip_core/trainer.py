@@ -21,7 +21,7 @@ import torch
 from .checkpoint import CheckpointDir
 from .config import TrainConfig, validate
 from .data.spec import build_train_dataset, parse_data_spec
-from .distributed import all_reduce_sum, barrier, init_distributed
+from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed
 from .ema import Teacher
 from .errors import CheckpointError, DataError, MaskClipError
 from .loader import BatchStream
@@ -158,10 +158,19 @@ def train(
     loss over the global batch, rank 0 alone writing; the result equals one process with the global batch.
     """
     validate(cfg)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    env = init_distributed(cfg.run.device)
+    try:
+        return _train(cfg, env, resume, on_log, on_step)
+    finally:
+        if env.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[str, Any]], None] | None,
+           on_step: Callable[[int, int], None] | None) -> TrainResult:
     run, k = cfg.run, cfg.run.accum_freq
-    if run.threads > 0:
-        torch.set_num_threads(run.threads)
-    env = init_distributed(run.device)
     out = Path(run.out)
     ckpts = CheckpointDir(out / "checkpoints", run.keep_checkpoints)
     state = None
