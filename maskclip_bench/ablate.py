@@ -246,6 +246,8 @@ def run_cell(job: CellJob) -> CellResult:
         cfg = TrainConfig.from_dict(job.config)
         ckpt = folder / "checkpoints" / "last.pt"
         run = train(cfg, resume=ckpt.is_file())
+        if run.stopped_early:  # SIGTERM: the checkpoint is saved; a rerun resumes the cell, never scores it half-trained
+            raise InterruptedError(f"training stopped at step {run.steps} by SIGTERM; rerun the grid to resume")
         records = folder / "records"
         shutil.rmtree(records, ignore_errors=True)  # records of an interrupted evaluation would double count
         metrics = evaluate_cell(ckpt, records, job.eval_spec, job.seed)
@@ -372,6 +374,8 @@ def run_grid(jobs: Sequence[CellJob], finished: Sequence[CellResult], workers: i
             result = run_cell(job)
             results.append(result)
             notify("end", result)
+            if result.error.startswith("InterruptedError"):
+                break  # the grid was asked to stop (SIGTERM): leave the other cells for the rerun
     else:
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait

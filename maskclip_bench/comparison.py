@@ -190,18 +190,12 @@ def comparison_markdown(records: pd.DataFrame, sources: Sequence[str], command: 
     return "\n".join(lines) + "\n"
 
 
-def _record_folders(root: Path) -> list[Path]:
-    """The ``records/`` folders of an ablation tree (its cell.json/config.json are not records), else `root`."""
-    found = sorted(p for p in root.rglob("records") if p.is_dir()) if root.is_dir() else []
-    return found or [root]
-
-
 def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
                      command: str = "maskclip-bench report") -> Path:
     """Read the records of every folder in `record_dirs` (missing ones are empty) and write comparison.md."""
-    from .records import load_records
+    from .records import load_records, record_folders
 
-    frames = [load_records(d) for root in record_dirs for d in _record_folders(Path(root))]
+    frames = [load_records(d) for root in record_dirs for d in record_folders(Path(root))]
     frames = [f for f in frames if not f.empty]
     records = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     out = Path(out_dir).expanduser()

@@ -265,3 +265,9 @@ def load_records(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR) -> p
     frame["variant"] = frame["variant"].fillna("").astype(str)
     frame["split"] = frame["split"].fillna("test")
     return frame.sort_values(["timestamp", "record_file"], kind="stable").reset_index(drop=True)
+
+
+def record_folders(root: Path) -> list[Path]:
+    """The ``records/`` folders of an ablation tree (its cell.json/config.json are not records), else `root`."""
+    found = sorted(p for p in root.rglob("records") if p.is_dir()) if root.is_dir() else []
+    return found or [root]

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from .records import DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_records
+from .records import DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_records, record_folders
 
 DEDUP_KEY = ["checkpoint_hash", "dataset", "split", "task", "variant"]
 CHECKPOINT_COLUMNS = ["checkpoint_hash", "checkpoint", "model", "checkpoint_kind", "checkpoint_step",
@@ -129,7 +129,8 @@ class ReportFiles:
 def write_report(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR,
                  out_dir: str | os.PathLike[str] = "results") -> ReportFiles:
     """Read every record under `results_dir` and write benchmark.md, benchmark.csv, benchmark_long.csv."""
-    records = load_records(results_dir)
+    frames = [f for f in (load_records(d) for d in record_folders(Path(results_dir))) if not f.empty]
+    records = pd.concat(frames, ignore_index=True) if frames else load_records(results_dir)
     table = wide_table(records)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)

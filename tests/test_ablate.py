@@ -186,6 +186,21 @@ def test_tables_only_trains_nothing_and_counts_seeds_per_row(tiny_grid, monkeypa
     assert not (root / "cells" / "decoder_depth=0" / "seed=1").exists()
 
 
+def test_a_cell_stopped_by_sigterm_is_not_scored(tmp_path, monkeypatch):
+    import maskclip_core.trainer as trainer
+    from maskclip_core.trainer import TrainResult
+
+    monkeypatch.setattr(trainer, "train", lambda cfg, resume=False, **kw: TrainResult(
+        tmp_path, 1, {}, 0.1, stopped_early=True))
+    out = tmp_path / "cells"
+    result = _run_cli(["ablate", "--grid", "decoder_depth", "--values", "0,2", *TINY, "--out", str(out),
+                       "--tables", str(tmp_path / "tables")])
+    assert result.exit_code == 1
+    first = out / "decoder_depth=0" / "seed=0"
+    assert "SIGTERM" in (first / "error.txt").read_text() and not (first / "cell.json").exists()
+    assert not (out / "decoder_depth=2" / "seed=0").exists()  # the grid stopped instead of going on
+
+
 def test_changed_config_is_refused_and_failing_cell_reported(tiny_grid, tmp_path):
     root, args = tiny_grid
     changed = [a if a != "3" else "4" for a in args]  # --steps 4 against cells trained for 3
