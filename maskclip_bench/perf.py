@@ -19,7 +19,6 @@ kernel), on the same batch, from the same initial weights (same seed), so a diff
 from __future__ import annotations
 
 import gc
-import math
 import platform
 import re
 import resource
@@ -30,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 
+from maskclip_core.step import MAX_LOGIT_SCALE
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "open_clip": {},
     "clip": {"name": "clip"},
@@ -37,7 +38,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "maskclip-masked-view": {"name": "maskclip", "contrastive_view": "masked"},
 }
 PRECISIONS = ("fp32", "bf16")
-MAX_LOGIT_SCALE = math.log(100.0)
 CAPTION = "a large red star in the top left and a small blue ring number {i}"
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, matched in order as a substring of

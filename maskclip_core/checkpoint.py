@@ -91,7 +91,8 @@ def verify_checkpoint(path: str | Path) -> None:
     side = _sidecar(path)
     if not side.is_file():
         return
-    expected = side.read_text().split()[0] if side.read_text().split() else ""
+    fields = side.read_text().split()
+    expected = fields[0] if fields else ""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

@@ -45,7 +45,9 @@ class EpochPermutationSampler(Sampler[tuple[int, int]]):
         return iter((self.epoch, i) for i in self._indices()[self.start :].tolist())
 
     def __len__(self) -> int:
-        return len(self._indices()) - self.start
+        # Arithmetic, not a second permutation: the same count `_indices` yields.
+        usable = self.size if self.world_size == 1 else self.size // (self.batch_size * self.world_size) * self.batch_size
+        return usable - self.start
 
 
 class SeededSamples(Dataset):

@@ -124,8 +124,7 @@ def ablate_command(
     if tables_only:
         console.print(f"--tables-only: {len(jobs)} unfinished cell(s) left out")
         jobs = []
-    with ablate_progress(len(cells) - (len(jobs) if tables_only else 0), workers, not quiet and not tables_only,
-                         len(finished)) as progress:
+    with ablate_progress(len(cells), workers, not quiet and not tables_only, len(finished)) as progress:
         run = ablate.run_grid(jobs, finished, workers=workers, on_update=progress.update)
 
     good = [r for r in run.results if r.status != "failed"]
