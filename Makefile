@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Test files run in this many pytest-xdist workers, each with its share of the cores (tests/conftest.py).
+TEST_WORKERS ?= 2
 # The stamp changes whenever pyproject.toml does, so dependency edits reinstall.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
@@ -20,7 +22,7 @@ demo: install
 	$(BIN)/maskclip-bench demo
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: install
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=mean,stddev,rounds

@@ -118,7 +118,8 @@ def plot_metric(table: pd.DataFrame, axes: Sequence[str], reference: Mapping[str
     ax.set_xlabel(x_axis)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[1]:  # a one-line plot without the reference value has nothing to label
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

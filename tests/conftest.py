@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs the files in pytest-xdist workers. Give each worker its share of the cores before torch is
+# imported, so that it and the subprocesses the tests start inherit it: OpenMP threads beyond the cores spin
+# against each other and make every test slower.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 # ==================================================================================================
 # BEGIN evaluation commands / records / tables (issue 3): one tiny trained checkpoint per session,
 # shared by tests/test_eval_cli.py and tests/test_clip_benchmark_agreement.py.
