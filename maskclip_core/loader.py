@@ -4,9 +4,14 @@ Map-style datasets are read in a per-epoch permutation drawn from (seed, epoch);
 (epoch, batch) position without touching the skipped samples, which is what exact resume needs. Each sample's
 random augmentation is drawn from its own seed (seed, epoch, index) rather than from a DataLoader worker's
 stream, so a sample looks the same whatever the number of workers and whether or not the run was resumed.
+
+Iterable datasets (WebDataset shards) are re-read from the start of the epoch to the resume point. Their random
+augmentation comes from a torch RNG stream per epoch: a DataLoader worker's, or, without workers, the stream's
+own, which is swapped in around each read so that it neither draws from nor moves the process's global RNG.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,6 +87,21 @@ class BatchStream:
             raise DataError(f"the dataset has {len(dataset)} samples, fewer than one global batch of "
                             f"{batch_size} x {world_size} rank(s)")
         self._it: Iterator[Any] | None = None
+        self._rng_state: torch.Tensor | None = None  # RNG of an iterable dataset read in this process
+
+    def _epoch_seed(self) -> int:
+        return self.seed * 100_003 + self.epoch
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Read with the stream's own RNG when an iterable dataset is read in this process (no workers)."""
+        if self._rng_state is None:
+            yield
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            yield
+            self._rng_state = torch.get_rng_state()
 
     @property
     def batches_per_epoch(self) -> int | None:
@@ -92,15 +112,17 @@ class BatchStream:
         # at a resume point must not shift what the rest of the run draws from it.
         kwargs: dict[str, Any] = dict(
             batch_size=self.batch_size, num_workers=self.workers, collate_fn=train_collate, drop_last=True,
-            generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
+            generator=torch.Generator().manual_seed(self._epoch_seed()),
         )
         if self.iterable:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)
-            loader = DataLoader(self.dataset, **kwargs)
-            it = iter(loader)
-            for _ in range(self.batch_in_epoch):  # streams can only be fast-forwarded by reading
-                next(it)
+            if self.workers == 0:
+                self._rng_state = torch.Generator().manual_seed(self._epoch_seed() + 1).get_state()
+            it = iter(DataLoader(self.dataset, **kwargs))
+            with self._reading():
+                for _ in range(self.batch_in_epoch):  # streams can only be fast-forwarded by reading
+                    next(it)
         else:
             sampler = EpochPermutationSampler(
                 len(self.dataset), self.seed, self.epoch, self.batch_in_epoch * self.batch_size,
@@ -117,7 +139,8 @@ class BatchStream:
             if self._it is None:
                 self._start_epoch()
             try:
-                batch = next(self._it)
+                with self._reading():
+                    batch = next(self._it)
                 self.batch_in_epoch += 1
                 return batch
             except StopIteration:

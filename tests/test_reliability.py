@@ -31,8 +31,23 @@ def csv_data(tmp_path_factory):
     return root / "train.tsv"
 
 
-def _train_cmd(out: Path, data: Path, steps: int = STEPS, resume: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "maskclip_bench", "train", "--method", "maskclip", "--data", f"csv:{data}",
+@pytest.fixture(scope="module")
+def wds_data(csv_data):
+    """The same 16 images and captions as two WebDataset shards of 8; returns the shard pattern."""
+    import webdataset as wds
+
+    rows = [line.split("\t") for line in csv_data.read_text().splitlines()[1:]]
+    for shard in range(2):
+        with wds.TarWriter(str(csv_data.parent / f"shard-{shard}.tar")) as sink:
+            for name, caption in rows[8 * shard:8 * shard + 8]:
+                sink.write({"__key__": name.removesuffix(".png"), "png": (csv_data.parent / name).read_bytes(),
+                            "txt": caption.encode()})
+    return f"wds:{csv_data.parent}/shard-{{0..1}}.tar"
+
+
+def _train_cmd(out: Path, data: Path | str, steps: int = STEPS, resume: bool = False) -> list[str]:
+    spec = data if isinstance(data, str) else f"csv:{data}"
+    cmd = [sys.executable, "-m", "maskclip_bench", "train", "--method", "maskclip", "--data", spec,
            "--steps", str(steps), "--batch-size", "4", "--out", str(out), "--quiet",
            "--set", "workers=0", "--set", "log_every=1", "--set", "checkpoint_every=3", "--set", "threads=1",
            "--set", "keep_checkpoints=2", "--set", "warmup=2", "--set", "precision=fp32"]
@@ -90,6 +105,19 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, csv_data, reference_run, fau
     assert not list((out / "checkpoints").glob(".*.tmp"))  # the killed writer's temp file was cleaned up
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*.pt")) == ["step_00000006.pt",
                                                                                 "step_00000008.pt"]  # keep 2
+
+
+def test_webdataset_run_killed_and_resumed_is_bit_exact(tmp_path, wds_data):
+    """A stream cannot seek: resume re-reads the epoch up to its position, with the same shuffles and crops."""
+    reference = tmp_path / "reference"
+    assert _run(_train_cmd(reference, wds_data)).returncode == 0
+    out = tmp_path / "run"
+    assert _run(_train_cmd(out, wds_data), fault="train_step@5").returncode == -9
+    resumed = _run(_train_cmd(out, wds_data, resume=True))
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_state(load_checkpoint(out / "checkpoints" / "last.pt"),
+                       load_checkpoint(reference / "checkpoints" / "last.pt"))
+    assert _metrics_without_timing(out / "metrics.jsonl") == _metrics_without_timing(reference / "metrics.jsonl")
 
 
 def test_corrupt_checkpoints_fall_back_to_the_newest_good_one(tmp_path, csv_data, reference_run):
@@ -162,6 +190,29 @@ def test_augmentation_depends_on_the_sample_not_the_reader(csv_data):
     resumed = BatchStream(dataset, 4, 0, workers=0, epoch=0, batch_in_epoch=2)
     assert torch.equal(next(resumed)["image"], single[2])
     assert not torch.equal(first_batches(0, seed=1)[0], single[0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_resumed_mid_epoch_reads_the_same_batches(wds_data, workers):
+    """A WebDataset stream restarted at (epoch, batch) yields what the uninterrupted stream did there, whatever the
+    global RNG holds, and reading it leaves the global RNG alone."""
+    import open_clip
+
+    from maskclip_core.data.wds_dataset import build_wds_dataset
+    from maskclip_core.loader import BatchStream
+    from maskclip_core.towers import get_tokenizer
+
+    transform = open_clip.image_transform(32, is_train=True, aug_cfg={"scale": (0.3, 1.0)})
+    dataset = build_wds_dataset(wds_data.removeprefix("wds:"), transform, get_tokenizer("MaskCLIP-Tiny-8"), seed=0)
+    torch.manual_seed(1)
+    full = BatchStream(dataset, 4, 0, workers=workers)
+    batches = [next(full)["image"] for _ in range(6)]  # across the epoch boundary (4 batches per epoch)
+    torch.manual_seed(2)
+    global_state = torch.get_rng_state()
+    resumed = BatchStream(dataset, 4, 0, workers=workers, epoch=0, batch_in_epoch=2)
+    assert all(torch.equal(next(resumed)["image"], want) for want in batches[2:])
+    if workers == 0:
+        assert torch.equal(torch.get_rng_state(), global_state)
 
 
 def _small_csv_config(tmp_path, data: Path, **run):
