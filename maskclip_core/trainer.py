@@ -289,7 +289,8 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                     "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
                     "ema_momentum": momentum if teacher is not None else None,
                     "samples_per_s": window_samples / max(now - window_start, 1e-9),
-                    "grad_norm": outcome.grad_norm, "nonfinite_skipped": skipped, "bad_samples": health.bad, "samples_read": health.samples,
+                    "grad_norm": outcome.grad_norm, "nonfinite_skipped": skipped, "bad_samples": health.bad,
+                    "samples_read": health.samples,
                 }
                 if log is not None:
                     log.write(last)
