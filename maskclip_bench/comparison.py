@@ -195,11 +195,12 @@ def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str
     """Read the records of every folder in `record_dirs` (missing ones are empty) and write comparison.md."""
     from .records import load_records, record_folders
 
+    record_dirs = list(dict.fromkeys(str(d) for d in record_dirs))  # a folder named twice is read once
     frames = [load_records(d) for root in record_dirs for d in record_folders(Path(root))]
     frames = [f for f in frames if not f.empty]
     records = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "comparison.md"
-    path.write_text(comparison_markdown(records, [str(d) for d in record_dirs], command), encoding="utf-8")
+    path.write_text(comparison_markdown(records, record_dirs, command), encoding="utf-8")
     return path

@@ -238,6 +238,7 @@ def test_comparison_rows_from_records_and_empty_case(tmp_path):
     for method, accs in (("clip", (0.2, 0.3, 0.4)), ("maskclip", (0.5, 0.6, 0.7))):
         for seed, acc in enumerate(accs):
             write_record(_record(method, seed, acc), tmp_path / "recs")
-    md = write_comparison([tmp_path / "recs"], tmp_path / "out").read_text()
+    md = write_comparison([tmp_path / "recs", tmp_path / "recs"], tmp_path / "out").read_text()  # named twice
     assert "| zero-shot | shapes/shape_color | acc1 | 30.0 ± 10.0 | 60.0 ± 10.0 | +30.0 | yes |" in md
+    assert md.count(f"`{tmp_path / 'recs'}`") == 1
     assert "A-CLIP README" in md and "Published reference" in md
