@@ -193,12 +193,10 @@ def comparison_markdown(records: pd.DataFrame, sources: Sequence[str], command: 
 def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
                      command: str = "maskclip-bench report") -> Path:
     """Read the records of every folder in `record_dirs` (missing ones are empty) and write comparison.md."""
-    from .records import load_records, record_folders
+    from .records import load_record_trees
 
-    record_dirs = list(dict.fromkeys(str(d) for d in record_dirs))  # a folder named twice is read once
-    frames = [load_records(d) for root in record_dirs for d in record_folders(Path(root))]
-    frames = [f for f in frames if not f.empty]
-    records = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    record_dirs = list(dict.fromkeys(str(d) for d in record_dirs))  # a folder named twice is named once
+    records = load_record_trees(record_dirs)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "comparison.md"

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:  # pandas is imported when records are read, not when one is written
     import pandas as pd
@@ -255,7 +255,7 @@ def load_records(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR) -> p
             continue
         record["record_file"] = str(path)
         rows.append(record)
-    columns = list(dict.fromkeys([*REQUIRED_FIELDS, "split", "variant", "record_file"]))
+    columns = _record_columns()
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
@@ -267,7 +267,21 @@ def load_records(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR) -> p
     return frame.sort_values(["timestamp", "record_file"], kind="stable").reset_index(drop=True)
 
 
+def _record_columns() -> list[str]:
+    return list(dict.fromkeys([*REQUIRED_FIELDS, "split", "variant", "record_file"]))
+
+
 def record_folders(root: Path) -> list[Path]:
     """The ``records/`` folders of an ablation tree (its cell.json/config.json are not records), else `root`."""
     found = sorted(p for p in root.rglob("records") if p.is_dir()) if root.is_dir() else []
     return found or [root]
+
+
+def load_record_trees(roots: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """The records of every root (an ablation tree or a plain records folder) in one frame; a root named twice is
+    read once."""
+    import pandas as pd
+
+    unique = dict.fromkeys(Path(r).expanduser() for r in roots)
+    frames = [f for root in unique for f in (load_records(d) for d in record_folders(root)) if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_record_columns())

@@ -1,7 +1,7 @@
 """Benchmark tables from evaluation records (``maskclip-bench report``).
 
-All records of a results folder are read with pandas (`records.load_records`); when a checkpoint was
-evaluated on the same dataset, split, task and variant more than once, the latest record wins. Written:
+All records of a results folder or ablation tree are read with pandas (`records.load_record_trees`); when a
+checkpoint was evaluated on the same dataset, split, task and variant more than once, the latest record wins. Written:
 
 * ``benchmark.csv`` and ``benchmark.md``: one row per checkpoint (content hash) with its model, method
   and key training-config columns, and one column per dataset and metric named
@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from .records import DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_records, record_folders
+from .records import DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_record_trees
 
 DEDUP_KEY = ["checkpoint_hash", "dataset", "split", "task", "variant"]
 CHECKPOINT_COLUMNS = ["checkpoint_hash", "checkpoint", "model", "checkpoint_kind", "checkpoint_step",
@@ -129,8 +129,7 @@ class ReportFiles:
 def write_report(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR,
                  out_dir: str | os.PathLike[str] = "results") -> ReportFiles:
     """Read every record under `results_dir` and write benchmark.md, benchmark.csv, benchmark_long.csv."""
-    frames = [f for f in (load_records(d) for d in record_folders(Path(results_dir))) if not f.empty]
-    records = pd.concat(frames, ignore_index=True) if frames else load_records(results_dir)
+    records = load_record_trees([results_dir])
     table = wide_table(records)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
