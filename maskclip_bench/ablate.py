@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from maskclip_core.config import TrainConfig, set_value, validate
+from maskclip_core.ema import default_momentum
 from maskclip_core.errors import ConfigError
 
 CELL_MARKER = "cell.json"
@@ -34,6 +35,17 @@ class Grid:
     values: tuple[Any, ...]
     reference: Any
     description: str = ""
+    # For grids whose values depend on the run (e.g. on its length): base config -> (values, reference).
+    derive: Callable[[TrainConfig], tuple[tuple[Any, ...], Any]] | None = None
+
+
+def ema_momentum_values(base: TrainConfig) -> tuple[tuple[float, ...], float]:
+    """The `ema_momentum` grid for the base run's length: the run-length-aware default m0 (the reference), the
+    momenta whose averaging horizon 1 / (1 - m) is 1/4, 1/2, 2 and 4 times m0's, and the paper's 0.996."""
+    m0 = round(default_momentum(base.run.steps), 4)
+    horizon = 1.0 / (1.0 - m0)
+    values = {m0, 0.996} | {round(1.0 - 1.0 / (horizon * f), 4) for f in (0.25, 0.5, 2.0, 4.0) if horizon * f > 1}
+    return tuple(sorted(values)), m0
 
 
 GRIDS: dict[str, Grid] = {
@@ -45,7 +57,22 @@ GRIDS: dict[str, Grid] = {
     "mlm": Grid("mlm", "method.w_mlm", (0.0, 1.0), 1.0, "weight of the text MLM loss"),
     "contrastive_view": Grid("contrastive_view", "method.contrastive_view", ("full", "masked"), "full",
                              "contrastive image features from the full or the masked image"),
+    "ema_momentum": Grid("ema_momentum", "method.ema_momentum", (), None,
+                         "teacher's starting EMA momentum (reference: the run-length-aware default)",
+                         derive=ema_momentum_values),
 }
+
+
+def bind_grids(grids: Sequence[Grid], base: TrainConfig, explicit_values: bool = False) -> list[Grid]:
+    """Grids with run-dependent values filled in for `base` (values given with --values are kept)."""
+    out = []
+    for g in grids:
+        if g.derive is not None:
+            values, reference = g.derive(base)
+            out.append(Grid(g.name, g.key, g.values if explicit_values else values, reference, g.description))
+        else:
+            out.append(g)
+    return out
 
 
 @dataclass(frozen=True)
@@ -108,7 +135,7 @@ def resolve_grids(names: Sequence[str], values: str | None = None) -> list[Grid]
         if not parts:
             raise ConfigError("--values is empty")
         g = grids[0]
-        grids = [Grid(g.name, g.key, _typed_values(g, parts), g.reference, g.description)]
+        grids = [Grid(g.name, g.key, _typed_values(g, parts), g.reference, g.description, g.derive)]
     return grids
 
 
@@ -133,6 +160,9 @@ def cell_config(base: TrainConfig, grids: Sequence[Grid], cell: Cell, out_root: 
     cfg.run.seed = cell.seed
     cfg.run.out = str(out_root / cell.folder)
     cfg.run.threads = threads
+    if cfg.method.ema_momentum is None and cfg.run.epochs <= 0:
+        # What the trainer resolves "auto" to (and saves), so that a finished cell's config compares equal.
+        cfg.method.ema_momentum = default_momentum(cfg.run.steps)
     return validate(cfg)
 
 

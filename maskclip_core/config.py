@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -21,7 +21,9 @@ MASK_STRATEGIES = ("random", "block")
 DISTILL_TARGETS = ("feature", "soft", "pixel")
 DISTILL_LOSSES = ("mse", "smooth_l1", "cosine")
 CONTRASTIVE_VIEWS = ("full", "masked")
-PRECISIONS = ("fp32", "bf16", "amp_bf16", "amp")  # bf16 = amp_bf16: bf16 autocast, fp32 weights
+# bf16 = amp_bf16: bf16 autocast, fp32 weights; auto: resolved per device (maskclip_core.precision.resolve_precision)
+PRECISIONS = ("auto", "fp32", "bf16", "amp_bf16", "amp")
+MLM_REPLACE = ("mask", "bert")
 
 
 @dataclass
@@ -33,7 +35,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The training objective (see ../shared/reference/method.md for every switch)."""
+    """The training objective (see docs/method.md for every switch)."""
 
     name: str = "maskclip"
     mask_ratio: float = 0.75
@@ -49,16 +51,23 @@ class MethodConfig:
     mlm_ratio: float = 0.15
     text_decoder_depth: int = 1
     mlm_causal: bool = True  # the MLM pass keeps CLIP's causal mask by default; False = bidirectional
-    ema_momentum: float = 0.996
+    # "mask": every MLM position gets the mask embedding (method.md); "bert": BERT's 80/10/10 (mask embedding /
+    # random token / unchanged).
+    mlm_replace: str = "mask"
+    # None ("auto"): run-length aware (ema.default_momentum): 0.996 for ~100k steps, lower for shorter runs so that
+    # the teacher leaves its random initialisation. The trainer saves the resolved value in config.json.
+    ema_momentum: Optional[float] = None
     ema_momentum_end: float = 1.0
     contrastive_view: str = "full"
     soft_prototypes: int = 1024
     soft_teacher_temp: float = 0.04
     soft_student_temp: float = 0.1
     soft_center_momentum: float = 0.9
-    # open_clip ClipLoss options (matter only with several ranks).
+    # open_clip ClipLoss options (matter only with several ranks). gather_with_grad on (open_clip's default is off)
+    # makes the objective at any world size the single-process one; off, each rank's contrastive gradient is
+    # 1/world of it while the distillation and MLM gradients are not (w_distill and w_mlm act world times larger).
     local_loss: bool = False
-    gather_with_grad: bool = False
+    gather_with_grad: bool = True
 
 
 @dataclass
@@ -86,6 +95,8 @@ class OptimConfig:
     beta2: float = 0.98
     eps: float = 1e-8
     warmup: int = 50
+    warmup_start_lr: float = 0.0  # the warm-up rises linearly from here (step -1) to lr (step warmup - 1)
+    min_lr: float = 0.0  # the cosine decays to this (open_clip / SLIP)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
 
 
@@ -98,7 +109,9 @@ class RunConfig:
     batch_size: int = 64
     seed: int = 0
     out: str = "runs/default"
-    precision: str = "fp32"  # fp32 | bf16 / amp_bf16 (bf16 autocast) | amp (fp16 autocast + GradScaler)
+    # auto (bf16 autocast where the device runs it natively, else fp32 on CPU / fp16 + GradScaler on old GPUs) |
+    # fp32 | bf16 = amp_bf16 (bf16 autocast) | amp (fp16 autocast + GradScaler). Saved resolved in config.json.
+    precision: str = "auto"
     accum_freq: int = 1  # micro-batches of batch_size per optimizer step (contrastive loss over all of them)
     grad_checkpointing: bool = False  # recompute transformer blocks (towers and decoders) in the backward
     torchcompile: bool = False  # torch.compile the student (checkpoints hold the uncompiled state dict)
@@ -172,7 +185,21 @@ def resolve_key(key: str) -> str:
     raise ConfigError(f"unknown config key '{key}'{hint}")
 
 
-def _coerce(key: str, value: Any, typ: type, parse: bool) -> Any:
+def _optional_type(typ: Any) -> Any:
+    """`X` for `Optional[X]` (None when `typ` is not optional)."""
+    if get_origin(typ) is Union or type(typ).__name__ == "UnionType":
+        args = [a for a in get_args(typ) if a is not type(None)]
+        if len(args) == 1 and len(get_args(typ)) == 2:
+            return args[0]
+    return None
+
+
+def _coerce(key: str, value: Any, typ: Any, parse: bool) -> Any:
+    inner = _optional_type(typ)
+    if inner is not None:  # Optional fields: None, "auto" or "null" mean "decided at run time"
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("auto", "null", "none", "")):
+            return None
+        typ = inner
     if parse and isinstance(value, str) and typ is not str:
         try:
             value = yaml.safe_load(value)
@@ -197,7 +224,8 @@ def _coerce(key: str, value: Any, typ: type, parse: bool) -> Any:
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}")
+    name = typ.__name__ + (" or auto" if inner is not None else "")
+    raise ConfigError(f"config key '{key}' expects {name}, got {value!r}")
 
 
 def set_value(cfg: TrainConfig, key: str, value: Any, parse: bool = True) -> None:
@@ -249,6 +277,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("distill_loss", m.distill_loss, DISTILL_LOSSES)
     _choice("contrastive_view", m.contrastive_view, CONTRASTIVE_VIEWS)
     _choice("precision", r.precision, PRECISIONS)
+    _choice("mlm_replace", m.mlm_replace, MLM_REPLACE)
     if not 0.0 < m.mask_ratio < 1.0:
         raise ConfigError(f"mask_ratio must be in (0, 1), got {m.mask_ratio}")
     if not 0.0 < m.mlm_ratio < 1.0:
@@ -257,7 +286,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(m, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(m, key)}")
     for key in ("ema_momentum", "ema_momentum_end", "soft_center_momentum"):
-        if not 0.0 <= getattr(m, key) <= 1.0:
+        if getattr(m, key) is not None and not 0.0 <= getattr(m, key) <= 1.0:
             raise ConfigError(f"{key} must be in [0, 1], got {getattr(m, key)}")
     for key in ("w_distill", "w_mlm"):
         if getattr(m, key) < 0 or not math.isfinite(getattr(m, key)):
@@ -268,6 +297,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"lr must be > 0, got {o.lr}")
     if o.weight_decay < 0 or o.warmup < 0 or o.grad_clip < 0:
         raise ConfigError("weight_decay, warmup and grad_clip must be >= 0")
+    for key in ("min_lr", "warmup_start_lr"):
+        if not (0.0 <= getattr(o, key) <= o.lr):
+            raise ConfigError(f"{key} must be in [0, lr], got {getattr(o, key)}")
     if r.steps < 1 and r.epochs <= 0:
         raise ConfigError(f"steps must be >= 1, got {r.steps}")
     if r.batch_size < 2:

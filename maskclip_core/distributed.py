@@ -43,13 +43,19 @@ class DistEnv:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Join the process group if launched by torchrun/SLURM (NCCL on GPUs, gloo on CPU) and pick the device."""
-    local_rank, rank, world_size = world_info_from_env()
+def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """`auto` | `cpu` | `cuda` as the torch device of this process (the local rank's GPU)."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise ConfigError("device cuda asked for, but no GPU is visible")
-    dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    return torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group if launched by torchrun/SLURM (NCCL on GPUs, gloo on CPU) and pick the device."""
+    local_rank, rank, world_size = world_info_from_env()
+    dev = pick_device(device, local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():

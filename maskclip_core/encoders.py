@@ -2,14 +2,20 @@
 
 `encode_image_tokens` is the MAE-style visible-token pass: patch embed + position embed, drop the masked tokens,
 prepend CLS, then the tower's own ln_pre, transformer, final norm/pool and projection. With `ids_keep=None` it is
-exactly open_clip's `VisionTransformer.forward`. `encode_text_hidden` is the text transformer with some token
-embeddings replaced (the MLM pass).
+exactly open_clip's `VisionTransformer.forward`; with `mask` and `mask_token` it is the SimMIM/BEiT pass (the full
+sequence, a learned token in place of each masked patch embedding). `encode_text_hidden` is the text transformer
+with some token embeddings replaced (the MLM pass), for open_clip's `CLIP` and `CustomTextCLIP`.
+
+These passes call a few of open_clip's non-public VisionTransformer members (`_pool`, `patch_dropout`, `attn_pool`):
+pyproject.toml's lower bound on open_clip_torch is the first release that has them all (tests/test_model.py
+checks the pass against `VisionTransformer.forward`).
 """
 from __future__ import annotations
 
 import torch
 from open_clip.transformer import VisionTransformer
 
+from .attention import key_padding_mask
 from .errors import ConfigError
 
 
@@ -23,21 +29,26 @@ def check_vit(visual: torch.nn.Module) -> VisionTransformer:
 
 
 def encode_image_tokens(
-    visual: VisionTransformer, images: torch.Tensor, ids_keep: torch.Tensor | None = None
+    visual: VisionTransformer, images: torch.Tensor, ids_keep: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (projected pooled features [B, E], pooled pre-projection [B, W], patch tokens [B, n, W]).
 
     `ids_keep` [B, n_keep] selects the visible patches; the cost is that of a pass over n_keep + 1 tokens.
+    `mask` [B, N] (True = masked) with `mask_token` [W] instead replaces the masked patch embeddings by the token
+    (before the position embedding, as SimMIM and BEiT do) and runs the full sequence.
     """
     x = visual.conv1(images)
     x = x.flatten(2).transpose(1, 2)  # [B, N, W]
+    if mask is not None:
+        x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype), x)
     pos = visual.positional_embedding.to(x.dtype)
     x = x + pos[1:]
     if ids_keep is not None:
         x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     cls = (visual.class_embedding.to(x.dtype) + pos[0]).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1)
-    if ids_keep is None:
+    if ids_keep is None and mask is None:
         x = visual.patch_dropout(x)  # identity unless configured; the mask already plays that role otherwise
     x = visual.ln_pre(x)
     x = visual.transformer(x)
@@ -46,21 +57,51 @@ def encode_image_tokens(
     return projected, pooled, tokens
 
 
+def text_tower(clip: torch.nn.Module) -> torch.nn.Module:
+    """The module holding the text transformer's parts: the `CLIP` itself, or `CustomTextCLIP.text` when that is
+    open_clip's own TextTransformer without a CLS token. Anything else (HF text towers, CoCa) is refused."""
+    tower = getattr(clip, "text", clip)
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+    if not all(hasattr(tower, n) for n in needed) or getattr(tower, "cls_emb", None) is not None:
+        raise ConfigError(f"masked language modeling needs open_clip's own text transformer without a CLS token; "
+                          f"this model's text tower is {type(tower).__name__} (use w_mlm=0)")
+    return tower
+
+
+def padding_positions(text: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool, True after each caption's end token. The end token has the largest id of open_clip's vocabulary
+    (its text pooling finds it by `argmax` too); a pad-id test would also hit real tokens, since open_clip pads with
+    id 0, which is also the token "!"."""
+    end = text.argmax(dim=-1, keepdim=True)
+    return torch.arange(text.shape[1], device=text.device).unsqueeze(0) > end
+
+
 def encode_text_hidden(
     clip: torch.nn.Module,
     text: torch.Tensor,
     replace: torch.Tensor | None = None,
     replacement: torch.Tensor | None = None,
     causal: bool = True,
+    padding: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Hidden states [B, L, W] after ln_final, with token embeddings at `replace` [B, L] set to `replacement` [W]."""
-    cast_dtype = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(text).to(cast_dtype)
+    """Hidden states [B, L, W] after ln_final, with token embeddings at `replace` [B, L] set to `replacement` [W].
+
+    Causal (CLIP's mask): padding trails every caption, so no real token can see it. Bidirectional: `padding`
+    [B, L] (True after the end token, see `padding_positions`) keeps every token from attending to padding.
+    """
+    tower = text_tower(clip)
+    cast_dtype = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(text).to(cast_dtype)
     if replace is not None:
         x = torch.where(replace.unsqueeze(-1), replacement.to(cast_dtype), x)
     length = text.shape[1]
-    x = x + clip.positional_embedding[:length].to(cast_dtype)
-    attn_mask = clip.attn_mask[:length, :length] if causal and clip.attn_mask is not None else None
-    x = clip.transformer(x, attn_mask=attn_mask)
-    return clip.ln_final(x)
+    x = x + tower.positional_embedding[:length].to(cast_dtype)
+    if causal and tower.attn_mask is not None:
+        attn_mask = tower.attn_mask[:length, :length]
+    elif padding is not None and bool(padding.any()):
+        attn_mask = key_padding_mask(padding, tower.transformer.resblocks[0].attn.num_heads, x.dtype)
+    else:
+        attn_mask = None
+    x = tower.transformer(x, attn_mask=attn_mask)
+    return tower.ln_final(x)
 

@@ -23,3 +23,23 @@ def mlm_mask(
     noise = noise.masked_fill(~valid, float("inf"))
     ranks = noise.argsort(dim=1).argsort(dim=1)
     return (ranks < k[:, None]) & valid
+
+
+# BERT's split of the masked positions: 80% get the mask embedding, 10% a random token, 10% stay unchanged.
+BERT_EMBED, BERT_RANDOM = 0.8, 0.1
+
+
+def bert_replacement(
+    mlm_positions: torch.Tensor, choice_noise: torch.Tensor, token_noise: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 replacement of the MLM positions (`mlm_replace=bert`).
+
+    Returns (`embed` [B, L] bool: positions given the mask embedding, `random_ids` [B, L] long: the random token at
+    positions replaced by one, -1 elsewhere). A position with choice noise u gets the mask embedding when
+    u < 0.8, a random token (uniform over the vocabulary, from `token_noise`) when 0.8 <= u < 0.9, and is left as
+    it is otherwise; it is scored in every case.
+    """
+    embed = mlm_positions & (choice_noise < BERT_EMBED)
+    random = mlm_positions & (choice_noise >= BERT_EMBED) & (choice_noise < BERT_EMBED + BERT_RANDOM)
+    ids = (token_noise * vocab_size).long().clamp(max=vocab_size - 1)
+    return embed, torch.where(random, ids, torch.full_like(ids, -1))

@@ -12,8 +12,8 @@ from open_clip import ClipLoss
 from torch import nn
 
 from .config import MethodConfig
-from .decoders import ImageDecoder, PrototypeHead, TextDecoder
-from .encoders import check_vit, encode_image_tokens, encode_text_hidden
+from .decoders import ImageDecoder, MaskedTokenHead, PrototypeHead, TextDecoder
+from .encoders import check_vit, encode_image_tokens, encode_text_hidden, padding_positions, text_tower
 from .losses import contrastive_loss, feature_distill_loss, mlm_loss, pixel_targets, soft_distill_loss
 
 
@@ -48,16 +48,21 @@ class MaskCLIP(nn.Module):
         dec_heads = cfg.decoder_heads or max(1, dec_width // 32)
         out_dim = self.patch_size * self.patch_size * 3 if cfg.distill_target == "pixel" else width
         if cfg.w_distill > 0:
-            self.image_decoder = ImageDecoder(
-                visual.grid_size, width, dec_width, cfg.decoder_depth, dec_heads, out_dim
-            )
+            if cfg.decoder_depth == 0:  # no decoder: the encoder sees mask tokens (method.md step 4)
+                self.image_decoder = MaskedTokenHead(width, out_dim)
+            else:
+                self.image_decoder = ImageDecoder(
+                    visual.grid_size, width, dec_width, cfg.decoder_depth, dec_heads, out_dim
+                )
             if cfg.distill_target == "soft":
                 self.proto_head = PrototypeHead(width, cfg.soft_prototypes)
         if cfg.w_mlm > 0:
-            text_width = clip.token_embedding.weight.shape[1]
-            text_heads = clip.transformer.resblocks[0].attn.num_heads
+            tower = text_tower(clip)
+            text_width = tower.token_embedding.weight.shape[1]
+            text_heads = tower.transformer.resblocks[0].attn.num_heads
+            self.vocab_size = tower.token_embedding.num_embeddings
             self.mask_embedding = nn.Parameter(torch.randn(text_width) * 0.02)
-            self.text_decoder = TextDecoder(text_width, cfg.text_decoder_depth, text_heads, clip.vocab_size)
+            self.text_decoder = TextDecoder(text_width, cfg.text_decoder_depth, text_heads, self.vocab_size)
 
     @property
     def is_maskclip(self) -> bool:
@@ -87,8 +92,13 @@ class MaskCLIP(nn.Module):
         mlm_length: int | None = None,
         mlm_denominator: float | None = None,
         feature_bank: "FeatureBank | None" = None,
+        mlm_embed: torch.Tensor | None = None,
+        mlm_random: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One training step's loss terms (unweighted) as a dict; `loss_weights` says how to sum them.
+
+        `mlm_mask` marks the scored MLM positions; with `mlm_replace=bert`, `mlm_embed` (the positions given the
+        mask embedding) and `mlm_random` (random token ids, -1 elsewhere) say how each is replaced.
 
         `mlm_length` / `mlm_denominator` (see `mlm_loss`) make the MLM term of a shard of the step equal to its
         part of the whole step's; `feature_bank` (gradient accumulation) holds the other micro-batches' cached
@@ -96,9 +106,7 @@ class MaskCLIP(nn.Module):
         """
         clip = self.clip
         losses: dict[str, torch.Tensor] = {}
-        masked = None
-        if self.needs_image_mask:
-            masked = encode_image_tokens(clip.visual, image, ids_keep)  # visible tokens only: ~(1 - ratio) cost
+        masked = self._masked_pass(image, ids_keep, image_mask) if self.needs_image_mask else None
 
         image_features, text_features = self._contrastive_features(image, text, masked)
         logit_scale = clip.logit_scale
@@ -109,7 +117,10 @@ class MaskCLIP(nn.Module):
 
         if self.image_decoder is not None:
             _, pooled, tokens = masked
-            pred = self.image_decoder(torch.cat([pooled.unsqueeze(1), tokens], dim=1), ids_keep, image_mask)
+            if isinstance(self.image_decoder, MaskedTokenHead):
+                pred = self.image_decoder(tokens, image_mask)
+            else:
+                pred = self.image_decoder(torch.cat([pooled.unsqueeze(1), tokens], dim=1), ids_keep, image_mask)
             b, m = pred.shape[:2]
             if self.cfg.distill_target == "pixel":
                 target = pixel_targets(image, self.patch_size)[image_mask].view(b, m, -1)
@@ -128,10 +139,26 @@ class MaskCLIP(nn.Module):
             # trainer passes the longest of the whole step, so that every shard cuts at the same length).
             length = mlm_length or caption_length(text, self.pad_id)
             text_c, mask_c = text[:, :length], mlm_mask[:, :length]
-            hidden = encode_text_hidden(clip, text_c, mask_c, self.mask_embedding, causal=self.cfg.mlm_causal)
-            logits = self.text_decoder(hidden, mask_c, clip.token_embedding.weight)
+            embed_c = mask_c if mlm_embed is None else mlm_embed[:, :length]
+            text_in = text_c
+            if mlm_random is not None:
+                random_c = mlm_random[:, :length]
+                text_in = torch.where(random_c >= 0, random_c, text_c)
+            padding = padding_positions(text_c)
+            hidden = encode_text_hidden(clip, text_in, embed_c, self.mask_embedding, causal=self.cfg.mlm_causal,
+                                        padding=padding)
+            logits = self.text_decoder(hidden, mask_c, text_tower(clip).token_embedding.weight, padding=padding)
             losses["loss_mlm"] = mlm_loss(logits, text_c[mask_c], mlm_denominator)
         return losses
+
+    def _masked_pass(self, image: torch.Tensor, ids_keep: torch.Tensor | None,
+                     image_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The student's pass over the masked image: visible tokens only (~(1 - ratio) of a full pass), or, with no
+        decoder (`decoder_depth=0`), the full sequence with the mask token at masked patches (a full pass)."""
+        if isinstance(self.image_decoder, MaskedTokenHead):
+            return encode_image_tokens(self.clip.visual, image, mask=image_mask,
+                                       mask_token=self.image_decoder.mask_token)
+        return encode_image_tokens(self.clip.visual, image, ids_keep)
 
     def _contrastive_features(
         self, image: torch.Tensor, text: torch.Tensor, masked: tuple | None
@@ -144,12 +171,13 @@ class MaskCLIP(nn.Module):
 
     @torch.no_grad()
     def contrastive_features(
-        self, image: torch.Tensor, text: torch.Tensor, ids_keep: torch.Tensor | None = None
+        self, image: torch.Tensor, text: torch.Tensor, ids_keep: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (image, text) features the contrastive loss sees, without gradient (accumulation's first pass)."""
         masked = None
         if self.cfg.contrastive_view == "masked" and self.needs_image_mask:
-            masked = encode_image_tokens(self.clip.visual, image, ids_keep)
+            masked = self._masked_pass(image, ids_keep, image_mask)
         return self._contrastive_features(image, text, masked)
 
     def total_loss(self, losses: dict[str, torch.Tensor], accum_freq: int = 1) -> torch.Tensor:

@@ -11,6 +11,8 @@ import torch
 STREAM_IMAGE_MASK = 1
 STREAM_MLM = 2
 STREAM_AUGMENT = 3  # keyed by (seed, epoch, dataset index) rather than step and sample id
+STREAM_MLM_REPLACE = 4  # mlm_replace=bert: which of mask embedding / random token / unchanged
+STREAM_MLM_TOKEN = 5  # mlm_replace=bert: the random token
 
 
 def sample_seed(seed: int, step: int, sample_id: int, stream: int) -> int:

@@ -16,9 +16,9 @@ import torch
 from . import faults, rng
 from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_max, all_reduce_sum
-from .ema import Teacher, momentum_at
+from .ema import Teacher, default_momentum, momentum_at
 from .masking import block_masking, random_masking
-from .mlm import mlm_mask
+from .mlm import bert_replacement, mlm_mask
 from .model import FeatureBank, MaskCLIP, caption_length
 from .precision import attention_context, compute_context
 from .schedule import cosine_lr
@@ -45,8 +45,14 @@ class MaskSampler:
                 noise = rng.per_sample_uniform(self.seed, step, sample_ids, n, rng.STREAM_IMAGE_MASK)
                 out["ids_keep"], out["image_mask"] = random_masking(noise, cfg.mask_ratio)
         if self.model.text_decoder is not None:
-            noise = rng.per_sample_uniform(self.seed, step, sample_ids, text.shape[1], rng.STREAM_MLM)
+            length = text.shape[1]
+            noise = rng.per_sample_uniform(self.seed, step, sample_ids, length, rng.STREAM_MLM)
             out["mlm_mask"] = mlm_mask(text, noise, cfg.mlm_ratio, self.model.special_token_ids, self.model.pad_id)
+            if cfg.mlm_replace == "bert":
+                choice = rng.per_sample_uniform(self.seed, step, sample_ids, length, rng.STREAM_MLM_REPLACE)
+                token = rng.per_sample_uniform(self.seed, step, sample_ids, length, rng.STREAM_MLM_TOKEN)
+                out["mlm_embed"], out["mlm_random"] = bert_replacement(out["mlm_mask"], choice, token,
+                                                                       self.model.vocab_size)
         return out
 
 
@@ -95,7 +101,9 @@ def _mlm_normalisation(model: MaskCLIP, step_batch: StepBatch, env: DistEnv, k: 
 class StepOutcome:
     """What a step did. `losses`: this rank's detached loss terms for the whole step (contrastive: the step's
     loss; the others: means over its micro-batches). `flags`: [SIGTERM seen, bad samples, non-finite loss], each
-    summed over ranks, so every rank takes the same decision."""
+    summed over ranks, so every rank takes the same decision. `applied`: the optimizer and the teacher moved;
+    `fault`: not applied because of a non-finite loss or gradient (a step that fp16's GradScaler skips for
+    overflow is not applied but is no fault: the scaler lowers its scale and goes on)."""
 
     losses: dict[str, torch.Tensor]
     applied: bool
@@ -103,6 +111,7 @@ class StepOutcome:
     lr: float
     momentum: float
     grad_norm: float  # before clipping (unscaled under fp16)
+    fault: bool = False
 
 
 class Stepper:
@@ -122,7 +131,7 @@ class Stepper:
         cfg, model, optimizer, env = self.cfg, self.model, self.optimizer, self.env
         teacher, scaler, device = self.teacher, self.scaler, env.device
         k = len(batch.images)
-        lr = cosine_lr(step, cfg.optim.lr, cfg.optim.warmup, total)
+        lr = cosine_lr(step, cfg.optim.lr, cfg.optim.warmup, total, cfg.optim.min_lr, cfg.optim.warmup_start_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         mlm = _mlm_normalisation(model, batch, env, k)
@@ -130,7 +139,7 @@ class Stepper:
             targets = [teacher.targets(x) if teacher is not None else None for x in batch.images]
             bank = None
             if k > 1:  # open_clip's accum_freq: cache every micro-batch's contrastive features first
-                feats = [model.contrastive_features(x, t, e.get("ids_keep"))
+                feats = [model.contrastive_features(x, t, e.get("ids_keep"), e.get("image_mask"))
                          for x, t, e in zip(batch.images, batch.texts, batch.extras)]
                 bank = ([f[0] for f in feats], [f[1] for f in feats])
         optimizer.zero_grad(set_to_none=True)
@@ -162,11 +171,15 @@ class Stepper:
         # the infinite max_norm leaves the gradients unchanged.
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-        # Under fp16's GradScaler, overflowing gradients are the scaler's business (it skips and rescales);
-        # only a non-finite loss counts as a fault there.
-        finite = flags[2] == 0 and (scaler is not None or bool(torch.isfinite(grad_norm)))
-        momentum = momentum_at(step, total, cfg.method.ema_momentum, cfg.method.ema_momentum_end)
-        if finite:
+        # Under fp16's GradScaler the gradients were unscaled above, so an overflow shows here as a non-finite
+        # norm too: the step is then skipped like any other (optimizer, logit-scale clamp and teacher all stay),
+        # and the scaler lowers its scale. Only a non-finite loss, or a non-finite gradient without a scaler,
+        # counts as a fault.
+        loss_ok = flags[2] == 0
+        applied = loss_ok and bool(torch.isfinite(grad_norm))
+        base = cfg.method.ema_momentum if cfg.method.ema_momentum is not None else default_momentum(total)
+        momentum = momentum_at(step, total, base, cfg.method.ema_momentum_end)
+        if applied:
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -178,6 +191,9 @@ class Stepper:
                 teacher.update(model, momentum)
         else:
             optimizer.zero_grad(set_to_none=True)
+            if teacher is not None:
+                teacher.discard_pending()
             if scaler is not None:
                 scaler.update()
-        return StepOutcome(logged, finite, flags, lr, momentum, float(grad_norm))
+        fault = not applied and (not loss_ok or scaler is None)
+        return StepOutcome(logged, applied, flags, lr, momentum, float(grad_norm), fault)

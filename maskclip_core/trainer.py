@@ -22,12 +22,12 @@ from .checkpoint import CheckpointDir
 from .config import TrainConfig, validate
 from .data.spec import build_train_dataset, parse_data_spec
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed
-from .ema import Teacher
+from .ema import Teacher, default_momentum
 from .errors import CheckpointError, DataError, MaskClipError
 from .loader import BatchStream
 from .model import MaskCLIP
 from .optim import build_optimizer
-from .precision import grad_scaler
+from .precision import PrecisionChoice, grad_scaler, resolve_precision
 from .runlog import MetricsLog
 from .step import MaskSampler, Stepper, make_step_batch
 from .towers import create_clip, get_tokenizer, image_size_of
@@ -162,10 +162,30 @@ def train(
         torch.set_num_threads(cfg.run.threads)
     env = init_distributed(cfg.run.device)
     try:
+        cfg = resolve_for_device(cfg, env)
         return _train(cfg, env, resume, on_log, on_step)
     finally:
         if env.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def resolve_for_device(cfg: TrainConfig, env: DistEnv) -> TrainConfig:
+    """A copy of `cfg` with `run.precision` resolved for this device (`auto`), warning once where the choice will be
+    slow or where the objective differs from the single-process one."""
+    choice: PrecisionChoice = resolve_precision(cfg.run.precision, env.device)
+    cfg = TrainConfig.from_dict(cfg.to_dict())
+    cfg.run.precision = choice.precision
+    if env.is_primary:
+        logger.info(choice.describe("auto"))
+        if choice.warning:
+            logger.warning(choice.warning)
+        m = cfg.method
+        if env.world_size > 1 and not m.gather_with_grad and m.name == "maskclip" and (m.w_distill or m.w_mlm):
+            logger.warning(
+                "warning: gather_with_grad off on %d ranks: each rank's contrastive gradient is 1/%d of the "
+                "single-process one while the distillation and MLM gradients are not, so w_distill and w_mlm act "
+                "%d times larger than set", env.world_size, env.world_size, env.world_size)
+    return cfg
 
 
 def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[str, Any]], None] | None,
@@ -180,7 +200,6 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
     if env.is_primary:
         ckpts.clean_temporaries()
         out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
 
     torch.manual_seed(run.seed)  # the same initial weights on every rank
     random.seed(run.seed)
@@ -227,6 +246,10 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
     stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, epoch, batch_in_epoch,
                          rank=env.rank, world_size=env.world_size)
     total = resolve_total_steps(cfg, stream)
+    if cfg.method.ema_momentum is None:  # "auto": run-length aware (ema.default_momentum)
+        cfg.method.ema_momentum = default_momentum(total)
+    if env.is_primary:
+        cfg.save(out / "config.json")  # resolved: the precision and momentum this run actually uses
     log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None) if env.is_primary \
         else None
     masks = MaskSampler(model, run.seed)
@@ -243,7 +266,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                 "optimizer": optimizer.state_dict(), "rng": _rng_state(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "data": {"samples": health.samples, "bad": health.bad},
-                "nonfinite": {"skipped": skipped, "consecutive": consecutive},
+                "nonfinite": {"skipped": skipped, "consecutive": consecutive, "scaler_skipped": scaler_skipped},
             })
         barrier(env)  # no rank runs ahead of a checkpoint it might have to resume from
 
@@ -254,6 +277,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
         last: dict[str, Any] = {}
         counters = state.get("nonfinite", {}) if state is not None else {}
         skipped, consecutive = counters.get("skipped", 0), counters.get("consecutive", 0)
+        scaler_skipped = counters.get("scaler_skipped", 0)
         while step < total:
             batch = make_step_batch([next(stream) for _ in range(k)], masks, step, env)
             outcome = stepper(batch, step, total, stop_requested=stop.is_set())
@@ -262,6 +286,9 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
             health.check(run.max_bad_fraction)
             if outcome.applied:
                 consecutive = 0
+            elif not outcome.fault:
+                # fp16 overflow: the GradScaler skipped the update and lowered its scale; not a data fault.
+                scaler_skipped += 1
             else:
                 # Skipped: neither the optimizer nor the teacher moved; the step still counts (the batch is
                 # consumed), so the schedule and data position stay those of an uninterrupted run.
@@ -290,7 +317,11 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                     "ema_momentum": momentum if teacher is not None else None,
                     "samples_per_s": window_samples / max(now - window_start, 1e-9),
                     "grad_norm": outcome.grad_norm, "nonfinite_skipped": skipped, "bad_samples": health.bad,
-                    "samples_read": health.samples,
+                    "samples_read": health.samples, "scaler_skipped": scaler_skipped if scaler is not None else None,
+                    # How far the teacher is from its random start and from the student (relative L2): a teacher
+                    # that teaches has left its start (near 1 and more) and trails the student (well below 1).
+                    **(teacher.distances(model) if teacher is not None else
+                       {"teacher_from_init": None, "teacher_from_student": None}),
                 }
                 if log is not None:
                     log.write(last)

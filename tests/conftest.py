@@ -13,6 +13,11 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
+# `--precision auto` (every command's default) resolves to bf16 on CPUs with native bf16 and to fp32 elsewhere; the
+# suite pins it to fp32 so that it computes the same numbers, at comparable speed, on every CPU. Tests of the
+# resolution itself unset this.
+os.environ.setdefault("MASKCLIP_AUTO_PRECISION", "fp32")
+
 # ==================================================================================================
 # BEGIN evaluation commands / records / tables (issue 3): one tiny trained checkpoint per session,
 # shared by tests/test_eval_cli.py and tests/test_clip_benchmark_agreement.py.

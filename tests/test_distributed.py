@@ -1,6 +1,7 @@
 """Data-parallel training is the single-process run: two gloo ranks with batch B equal one process with batch 2B
-(weights, teacher, every logged loss), gradient accumulation equals the larger batch, and a 2-rank run killed and
-resumed ends where the uninterrupted one does. CPU only, torchrun in subprocesses."""
+(weights, teacher, every logged loss) with the DEFAULT settings (gather_with_grad on), gradient accumulation equals
+the larger batch, and a 2-rank run killed and resumed ends where the uninterrupted one does. CPU only, torchrun in
+subprocesses."""
 import os
 import socket
 import subprocess
@@ -21,7 +22,7 @@ STEPS, B = 3, 4
 LOGGED = ("loss", "loss_contrastive", "loss_distill", "loss_mlm", "logit_scale", "lr", "samples_read")
 COMMON = ["--steps", str(STEPS), "--quiet", "--data", "shapes:difficulty=0.3",
           "--set", "workers=0", "--set", "threads=1", "--set", "log_every=1", "--set", "warmup=1",
-          "--set", "lr=5e-4", "--set", "eps=1e-6", "--set", "gather_with_grad=true", "--set", "local_loss=true"]
+          "--set", "lr=5e-4", "--set", "eps=1e-6", "--precision", "fp32"]
 
 
 def _free_port() -> int:
@@ -131,3 +132,22 @@ def test_rank_slices_of_a_global_batch_are_the_single_process_batch():
     # Resuming at batch 5 of the epoch starts at the same place for every rank.
     late = [i for _, i in EpochPermutationSampler(size, 7, 2, 5 * b, batch_size=b, rank=1, world_size=world)]
     assert late == ranks[1][5 * b:]
+
+
+def test_gather_with_grad_off_on_several_ranks_says_what_it_does_to_the_weights(caplog):
+    import logging
+
+    from maskclip_core.config import TrainConfig
+    from maskclip_core.distributed import DistEnv
+    from maskclip_core.trainer import resolve_for_device
+
+    cfg = TrainConfig()
+    assert cfg.method.gather_with_grad  # the default is the single-process objective
+    cfg.method.gather_with_grad = False
+    with caplog.at_level(logging.WARNING):
+        resolve_for_device(cfg, DistEnv(rank=0, world_size=8))
+    assert "w_distill and w_mlm act 8 times larger" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resolve_for_device(TrainConfig(), DistEnv(rank=0, world_size=8))
+    assert "larger" not in caplog.text

@@ -64,7 +64,7 @@ class GridProgress:
 
 def ablate_command(
     grid: list[str] = typer.Option(..., "--grid", help="method | mask_ratio | decoder_depth | distill_target | mlm "
-                                   "| contrastive_view (repeat for a product grid)"),
+                                   "| contrastive_view | ema_momentum (repeat for a product grid)"),
     values: Optional[str] = typer.Option(None, "--values", help="comma-separated values replacing the grid's "
                                          "defaults (one --grid only)"),
     base_config: Optional[Path] = typer.Option(None, "--base-config", help="YAML/JSON config every cell starts from"),
@@ -94,7 +94,7 @@ def ablate_command(
 
     from maskclip_bench import ablate, aggregate
     from maskclip_bench.commands.evaluate import check_specs
-    from maskclip_bench.commands.train import build_config, check_model_and_data
+    from maskclip_bench.commands.train import announce_precision, build_config, check_model_and_data
     from maskclip_bench.suites import SUITES
     from maskclip_core.errors import ConfigError, DataError
 
@@ -107,6 +107,8 @@ def ablate_command(
     flags = {"model.name": model, "data.spec": data, "run.steps": steps, "run.batch_size": batch_size}
     base = build_config(base_config, set_, flags)
     check_model_and_data(base)
+    announce_precision(base)  # every cell runs (and records) the precision resolved here
+    grids = ablate.bind_grids(grids, base, explicit_values=values is not None)
     label = ablate.grid_label([g.name for g in grids])
     out_root = out or Path("results/ablations") / label
     cores = os.cpu_count() or 1

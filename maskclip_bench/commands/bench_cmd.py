@@ -17,8 +17,8 @@ def split_list(values: list[str]) -> list[str]:
 def bench_command(
     model: str = typer.Option("MaskCLIP-Tiny-8", "--model", help="open_clip model config (ours included)"),
     batch_size: int = typer.Option(64, "--batch-size"),
-    precision: list[str] = typer.Option([], "--precision", help="fp32 | bf16, repeatable or a comma list "
-                                        "(default: fp32,bf16 on CPU, bf16 on CUDA)"),
+    precision: list[str] = typer.Option([], "--precision", help="auto | fp32 | bf16, repeatable or a comma list "
+                                        "(default: auto, what training picks on this device)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     steps: int = typer.Option(10, "--steps", help="timed steps per variant"),
     warmup: int = typer.Option(2, "--warmup", help="untimed steps per variant before timing"),
@@ -37,12 +37,23 @@ def bench_command(
     from maskclip_core.errors import ConfigError, MaskClipError
     from maskclip_core.towers import check_model_name
 
+    from maskclip_core.precision import resolve_precision
+
     dev = perf.resolve_device(device)
-    precisions = split_list(precision) or (["bf16"] if dev.type == "cuda" else ["fp32", "bf16"])
+    asked = split_list(precision) or ["auto"]
     chosen = split_list(variants) or list(perf.VARIANTS)
-    for p in precisions:
-        if p not in perf.PRECISIONS:
-            raise ConfigError(f"unknown precision '{p}' (choose {', '.join(perf.PRECISIONS)})")
+    precisions = []
+    for p in asked:
+        if p not in ("auto", *perf.PRECISIONS):
+            raise ConfigError(f"unknown precision '{p}' (choose auto, {', '.join(perf.PRECISIONS)})")
+        choice = resolve_precision(p, dev)
+        if choice.precision not in perf.PRECISIONS:
+            raise ConfigError(f"precision {p} resolves to {choice.precision} here, which bench does not time "
+                              f"(choose {', '.join(perf.PRECISIONS)})")
+        typer.echo(choice.describe(p))
+        if choice.warning:
+            typer.echo(choice.warning, err=True)
+        precisions.append(choice.precision)
     for v in chosen:
         if v not in perf.VARIANTS:
             raise ConfigError(f"unknown variant '{v}' (choose {', '.join(perf.VARIANTS)})")

@@ -16,7 +16,8 @@ def demo_command(
     batch_size: int = typer.Option(64, "--batch-size"),
     out: Path = typer.Option(Path("runs/demo"), help="folder for both runs, their records and the table"),
     suite: str = typer.Option("quick", help="evaluation suite (see `maskclip-bench eval --help`)"),
-    precision: str = typer.Option("bf16", help="fp32 or bf16 (autocast; uses AMX where the CPU has it)"),
+    precision: str = typer.Option("auto", help="auto (bf16 autocast where the CPU runs bf16 natively, else fp32) "
+                                  "| fp32 | bf16"),
     seed: int = typer.Option(0),
 ) -> None:
     """Train clip and maskclip on `shapes`, evaluate both, print the comparison."""
@@ -27,6 +28,7 @@ def demo_command(
     from rich.table import Table
 
     from maskclip_bench.commands.evaluate import execute
+    from maskclip_bench.commands.train import announce_precision
     from maskclip_bench.progress import TrainProgress
     from maskclip_bench.suites import plan_suite
     from maskclip_core.config import TrainConfig, validate
@@ -45,6 +47,11 @@ def demo_command(
         cfg.run.precision, cfg.run.out = precision, str(out / method)
         cfg.optim.lr, cfg.optim.warmup = 1e-3, max(1, steps // 10)
         validate(cfg)
+        if method == "clip":
+            announce_precision(cfg)
+            precision = cfg.run.precision  # resolved once, the same for both methods
+        else:
+            cfg.run.precision = precision
         with TrainProgress(title=method) as progress:
             run = train(cfg, on_log=progress.on_log, on_step=progress.on_step)
         console.print(f"[bold]{method}[/bold]: {run.steps} steps in {run.wall_time_s:.0f}s")

@@ -42,6 +42,20 @@ def check_model_and_data(cfg: TrainConfig) -> None:
         expand_shards(spec.path)
 
 
+def announce_precision(cfg: TrainConfig) -> None:
+    """Resolve `run.precision` (`auto`) for the device this process will train on, print it once (rank 0), and
+    store the resolved value in `cfg`, so that config.json, checkpoints and records carry it."""
+    from maskclip_core.distributed import pick_device, world_info_from_env
+    from maskclip_core.precision import resolve_precision
+
+    local_rank, rank, _ = world_info_from_env()
+    requested = cfg.run.precision
+    choice = resolve_precision(requested, pick_device(cfg.run.device, local_rank))
+    if rank == 0:
+        typer.echo(choice.describe(requested))
+    cfg.run.precision = choice.precision
+
+
 def train_command(
     method: Optional[str] = typer.Option(None, help="clip or maskclip"),
     model: Optional[str] = typer.Option(None, help="open_clip model config name, e.g. MaskCLIP-Tiny-8"),
@@ -52,8 +66,10 @@ def train_command(
     lr: Optional[float] = typer.Option(None),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio"),
     decoder_depth: Optional[int] = typer.Option(None, "--decoder-depth"),
-    precision: Optional[str] = typer.Option(None, help="fp32 | bf16 = amp_bf16 (bf16 autocast) | amp (fp16 "
-                                            "autocast + GradScaler)"),
+    precision: Optional[str] = typer.Option(None, help="auto (default: bf16 autocast where the device runs it "
+                                            "natively, else fp32 on CPU, fp16 + GradScaler on GPUs without bf16) "
+                                            "| fp32 | bf16 = amp_bf16 (bf16 autocast) | amp (fp16 autocast + "
+                                            "GradScaler)"),
     accum_freq: Optional[int] = typer.Option(None, "--accum-freq", help="micro-batches per optimizer step "
                                              "(contrastive loss over all of them, as open_clip)"),
     grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing"),
@@ -93,6 +109,7 @@ def train_command(
         config = Path(out) / "config.json"  # resume continues the saved run unless flags change it
     cfg = build_config(config, set_, flags)
     check_model_and_data(cfg)
+    announce_precision(cfg)
 
     from maskclip_bench.progress import TrainProgress
     from maskclip_core.trainer import train
