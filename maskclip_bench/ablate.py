@@ -227,13 +227,21 @@ def evaluate_cell(ckpt: Path, records_dir: Path, eval_spec: EvalSpec, seed: int)
     return metrics
 
 
-def run_cell(job: CellJob) -> CellResult:
-    """Train (or resume) and evaluate one cell; never raises: a failure is written to ``error.txt``."""
+def run_cell(job: CellJob, job_id: str = "") -> CellResult:
+    """Train (or resume) and evaluate one cell; never raises: a failure is written to ``error.txt``.
+
+    Under a data-parallel launch (a SLURM job with one task per GPU) every rank trains; rank 0 alone evaluates
+    and writes the cell's files. `job_id` is the scheduler's, noted in ``attempt.json`` for ``--status``.
+    """
     import shutil
 
     import torch
 
+    from maskclip_bench.grid_status import record_attempt
+    from maskclip_core.distributed import world_info_from_env
+
     folder = Path(job.folder)
+    primary = world_info_from_env()[1] == 0
     start = time.time()
     threads_before = torch.get_num_threads()
     try:
@@ -241,13 +249,17 @@ def run_cell(job: CellJob) -> CellResult:
         from maskclip_core.trainer import train
 
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CELL_ERROR).unlink(missing_ok=True)
+        if primary:
+            (folder / CELL_ERROR).unlink(missing_ok=True)
+            record_attempt(folder, job_id)
         torch.set_num_threads(job.threads)
         cfg = TrainConfig.from_dict(job.config)
         ckpt = folder / "checkpoints" / "last.pt"
         run = train(cfg, resume=ckpt.is_file())
         if run.stopped_early:  # SIGTERM: the checkpoint is saved; a rerun resumes the cell, never scores it half-trained
             raise InterruptedError(f"training stopped at step {run.steps} by SIGTERM; rerun the grid to resume")
+        if not primary:
+            return CellResult(str(folder), "done", job.values, job.seed, {}, time.time() - start)
         records = folder / "records"
         shutil.rmtree(records, ignore_errors=True)  # records of an interrupted evaluation would double count
         metrics = evaluate_cell(ckpt, records, job.eval_spec, job.seed)
@@ -263,7 +275,8 @@ def run_cell(job: CellJob) -> CellResult:
         })
         return CellResult(str(folder), "done", job.values, job.seed, metrics, wall)
     except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
-        (folder / CELL_ERROR).write_text(traceback.format_exc())
+        if primary:
+            (folder / CELL_ERROR).write_text(traceback.format_exc())
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return CellResult(str(folder), "failed", job.values, job.seed, {}, time.time() - start, message)
     finally:
