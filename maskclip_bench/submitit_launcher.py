@@ -186,8 +186,14 @@ class _SignalRelay:
 
 def submit_cells(executor: Any, jobs: Sequence[CellJob], cluster: str, folder: Path) -> list[Any]:
     """Submit the cells as one job array; write each cell's ``job.json``; return submitit's job handles."""
-    with executor.batch():
-        handles = [executor.submit(CellTask(job)) for job in jobs]
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    try:
+        with executor.batch():
+            handles = [executor.submit(CellTask(job)) for job in jobs]
+    except (FailedJobError, FailedSubmissionError) as exc:  # e.g. sbatch: invalid partition, account or QOS
+        lines = [x for x in str(exc).splitlines() if x.strip()]
+        raise ConfigError(f"the scheduler refused the jobs: {lines[-1] if lines else exc}") from None
     for job, handle in zip(jobs, handles):
         grid_status.record_submission(Path(job.folder), str(handle.job_id), cluster, folder)
     return handles

@@ -59,7 +59,8 @@ def _fake_slurm(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scripts = {
-        "sbatch": f'n=$(ls {tmp_path}/sbatch_*.sh 2>/dev/null | wc -l)\ncp "$1" {tmp_path}/sbatch_$n.sh\n'
+        "sbatch": 'if grep -q -- "--partition=bad" "$1"; then echo "sbatch: error: invalid partition" >&2; exit 1; fi\n'
+                  f'n=$(ls {tmp_path}/sbatch_*.sh 2>/dev/null | wc -l)\ncp "$1" {tmp_path}/sbatch_$n.sh\n'
                   'echo "Submitted batch job 777"\n',
         "srun": "exit 1\n",
         "sacct": f'echo "JobID|State|NodeList"\ncat {tmp_path}/sacct_states 2>/dev/null\n',
@@ -119,6 +120,8 @@ def test_cpus_per_task_from_threads_and_user_errors(tmp_path, monkeypatch):
     result = _run_cli([a if a != "1" else "6" for a in base])  # --threads 6
     assert result.exit_code == 0, result.output
     assert "#SBATCH --cpus-per-task=6" in next(tmp_path.glob("sbatch_*.sh")).read_text()
+    with pytest.raises(ConfigError, match="invalid partition"):
+        _run_cli([*base[:-3], "--out", str(tmp_path / "e"), "--launcher", "slurm", "--partition", "bad"])
     for bad in (["--time", "1h"], ["--max-concurrent", "0"], ["--slurm-extra", "=1"], ["--launcher", "pbs"]):
         with pytest.raises(ConfigError):
             _run_cli([*base, *bad])
@@ -224,6 +227,9 @@ def test_local_executor_jobs_preempted_requeued_bit_exact_and_failure_reported(t
     history = json.loads((cell / "attempt.json").read_text())["history"]
     assert len(history) == 2 and history[0]["job_id"] == history[1]["job_id"]  # requeued: the same job, again
     assert 0 < history[1]["from_step"] < steps
+    # It resumed from the checkpoint written when the signal came, not from scratch.
+    kept = sorted(int(p.stem.split("_")[1]) for p in (cell / "checkpoints").glob("step_*.pt"))
+    assert kept == [history[1]["from_step"], steps]
     marker = json.loads((cell / "cell.json").read_text())
     assert marker["steps"] == steps
     logged = [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines()]
