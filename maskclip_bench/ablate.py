@@ -5,7 +5,9 @@ A cell folder (``<out>/<grid>=<value>[/<grid2>=<value2>]/seed=<n>/``) holds the 
 ``metrics.jsonl`` and ``checkpoints/last.pt``, the evaluation ``records/``, and, written last, ``cell.json``
 (the cell's config, metrics and times). A cell with ``cell.json`` is finished and skipped on a rerun; a
 cell with a checkpoint but no ``cell.json`` was interrupted and resumes from its checkpoint; a cell that
-raises writes ``error.txt`` and the grid goes on with the others.
+raises writes ``error.txt`` and the grid goes on with the others. Each start of a cell is noted in
+``attempt.json`` (and a cell sent to a scheduler has ``job.json``): `maskclip_bench.grid_status` reads a
+cell's state from these files, and `maskclip_bench.submitit_launcher` runs cells as SLURM jobs.
 """
 from __future__ import annotations
 

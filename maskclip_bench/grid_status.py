@@ -201,8 +201,9 @@ def cell_status(folder: Path, states: dict[str, str] | None = None) -> CellStatu
     if job and activity == "unknown":
         status.state, status.note = "running", "submitted from another host; state not checked"
         return status
-    if attempt is not None and attempt.get("host") == socket.gethostname() and pid_alive(int(attempt["pid"])):
-        status.state = "running"  # --launcher local, still training
+    pid = int(attempt.get("pid", 0)) if attempt else 0
+    if attempt and attempt.get("host") == socket.gethostname() and pid != os.getpid() and pid_alive(pid):
+        status.state = "running"  # --launcher local, in another process (this one is not training it now)
     elif (folder / "checkpoints" / "last.pt").is_file():
         status.state = "stopped"
     return status

@@ -152,6 +152,12 @@ def test_status_read_back_from_the_grid_folder(tmp_path):
     dead.wait()
     _write(cell["f"] / "job.json", json.dumps({**job, "cluster": "local", "job_id": str(dead.pid)}))
     _write(cell["g"] / "config.json", "{}")  # never started
+    # --launcher local: a cell trained by another live process is running; one this process trained earlier is not.
+    here = socket.gethostname()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _write(root / "mask_ratio=h" / "seed=0" / "attempt.json", json.dumps({"pid": other.pid, "host": here}))
+    _write(root / "mask_ratio=i" / "seed=0" / "attempt.json", json.dumps({"pid": os.getpid(), "host": here}))
+    _write(root / "mask_ratio=i" / "seed=0" / "checkpoints" / "last.pt", "")
 
     asked = []
 
@@ -162,8 +168,10 @@ def test_status_read_back_from_the_grid_folder(tmp_path):
     got = {Path(s.folder).parent.name.split("=")[1]: s for s in grid_status.grid_status(
         grid_status.cell_folders(root), ask_scheduler=sacct)}
     assert asked == [["5_0", "5_1"]]  # one scheduler query for the grid
+    other.kill()
     assert {k: v.state for k, v in got.items()} == {"a": "finished", "b": "failed", "c": "stopped", "d": "running",
-                                                   "e": "queued", "f": "failed", "g": "pending"}
+                                                   "e": "queued", "f": "failed", "g": "pending", "h": "running",
+                                                   "i": "stopped"}
     assert got["b"].note == "ValueError: broken data" and (got["c"].step, got["c"].total) == (4, 20)
     assert got["d"].job_id == "5_0" and "without a result" in got["f"].note
     # Without the scheduler (sacct missing), a job with no submitit result yet counts as still held.
