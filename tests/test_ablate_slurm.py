@@ -184,7 +184,7 @@ def test_status_read_back_from_the_grid_folder(tmp_path):
 
 def test_submitit_is_imported_only_by_the_slurm_launcher():
     code = ("import sys, maskclip_bench.commands.ablate_cmd, maskclip_bench.ablate, maskclip_bench.grid_status, "
-            "maskclip_core.trainer; assert 'submitit' not in sys.modules")
+            "maskclip_bench.submitit_launcher; assert 'submitit' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
     core = Path(__file__).resolve().parents[1] / "maskclip_core"
     assert not [p for p in core.rglob("*.py") if "submitit" in p.read_text()]
