@@ -125,6 +125,10 @@ def test_cpus_per_task_from_threads_and_user_errors(tmp_path, monkeypatch):
     for bad in (["--time", "1h"], ["--max-concurrent", "0"], ["--slurm-extra", "=1"], ["--launcher", "pbs"]):
         with pytest.raises(ConfigError):
             _run_cli([*base, *bad])
+    monkeypatch.setitem(sys.modules, "submitit", None)  # not installed
+    with pytest.raises(ConfigError, match=r"maskclip-bench\[slurm\]"):
+        _run_cli([*base[:-3], "--out", str(tmp_path / "f"), "--launcher", "slurm"])
+    monkeypatch.delitem(sys.modules, "submitit")
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ConfigError, match="srun"):
         _run_cli([*base[:-3], "--out", str(tmp_path / "d"), "--launcher", "slurm"])

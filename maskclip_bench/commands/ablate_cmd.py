@@ -93,7 +93,7 @@ def ablate_command(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for queued/running cells (and write the tables) "
                               "or return once the cells are submitted"),
     launcher: str = typer.Option("local", "--launcher", help="local (processes here) | slurm (one job per cell "
-                                 "through submitit: pip install 'maskclip-bench[slurm]')"),
+                                 "through submitit, the package's slurm extra)"),
     nodes: int = typer.Option(1, "--nodes", help="slurm: nodes per cell"),
     gpus_per_node: int = typer.Option(0, "--gpus-per-node", help="slurm: GPUs per node, one training task each"),
     partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition"),
@@ -263,7 +263,11 @@ def _await_cells(console: Any, held: list[Any], results: list[Any], outputs: "Gr
             bar.update("end", result)
             outputs.write(results)
 
-        wait_for_cells(folders, poll, finished, handles=handles)
+        try:
+            wait_for_cells(folders, poll, finished, handles=handles)
+        except KeyboardInterrupt:
+            console.print("stopped waiting; the jobs go on (`--status` shows them, a rerun waits for them again)")
+            raise typer.Exit(130) from None
     return results
 
 
