@@ -177,6 +177,8 @@ def ablate_command(
 
             run = ablate.run_grid(jobs, [], workers=workers, on_update=update)
         results = list(finished) + run.results
+        if any(r.error.startswith("InterruptedError") for r in run.results):
+            held = []  # this process was asked to stop (SIGTERM): do not wait for other cells
     handles: list[Any] = []
     if spec is not None and jobs:
         submitted, handles = _submit(console, spec, jobs, out_root)
