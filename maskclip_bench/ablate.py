@@ -5,7 +5,9 @@ A cell folder (``<out>/<grid>=<value>[/<grid2>=<value2>]/seed=<n>/``) holds the 
 ``metrics.jsonl`` and ``checkpoints/last.pt``, the evaluation ``records/``, and, written last, ``cell.json``
 (the cell's config, metrics and times). A cell with ``cell.json`` is finished and skipped on a rerun; a
 cell with a checkpoint but no ``cell.json`` was interrupted and resumes from its checkpoint; a cell that
-raises writes ``error.txt`` and the grid goes on with the others.
+raises writes ``error.txt`` and the grid goes on with the others. Each start of a cell is noted in
+``attempt.json`` (and a cell sent to a scheduler has ``job.json``): `maskclip_bench.grid_status` reads a
+cell's state from these files, and `maskclip_bench.submitit_launcher` runs cells as SLURM jobs.
 """
 from __future__ import annotations
 
@@ -172,6 +174,14 @@ _IGNORED_KEYS = ("run.out", "run.threads", "data.workers", "run.log_every", "run
                  "run.compile_backend", "run.max_nonfinite", "run.max_bad_fraction")
 
 
+def _matches(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a cell's saved (comparable) config is the one asked for; a wanted precision `auto` (resolved in the
+    job, on the cell's own device: the slurm launcher) matches whatever the job resolved it to."""
+    if wanted.get("run", {}).get("precision") == "auto":
+        saved = {**saved, "run": {**saved.get("run", {}), "precision": "auto"}}
+    return saved == wanted
+
+
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict without the fields that do not change results (paths, threads, logging, fault limits).
     Fields a cell's saved config lacks (written by an older version) take today's defaults."""
@@ -257,13 +267,21 @@ def evaluate_cell(ckpt: Path, records_dir: Path, eval_spec: EvalSpec, seed: int)
     return metrics
 
 
-def run_cell(job: CellJob) -> CellResult:
-    """Train (or resume) and evaluate one cell; never raises: a failure is written to ``error.txt``."""
+def run_cell(job: CellJob, job_id: str = "") -> CellResult:
+    """Train (or resume) and evaluate one cell; never raises: a failure is written to ``error.txt``.
+
+    Under a data-parallel launch (a SLURM job with one task per GPU) every rank trains; rank 0 alone evaluates
+    and writes the cell's files. `job_id` is the scheduler's, noted in ``attempt.json`` for ``--status``.
+    """
     import shutil
 
     import torch
 
+    from maskclip_bench.grid_status import record_attempt
+    from maskclip_core.distributed import world_info_from_env
+
     folder = Path(job.folder)
+    primary = world_info_from_env()[1] == 0
     start = time.time()
     threads_before = torch.get_num_threads()
     try:
@@ -271,13 +289,17 @@ def run_cell(job: CellJob) -> CellResult:
         from maskclip_core.trainer import train
 
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CELL_ERROR).unlink(missing_ok=True)
+        if primary:
+            (folder / CELL_ERROR).unlink(missing_ok=True)
+            record_attempt(folder, job_id)
         torch.set_num_threads(job.threads)
         cfg = TrainConfig.from_dict(job.config)
         ckpt = folder / "checkpoints" / "last.pt"
         run = train(cfg, resume=ckpt.is_file())
         if run.stopped_early:  # SIGTERM: the checkpoint is saved; a rerun resumes the cell, never scores it half-trained
             raise InterruptedError(f"training stopped at step {run.steps} by SIGTERM; rerun the grid to resume")
+        if not primary:
+            return CellResult(str(folder), "done", job.values, job.seed, {}, time.time() - start)
         records = folder / "records"
         shutil.rmtree(records, ignore_errors=True)  # records of an interrupted evaluation would double count
         metrics = evaluate_cell(ckpt, records, job.eval_spec, job.seed)
@@ -293,7 +315,8 @@ def run_cell(job: CellJob) -> CellResult:
         })
         return CellResult(str(folder), "done", job.values, job.seed, metrics, wall)
     except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
-        (folder / CELL_ERROR).write_text(traceback.format_exc())
+        if primary:
+            (folder / CELL_ERROR).write_text(traceback.format_exc())
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return CellResult(str(folder), "failed", job.values, job.seed, {}, time.time() - start, message)
     finally:
@@ -364,13 +387,14 @@ def plan_jobs(base: TrainConfig, grids: Sequence[Grid], cells: Sequence[Cell], o
         cfg = cell_config(base, grids, cell, out_root, threads)
         folder = out_root / cell.folder
         wanted = comparable_config(cfg.to_dict())
+        same = lambda other: _matches(comparable_config(other), wanted)  # noqa: E731
         done = read_cell(folder)
         existing = done["config"] if done else _saved_config(folder)
-        if existing is not None and comparable_config(existing) != wanted:
+        if existing is not None and not same(existing):
             raise ConfigError(f"{folder} holds a run with another config; use another --out or delete it")
         if done is None and existing is None:
             donor = next(((src, m) for src, m in donors
-                          if src.resolve() != folder.resolve() and comparable_config(m["config"]) == wanted), None)
+                          if src.resolve() != folder.resolve() and same(m["config"])), None)
             if donor is not None:
                 reuse_cell(donor[0], donor[1], folder, cell, cfg.to_dict())
                 done = read_cell(folder)
