@@ -16,8 +16,21 @@ def test_named_grids_have_paper_references():
     assert ablate.GRIDS["mask_ratio"].values == (0.25, 0.5, 0.75, 0.9) and ablate.GRIDS["mask_ratio"].reference == 0.75
     assert ablate.GRIDS["decoder_depth"].values == (0, 1, 2, 4) and ablate.GRIDS["decoder_depth"].reference == 2
     assert ablate.GRIDS["method"].reference == "clip"
-    for grid in ablate.GRIDS.values():
+    for grid in ablate.bind_grids(list(ablate.GRIDS.values()), TrainConfig()):
         assert grid.reference in grid.values
+
+
+def test_ema_momentum_grid_surrounds_the_run_length_aware_default():
+    base = TrainConfig()
+    base.run.steps = 300
+    (grid,) = ablate.bind_grids(ablate.resolve_grids(["ema_momentum"]), base)
+    m0 = 0.927  # 1 - 0.004 * sqrt(100000 / 300) = 0.92697
+    assert grid.reference == m0
+    # horizons 1/(1 - m) of 1/4, 1/2, 2 and 4 times m0's: 1 - m = (1 - m0) / f; and the paper's 0.996
+    expected = sorted({m0, 0.996, *(round(1 - (1 - m0) / f, 4) for f in (0.25, 0.5, 2.0, 4.0))})
+    assert list(grid.values) == expected and expected[0] == pytest.approx(0.708)
+    cfg = ablate.cell_config(base, [grid], ablate.expand_cells([grid], 1)[0], Path("/tmp/x"), 1)
+    assert cfg.method.ema_momentum == expected[0]
 
 
 def test_expansion_product_seeds_and_folders():
