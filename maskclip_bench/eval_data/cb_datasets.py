@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +42,22 @@ def parse_name(text: str) -> tuple[str, Path]:
     if not name:
         raise DataError(f"clip_benchmark spec '{text}' needs a dataset name: clip_benchmark:NAME[@ROOT]")
     return name, root_path(root.strip() if at and root.strip() else DEFAULT_ROOT)
+
+
+def safe_root(root: Path, name: str) -> Path:
+    """``root`` with symlinks resolved, checked to be an existing folder whose path a shell would read literally.
+
+    Some CLIP_benchmark builders paste the root into a ``shell=True`` command (to download or unpack), so a root
+    such as ``x;touch y;#`` would run code; such a root is refused rather than quoted, since nothing here may
+    start a download or a command anyway.
+    """
+    from maskclip_core.data.shell_specs import has_shell_metacharacters
+
+    real = Path(os.path.realpath(root))
+    if has_shell_metacharacters(str(real)) or has_shell_metacharacters(str(root)):
+        raise DataError(f"clip_benchmark root {str(root)!r} holds shell metacharacters (quotes, ;, $, spaces, ...); "
+                        "rename or link the folder")
+    return require_dir(real, f"clip_benchmark root for '{name}'")
 
 
 def _build(name: str, root: Path, split: str, transform: Callable[[Any], Any] | None, task: str,
@@ -93,7 +110,7 @@ def build_clip_benchmark(text: str, *, transform: Callable[[Any], Any] | None, s
     cb_task = get_dataset_default_task(name)
     if cb_task not in ("zeroshot_classification", "zeroshot_retrieval"):
         raise DataError(f"clip_benchmark dataset '{name}' has task {cb_task}, which is not supported")
-    require_dir(root, f"clip_benchmark root for '{name}'")
+    root = safe_root(root, name)
     task = "retrieval" if cb_task == "zeroshot_retrieval" else "classification"
     dataset = _build(name, root, split, transform, cb_task, verify_images)
     if len(dataset) == 0:
