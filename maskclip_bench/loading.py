@@ -118,6 +118,7 @@ def _plain_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
 def _read_file(path: Path) -> tuple[dict[str, Any], bool]:
     """(content, is_trainer_checkpoint). Our format goes through `load_checkpoint`; other files are
     tried as open_clip checkpoints only when that refuses them for their layout, not for being unreadable."""
+    from maskclip_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
     from maskclip_core.checkpoint import load_checkpoint, verify_checkpoint
 
     if path.is_file():
@@ -139,6 +140,8 @@ def _read_file(path: Path) -> tuple[dict[str, Any], bool]:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
             raise not_ours from None  # unreadable, refused or missing: load_checkpoint said why
+        if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
+            raise not_ours from None  # ours, but malformed (e.g. 'clip' not a state dict): say what is wrong
     return raw, False
 
 

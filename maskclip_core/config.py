@@ -230,6 +230,10 @@ def load_config(path: str | Path) -> TrainConfig:
         data = _safe_yaml(path.read_text(), path)  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

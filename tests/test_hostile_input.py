@@ -61,14 +61,15 @@ def test_pipe_spec_is_trusted_from_the_command_line_or_with_allow_pipe_only(tmp_
     config = tmp_path / "cfg.yaml"
     config.write_text(f'data:\n  spec: "{spec}"\n')
 
-    trust_typed_data_spec(build_config(config, [], {}), config, allow_pipe=False)  # from the file: untrusted
+    trust_typed_data_spec(build_config(config, [], {}), {}, [], allow_pipe=False)  # from the file: untrusted
     with pytest.raises(DataError, match="pipe:"):
         expand_shards(pattern)
-    trust_typed_data_spec(build_config(config, [], {}), config, allow_pipe=True)  # the user opted in
+    trust_typed_data_spec(build_config(config, [], {}), {}, [], allow_pipe=True)  # the user opted in
     assert expand_shards(pattern) == [pattern]
-    os.environ.pop("MASKCLIP_TRUSTED_SHELL_DATA")
-    trust_typed_data_spec(build_config(None, [], {"data.spec": spec}), None, allow_pipe=False)  # typed --data
-    assert expand_shards(pattern) == [pattern]
+    for flags, overrides in (({"data.spec": spec}, []), ({}, [f"spec={spec}"])):  # typed: --data, --set
+        os.environ.pop("MASKCLIP_TRUSTED_SHELL_DATA")
+        trust_typed_data_spec(build_config(config, overrides, flags), flags, overrides, allow_pipe=False)
+        assert expand_shards(pattern) == [pattern]
     assert not (tmp_path / "ran").exists()
 
 
@@ -516,6 +517,10 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_huge_image_is_a_bad_sample_before_it_is_decoded(tmp_path):
     from maskclip_core.data.images import MAX_PIXELS, BadImageError, open_rgb
 
-    assert 12000 * 12000 > MAX_PIXELS
-    with pytest.raises(BadImageError, match="12000x12000 pixels, more than the limit"):
+    assert 7000 * 7000 > MAX_PIXELS and 12000 * 12000 > 2 * MAX_PIXELS
+    # Above the limit: refused from the header, before 150 MB of pixels are decoded.
+    with pytest.raises(BadImageError, match="7000x7000 pixels, more than the limit"):
+        open_rgb(_png_header_only(7000, 7000))
+    # Above twice the limit PIL's own bomb check (set to the same limit) refuses it first.
+    with pytest.raises(BadImageError, match="DecompressionBombError: Image size \\(144000000 pixels\\)"):
         open_rgb(_png_header_only(12000, 12000))

@@ -108,7 +108,7 @@ def ablate_command(
     grids = ablate.resolve_grids(grid, values)
     flags = {"model.name": model, "data.spec": data, "run.steps": steps, "run.batch_size": batch_size}
     base = build_config(base_config, set_, flags)
-    trust_typed_data_spec(base, base_config, allow_pipe)
+    trust_typed_data_spec(base, flags, set_, allow_pipe and base_config is not None)
     check_model_and_data(base)
     label = ablate.grid_label([g.name for g in grids])
     out_root = out or Path("results/ablations") / label

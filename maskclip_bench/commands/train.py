@@ -23,18 +23,21 @@ def build_config(
     return validate(cfg)
 
 
-def trust_typed_data_spec(cfg: TrainConfig, config: Optional[Path], allow_pipe: bool) -> None:
+def trust_typed_data_spec(cfg: TrainConfig, flags: dict[str, object], overrides: list[str],
+                          allow_pipe: bool) -> None:
     """Let the final data spec run a ``pipe:`` shell command when the user typed it.
 
-    Typed means: it differs from what the config file alone says (so it came from ``--data`` or ``--set``), or it
-    comes from an explicit ``--config`` file together with ``--allow-pipe``. A spec from a run folder's saved
-    config (``--resume`` without ``--config``) is never trusted: pass ``--data`` again.
+    Typed means: given with ``--data`` or ``--set data.spec=...`` on the command line, or read from an explicit
+    ``--config`` file whose caller passed ``--allow-pipe`` (`allow_pipe`). A spec from a run folder's saved config
+    (``--resume`` without ``--config``), a baseline or a record is never trusted.
     """
+    from maskclip_core.config import resolve_key
     from maskclip_core.data.shell_specs import trust_shell_location
     from maskclip_core.data.spec import parse_data_spec
 
-    from_file = load_config(config).data.spec if config else TrainConfig().data.spec
-    if cfg.data.spec != from_file or allow_pipe:
+    typed = flags.get("data.spec") is not None or any(
+        "=" in item and resolve_key(item.split("=", 1)[0].strip()) == "data.spec" for item in overrides)
+    if typed or allow_pipe:
         spec = parse_data_spec(cfg.data.spec)
         if spec.kind == "wds" and spec.path:
             trust_shell_location(spec.path)
@@ -142,7 +145,7 @@ def train_command(
         from maskclip_bench.loading import check_builtin_model
 
         check_builtin_model(cfg.model.name, f"{config}")  # a saved run folder never sends training to the network
-    trust_typed_data_spec(cfg, config, allow_pipe and explicit_config is not None)
+    trust_typed_data_spec(cfg, flags, set_, allow_pipe and explicit_config is not None)
     check_model_and_data(cfg)
 
     from maskclip_bench.progress import TrainProgress

@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch.utils.data import Dataset, IterableDataset
 
@@ -60,13 +61,43 @@ def safe_root(root: Path, name: str) -> Path:
     return require_dir(real, f"clip_benchmark root for '{name}'")
 
 
+class _CommandRefused(Exception):
+    """A CLIP_benchmark builder tried to run a (download or unpack) command."""
+
+
+def _refuse_command(command: Any, *args: Any, **kwargs: Any) -> int:
+    text = command if isinstance(command, str) else " ".join(map(str, command))
+    target = re.search(r"--output-document=(\S+)", text)
+    if target:
+        raise _CommandRefused(f"missing {target.group(1)} (CLIP_benchmark would download it; put it there yourself)")
+    raise _CommandRefused(f"files are missing: CLIP_benchmark would run `{text[:100]}` to fetch or unpack them")
+
+
+@contextlib.contextmanager
+def _no_commands() -> Iterator[None]:
+    """Make CLIP_benchmark's builder refuse to run commands while it builds a dataset.
+
+    Several of its builders fetch missing files with ``subprocess.call(..., shell=True)`` even with
+    ``download=False`` (wget for annotation files, kaggle/unzip for flickr8k): here that becomes an error naming
+    the missing file, and nothing runs.
+    """
+    import clip_benchmark.datasets.builder as cb_builder
+
+    original = cb_builder.call
+    cb_builder.call = _refuse_command
+    try:
+        yield
+    finally:
+        cb_builder.call = original
+
+
 def _build(name: str, root: Path, split: str, transform: Callable[[Any], Any] | None, task: str,
            verify_images: bool) -> SkipBadImages:
     from clip_benchmark.datasets.builder import build_dataset
 
     try:
         # CLIP_benchmark prints progress; keep stdout clean for our own reports.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _no_commands():
             dataset = build_dataset(name, root=str(root), transform=transform, split=split, download=False,
                                     task=task)
     except (Exception, SystemExit) as exc:  # its errors are asserts, RuntimeErrors, sys.exit ... all user-fixable

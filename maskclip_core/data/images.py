@@ -21,6 +21,7 @@ import functools
 import io
 import os
 import stat
+import warnings
 from typing import Union
 
 import numpy as np
@@ -47,6 +48,8 @@ ALLOWED_FORMATS: tuple[str, ...] = (
 # readers that open images with PIL directly refuse above twice it (PIL errors at 2x its limit, warns above it).
 MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# PIL warns between its limit and twice it; open_rgb refuses those images itself, so the warning says nothing new.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -109,9 +112,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _open_stream(source: ImageSource) -> io.BufferedIOBase:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(source)
+    return open_regular_file(source)
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> io.BufferedIOBase:
+    """Open ``path`` for binary reading if it is a regular file; else raise :class:`NotARegularFileError`.
+
+    Never blocks: a FIFO, device or socket named like an image is refused without being read.
+    """
     # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever (and a process blocked
     # in open() does not even see SIGTERM); only a regular file is read as an image.
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
