@@ -210,8 +210,8 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise ConfigError(f"baseline not found: {path} (write one with --update)")
     try:
         data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"baseline {path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
+        raise ConfigError(f"baseline {path} is not valid JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT or not isinstance(data.get("metrics"), dict):
         raise ConfigError(f"baseline {path} is not a {BASELINE_FORMAT} file")
     return data

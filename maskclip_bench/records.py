@@ -253,7 +253,7 @@ def load_records(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR) -> p
     for path in iter_record_files(results_dir):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             warnings.warn(f"skipping malformed record {path}: {type(exc).__name__}: {exc}", stacklevel=2)
             continue
         problem = _check(record)

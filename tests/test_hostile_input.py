@@ -505,6 +505,20 @@ def test_absurd_shard_count_is_one_line(tmp_path):
         shard_paths(tmp_path)
 
 
+def test_absurd_training_shard_range_is_one_line_before_expanding():
+    from maskclip_core.data.wds_dataset import expand_shards
+
+    with pytest.raises(DataError, match="names 100000000000 shards"):
+        expand_shards("/data/{0..99999999999}.tar")
+
+
+def test_baseline_nested_too_deeply_is_one_line(tmp_path, capsys):
+    baseline = tmp_path / "ci.json"
+    baseline.write_text("[" * 100_000 + "]" * 100_000)
+    code, err = _cli(capsys, "check", "--baseline", str(baseline))
+    assert code == 2 and len(err) == 1 and "not valid JSON" in err[0], err
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height pixels but holds no pixel data (PIL reads the size from IHDR)."""
     def chunk(kind: bytes, data: bytes) -> bytes:

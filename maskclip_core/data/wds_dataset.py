@@ -27,6 +27,7 @@ import glob
 import logging
 import os
 import random
+import re
 from typing import Any, Callable, Iterator
 
 import torch
@@ -166,6 +167,11 @@ class _AttachBadCount(wds.PipelineStage):
             yield previous
 
 
+# Brace ranges are expanded into a list in memory: a pattern such as {0..99999999999} would exhaust it first.
+MAX_SHARDS = 10_000_000
+_BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
 def _is_remote(url: str) -> bool:
     """True for URLs webdataset opens itself (http, s3 via pipe:, ...), which we cannot stat."""
     return is_remote_location(url)
@@ -182,6 +188,11 @@ def expand_shards(pattern: str) -> list[str]:
     Raises:
         DataError: if no shard matches, or a shard would run a shell command nobody allowed.
     """
+    count = 1
+    for first, last in _BRACE_RANGE.findall(pattern):
+        count *= max(1, int(last) - int(first) + 1)
+    if count > MAX_SHARDS:
+        raise DataError(f"shard pattern {pattern!r} names {count} shards; at most {MAX_SHARDS} are accepted")
     try:
         candidates = wds.shardlists.expand_urls(pattern)
     except AssertionError as exc:  # raised by webdataset for an unset ${WDS_...} variable
