@@ -59,7 +59,7 @@ def transform_description(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def files_fingerprint(root: str | os.PathLike[str]) -> str:
-    """sha256 of (relative path, size, mtime) of every file and folder under `root`, at any depth.
+    """sha256 of (relative path, size, mtime, inode) of every file and folder under `root`, at any depth.
 
     Symlinked folders are followed (a dataset root whose image folder links to another disk is common), each
     real folder once, so a link loop ends. Changes when any file is replaced in place, added or removed,

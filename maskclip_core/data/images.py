@@ -43,12 +43,13 @@ ALLOWED_FORMATS: tuple[str, ...] = (
     "PSD", "QOI",
 )
 
-# Largest image decoded, in pixels (40 MP, e.g. 8000x5000: above the photos of LAION, CC, ImageNet or COCO):
-# a larger one is a bad sample, not 0.5 GB of memory per image. PIL's own bomb check is set to the same value, so
-# readers that open images with PIL directly refuse above twice it (PIL errors at 2x its limit, warns above it).
+# Largest image decoded, in pixels (40 MP, e.g. 8000x5000): a larger one is a bad sample, not 120 MB and more of
+# decoded pixels per image (the 12000x12000 image of issue 19 cost 600 MB). PIL's own bomb check is set to the same
+# value, so readers that open images with PIL directly (some CLIP_benchmark datasets) refuse above twice it (PIL
+# errors at twice its limit and warns above it).
 MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-# PIL warns between its limit and twice it; open_rgb refuses those images itself, so the warning says nothing new.
+# The warning between the limit and twice it: open_rgb refuses those images itself, so it would only repeat that.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -139,8 +140,9 @@ class NotARegularFileError(OSError):
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+    for test, name in kinds:
         if test(mode):
             return name
     return "not a plain file"

@@ -27,8 +27,8 @@ _SHELL_META = re.compile(r"[\s'\"`$;&|<>(){}\\*?!#~]")
 
 
 def is_remote_location(url: str) -> bool:
-    """True for locations webdataset opens itself (``pipe:`` commands and ``scheme://`` URLs), not local files."""
-    return url.startswith(PIPE_PREFIX) or ("://" in url and not url.startswith("file://"))
+    """True for locations webdataset opens itself (``pipe:`` commands, ``scheme://`` URLs): nothing to stat."""
+    return url.startswith(PIPE_PREFIX) or "://" in url
 
 
 def has_shell_metacharacters(text: str) -> bool:
