@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from maskclip_core.atomic_write import write_bytes_atomic, write_text_atomic
+
 # Metric names (after the dataset) that make a headline: zero-shot, retrieval, probes, dense.
 HEADLINE_NAMES = ("acc1", "image_retrieval_recall@5", "text_retrieval_recall@5", "lp_acc1", "ft_acc1", "miou")
 # Shown first, in this order, when present.
@@ -122,7 +124,7 @@ def plot_metric(table: pd.DataFrame, axes: Sequence[str], reference: Mapping[str
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    write_bytes_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return path
 
@@ -141,9 +143,9 @@ def write_tables(cells: Sequence[Mapping[str, Any]], axes: Sequence[str], refere
     md = (f"# Ablation: {label}\n\n{header}\n\nNumbers in percent: mean ± sample std over seeds; Δ ref is the "
           f"difference of means to the reference row ({', '.join(f'{a}={reference[a]}' for a in axes)}). "
           f"Every metric: `{csv_path.name}`.\n\n" + markdown_table(table, axes, headline))
-    md_path.write_text(md, encoding="utf-8")
+    write_text_atomic(md_path, md)
     comment = "".join(f"# {line}\n" for line in header.splitlines() if line.strip())
-    csv_path.write_text(comment + table.to_csv(index=False), encoding="utf-8")
+    write_text_atomic(csv_path, comment + table.to_csv(index=False))
     written = [md_path, csv_path]
     for m in headline:
         written.append(plot_metric(table, axes, reference, m, out_dir / f"ablation_{label}_{_slug(m)}.png",

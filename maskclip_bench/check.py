@@ -52,7 +52,22 @@ class CheckSettings:
             raise ConfigError(f"unknown check setting(s) in baseline: {', '.join(sorted(extra))}")
         values = dict(data)
         if "zeroshot_tasks" in values:
-            values["zeroshot_tasks"] = tuple(values["zeroshot_tasks"])
+            tasks = values["zeroshot_tasks"]
+            if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+                raise ConfigError("baseline setting 'zeroshot_tasks' must be a list of task names")
+            values["zeroshot_tasks"] = tuple(tasks)
+        defaults = cls()
+        for key, value in values.items():
+            want = type(getattr(defaults, key))
+            ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                ok, values[key] = True, float(value)
+            if not ok:
+                raise ConfigError(f"baseline setting '{key}' must be a {want.__name__}, got {value!r}")
+        if "pipe:" in values.get("data", ""):
+            # A baseline file can arrive in a pull request: it never gets to run a shell command.
+            raise ConfigError("baseline setting 'data' holds a 'pipe:' shell command, which a baseline file may "
+                              "never run")
         return cls(**values)
 
 
@@ -195,8 +210,8 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise ConfigError(f"baseline not found: {path} (write one with --update)")
     try:
         data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"baseline {path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
+        raise ConfigError(f"baseline {path} is not valid JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT or not isinstance(data.get("metrics"), dict):
         raise ConfigError(f"baseline {path} is not a {BASELINE_FORMAT} file")
     return data
@@ -204,8 +219,9 @@ def load_baseline(path: Path) -> dict[str, Any]:
 
 def write_baseline(path: Path, baseline: Mapping[str, Any]) -> None:
     """Write the baseline file (parents created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(baseline, indent=2) + "\n")
+    from maskclip_core.atomic_write import write_text_atomic
+
+    write_text_atomic(path, json.dumps(baseline, indent=2) + "\n")
 
 
 @dataclass

@@ -200,5 +200,7 @@ def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "comparison.md"
-    path.write_text(comparison_markdown(records, record_dirs, command), encoding="utf-8")
+    from maskclip_core.atomic_write import write_text_atomic
+
+    write_text_atomic(path, comparison_markdown(records, record_dirs, command))
     return path

@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import pandas as pd
 from PIL import Image
 
+from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.data.images import to_rgb
 from maskclip_core.errors import DataError
 
@@ -83,7 +84,13 @@ def _samples(ds: EvalDataset) -> Iterator[tuple[Image.Image, Any]]:
 
 
 def _prepare(path: Path, overwrite: bool) -> None:
-    """Create an empty output folder; refuse to mix with an earlier export unless ``overwrite``."""
+    """Create an empty output folder; refuse to mix with an earlier export unless ``overwrite``.
+
+    A symlink in its place is refused: the export would land in (or ``overwrite`` would empty) whatever folder it
+    points to.
+    """
+    if path.is_symlink():
+        raise DataError(f"output folder {path} is a symlink; refusing to write through it (remove the link)")
     if path.exists() and any(path.iterdir()):
         if not overwrite:
             raise DataError(f"output folder {path} is not empty (use overwrite to replace it)")
@@ -93,8 +100,7 @@ def _prepare(path: Path, overwrite: bool) -> None:
 
 def _write_lines(path: Path, lines: list[str]) -> Path:
     # Same format as clip_benchmark.webdataset_builder: one entry per line, trailing newline.
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    return path
+    return write_text_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
 def _metadata(ds: EvalDataset, out_dir: Path, *, dataset_type: bool) -> list[Path]:
@@ -170,7 +176,7 @@ def export_csv(ds: EvalDataset, split: str, out_dir: Path, *, image_format: str,
             rows.append({"filepath": path, "title": _title(ds, label), "label": label,
                          "classname": ds.classnames[label]})  # type: ignore[index]
         written += 1
-    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    write_text_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False))
     return written, [csv_path]
 
 

@@ -1,13 +1,14 @@
 """On-disk cache of encoded image features, so repeated evaluations of a checkpoint skip the image tower.
 
 An entry is keyed by everything that determines the features: the checkpoint's content hash, the
-image set (dataset spec, split and what the dataset reports about itself, plus a size/mtime
-fingerprint of the files under a dataset root), the eval transform (the model's open_clip preprocess
+image set (dataset spec, split and what the dataset reports about itself, plus a path/size/mtime
+fingerprint of every file under a dataset root, at any depth), the eval transform (the model's open_clip preprocess
 config) and the feature kinds. The key is a sha256 of that description, so a changed checkpoint file
 (another hash) can never hit a stale entry. Entries are written with ``torch.save`` (tensors, label
-tensors and caption lists) through a temporary file and an atomic rename, and read back with
-``weights_only=True``. An entry holding more kinds than asked for also serves the request; an
-unreadable entry is dropped with a warning and recomputed.
+tensors and caption lists) with a sha256 of their tensors, through a temporary file and an atomic
+rename, and read back with ``weights_only=True``. An entry holding more kinds than asked for also
+serves the request; an unreadable, malformed or altered entry (checksum mismatch) is dropped with
+one warning and recomputed.
 
 Default location: ``$MASKCLIP_BENCH_CACHE``, else ``$XDG_CACHE_HOME/maskclip-bench``, else
 ``~/.cache/maskclip-bench``.
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-FORMAT = "maskclip-bench/features/1"
+FORMAT = "maskclip-bench/features/2"  # 2: entries carry a checksum of their tensors
 # What `encode_images` can produce beyond the projected features, and the flag that asks for each.
 KIND_FLAGS = {"pooled_features": "pooled_pre_projection", "patch_tokens": "with_patch_tokens"}
 BASE_KIND = "image_features"
@@ -57,34 +58,68 @@ def transform_description(model: torch.nn.Module) -> dict[str, Any]:
     return {"open_clip_eval_transform": _plain(open_clip.get_model_preprocess_cfg(model))}
 
 
-def files_fingerprint(root: str | os.PathLike[str], max_depth: int = 2, max_entries: int = 20000) -> str:
-    """sha256 of (relative path, size, mtime) of the files and folders under `root`, `max_depth` levels deep.
+def files_fingerprint(root: str | os.PathLike[str]) -> str:
+    """sha256 of (relative path, size, mtime, inode) of every file and folder under `root`, at any depth.
 
-    Cheap enough for a dataset root (shards, metadata files, class folders); changes when files are
-    replaced, added or removed at those levels. Missing roots give "".
+    Symlinked folders are followed (a dataset root whose image folder links to another disk is common), each
+    real folder once, so a link loop ends. Changes when any file is replaced in place, added or removed,
+    however deep the images sit. Missing roots give "".
     """
     root = Path(root)
     if not root.exists():
         return ""
     digest = hashlib.sha256()
-    stack, seen = [(root, 0)], 0
-    while stack and seen < max_entries:
-        folder, depth = stack.pop()
+    stack = [root]
+    seen_dirs: set[tuple[int, int]] = set()
+    while stack:
+        folder = stack.pop()
         try:
+            st = folder.stat()
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
             continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
         for entry in entries:
             try:
                 st = entry.stat()
             except OSError:
                 continue
             rel = os.path.relpath(entry.path, root)
-            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            seen += 1
-            if entry.is_dir() and depth + 1 < max_depth:
-                stack.append((Path(entry.path), depth + 1))
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+            if entry.is_dir():
+                stack.append(Path(entry.path))
     return digest.hexdigest()
+
+
+def features_checksum(features: Mapping[str, Any]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the tensors (and the JSON of other values) of an entry."""
+    digest = hashlib.sha256()
+    for name in sorted(features):
+        value = features[name]
+        digest.update(name.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        else:
+            digest.update(json.dumps(_plain(value), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _check_structure(features: Any, want: Iterable[str]) -> None:
+    """Raise ValueError unless `features` is a dict holding `want` as [N, ...] tensors, every part N rows long."""
+    if not isinstance(features, dict):
+        raise ValueError(f"features are a {type(features).__name__}, not a dict")
+    for kind in want:
+        value = features.get(kind)
+        if not isinstance(value, torch.Tensor) or value.ndim < 2 or not value.is_floating_point():
+            raise ValueError(f"'{kind}' is not a [N, D] float tensor")
+    rows = {len(v) for v in features.values() if isinstance(v, (torch.Tensor, list)) and not
+            (isinstance(v, torch.Tensor) and v.ndim == 0)}
+    if len(rows) > 1:
+        raise ValueError(f"parts of the entry disagree on the number of images ({sorted(rows)})")
 
 
 def feature_kinds(pooled_pre_projection: bool = False, with_patch_tokens: bool = False) -> frozenset[str]:
@@ -141,12 +176,15 @@ class FeatureCache:
                 continue
             try:
                 entry = torch.load(path, map_location="cpu", weights_only=True)
-                if entry.get("format") != FORMAT or entry.get("key") != key:
+                if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("key") != key:
                     raise ValueError("entry does not match its key")
+                _check_structure(entry.get("features"), want)
+                if entry.get("checksum") != features_checksum(entry["features"]):
+                    raise ValueError("its tensors do not match the checksum stored with them (altered)")
                 return entry["features"]
-            except Exception as exc:  # truncated / foreign file: drop it and recompute
-                warnings.warn(f"dropping unreadable feature cache entry {path}: {type(exc).__name__}: {exc}",
-                              stacklevel=2)
+            except Exception as exc:  # truncated / foreign / altered file: drop it and recompute
+                warnings.warn(f"dropping unreadable feature cache entry {path}, recomputing: "
+                              f"{type(exc).__name__}: {exc}", stacklevel=2)
                 path.unlink(missing_ok=True)
         return None
 
@@ -161,7 +199,8 @@ class FeatureCache:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
             with os.fdopen(fd, "wb") as f:
-                torch.save({"format": FORMAT, "key": key, "meta": _plain(meta), "features": dict(features)}, f)
+                torch.save({"format": FORMAT, "key": key, "meta": _plain(meta), "features": dict(features),
+                            "checksum": features_checksum(features)}, f)
             os.replace(tmp, path)  # readers see the old entry or the whole new one, never half of it
         except OSError as exc:  # a full or read-only cache must not fail the evaluation
             warnings.warn(f"cannot write feature cache entry {path}: {exc}", stacklevel=2)

@@ -118,8 +118,12 @@ def _plain_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
 def _read_file(path: Path) -> tuple[dict[str, Any], bool]:
     """(content, is_trainer_checkpoint). Our format goes through `load_checkpoint`; other files are
     tried as open_clip checkpoints only when that refuses them for their layout, not for being unreadable."""
-    from maskclip_core.checkpoint import load_checkpoint
+    from maskclip_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
+    from maskclip_core.checkpoint import load_checkpoint, verify_checkpoint
 
+    if path.is_file():
+        # A sidecar mismatch is named as such for every kind of file, before any reader guesses at the layout.
+        verify_checkpoint(path)
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
@@ -136,6 +140,8 @@ def _read_file(path: Path) -> tuple[dict[str, Any], bool]:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
             raise not_ours from None  # unreadable, refused or missing: load_checkpoint said why
+        if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
+            raise not_ours from None  # ours, but malformed (e.g. 'clip' not a state dict): say what is wrong
     return raw, False
 
 
@@ -153,6 +159,36 @@ def _create(model_name: str) -> torch.nn.Module:
 def _finish(model: torch.nn.Module, **fields: Any) -> LoadedModel:
     model.eval()
     return LoadedModel(model=model, preprocess=eval_transform(model), **fields)
+
+
+# model_cfg keys that make open_clip fetch weights or a tokenizer from the Hugging Face hub or timm.
+_REMOTE_KEYS = ("hf_model_name", "hf_tokenizer_name", "hf_model_pretrained", "timm_model_pretrained")
+
+
+def _remote_parts(model_cfg: Any) -> str:
+    """The first ``key=value`` of a local-dir model config that would make open_clip download ("" if none)."""
+    if not isinstance(model_cfg, dict):
+        return ""
+    for tower in ("text_cfg", "vision_cfg"):
+        part = model_cfg.get(tower)
+        for key in _REMOTE_KEYS if isinstance(part, dict) else ():
+            if part.get(key):
+                return f"{tower}.{key}={part[key]}"
+    return ""
+
+
+def check_builtin_model(name: str, where: str) -> None:
+    """Refuse (one line) a model name read from a file that is not a built-in open_clip or maskclip-bench config.
+
+    Names such as ``hf-hub:ORG/MODEL`` make open_clip download a config and weights; a checkpoint or saved config
+    must not be able to send the evaluation to the network. An explicit ``--model`` is the user's own choice.
+    """
+    from maskclip_core.towers import available_models
+
+    if name not in available_models():
+        raise CheckpointError(f"{where} names model '{name}', which is not a built-in open_clip or maskclip-bench "
+                              "config; loading it could download code or weights, so it is refused (pass --model "
+                              "NAME to choose it yourself)")
 
 
 def _load_local_dir(spec: str, model_name: str | None) -> LoadedModel:
@@ -174,6 +210,14 @@ def _load_local_dir(spec: str, model_name: str | None) -> LoadedModel:
     if not isinstance(config, dict) or "model_cfg" not in config:
         raise CheckpointError(f"{config_path} has no 'model_cfg' (not an open_clip local-dir config)")
     meta = config.get(EXPORT_META_KEY) if isinstance(config.get(EXPORT_META_KEY), dict) else {}
+    if not any(p.is_file() and p.suffix in _WEIGHT_SUFFIXES for p in directory.iterdir()):
+        # open_clip would build a randomly initialised model and only warn.
+        raise CheckpointError(f"{directory} has no weight file ({', '.join(_WEIGHT_SUFFIXES)}): "
+                              "refusing to evaluate a random model")
+    remote = _remote_parts(config["model_cfg"])
+    if remote:
+        raise CheckpointError(f"{config_path} asks for '{remote}', which open_clip would download; "
+                              "loading a checkpoint never goes to the network")
 
     name = f"{LOCAL_DIR_PREFIX}{directory}"
     try:
@@ -213,6 +257,8 @@ def load_model(ckpt: str, model_name: str | None = None) -> LoadedModel:
         name = str(config["model"]["name"])
         if model_name and model_name != name:
             raise CheckpointError(f"{path} holds a '{name}' model, not '{model_name}' (drop --model)")
+        if not model_name:
+            check_builtin_model(name, f"{path}'s saved config")
         model = _create(name)
         _load_into(model, content["clip"], str(path), name)
         step = content.get("step")

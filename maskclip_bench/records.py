@@ -224,6 +224,13 @@ def _check(record: Any) -> str | None:
         return f"missing {', '.join(missing)}"
     if not isinstance(record["metrics"], dict):
         return "'metrics' is not an object"
+    # Records are sorted and grouped by these: a number or list in one of them would break the whole report.
+    for key in ("task", "dataset", "checkpoint_hash", "timestamp"):
+        if not isinstance(record[key], str):
+            return f"'{key}' is not a string ({type(record[key]).__name__})"
+    for key in ("split", "variant"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            return f"'{key}' is not a string ({type(record[key]).__name__})"
     return None
 
 
@@ -246,7 +253,7 @@ def load_records(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR) -> p
     for path in iter_record_files(results_dir):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             warnings.warn(f"skipping malformed record {path}: {type(exc).__name__}: {exc}", stacklevel=2)
             continue
         problem = _check(record)

@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from maskclip_core.atomic_write import write_text_atomic
+
 from .records import DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_record_trees
 
 DEDUP_KEY = ["checkpoint_hash", "dataset", "split", "task", "variant"]
@@ -134,13 +136,13 @@ def write_report(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR,
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, long_path = out / "benchmark.csv", out / "benchmark.md", out / "benchmark_long.csv"
-    table.to_csv(csv_path, index=False)
+    write_text_atomic(csv_path, table.to_csv(index=False))
     shown = table.copy()
     if "checkpoint_hash" in shown:
         shown["checkpoint_hash"] = shown["checkpoint_hash"].astype(str).str[:12]
     md = (f"# Benchmark\n\n{len(table)} checkpoint(s) from {len(records)} record(s) in `{results_dir}`; "
           "latest record wins for repeated evaluations. Full hashes and paths: `benchmark.csv`.\n\n"
           + to_markdown(shown))
-    md_path.write_text(md, encoding="utf-8")
-    clip_benchmark_table(records).to_csv(long_path, index=False)
+    write_text_atomic(md_path, md)
+    write_text_atomic(long_path, clip_benchmark_table(records).to_csv(index=False))
     return ReportFiles(markdown=md_path, csv=csv_path, long_csv=long_path, table=table, num_records=len(records))

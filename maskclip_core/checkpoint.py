@@ -119,7 +119,44 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                               f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from None
     if not isinstance(state, dict) or "clip" not in state:
         raise CheckpointError(f"{path} is not a maskclip-bench checkpoint (no 'clip' state dict)")
+    _check_tensor_dict(state["clip"], "clip", path)
     return state
+
+
+def _check_tensor_dict(value: Any, name: str, path: Path) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in value.items()):
+        raise CheckpointError(f"checkpoint {path}: field '{name}' must be a dict of tensors, "
+                              f"got {type(value).__name__}")
+
+
+# Fields a resume reads, and the type each must have (load_checkpoint already checked 'clip').
+_RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "step": int, "epoch": int, "batch_in_epoch": int, "extras": dict, "optimizer": dict, "rng": dict,
+    "teacher": (dict, type(None)), "data": dict,
+}
+
+
+def check_resume_state(state: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointError (naming the file and the field) when a checkpoint lacks what a resume reads."""
+    for name, typ in _RESUME_FIELDS.items():
+        if name not in state and name in ("teacher", "data"):
+            continue  # optional: no teacher for CLIP; data counts came later
+        if name not in state:
+            raise CheckpointError(f"checkpoint {path} has no field '{name}' (needed to resume)")
+        value = state[name]
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise CheckpointError(f"checkpoint {path}: field '{name}' has the wrong type "
+                                  f"({type(value).__name__})")
+        if typ is int and value < 0:
+            raise CheckpointError(f"checkpoint {path}: field '{name}' is negative ({value})")
+    _check_tensor_dict(state["extras"], "extras", path)
+    rng = state["rng"]
+    if not isinstance(rng.get("torch"), torch.Tensor) or not isinstance(rng.get("python"), (tuple, list)):
+        raise CheckpointError(f"checkpoint {path}: field 'rng' lacks the torch or python generator state")
+    data = state.get("data", {})
+    if set(data) - {"samples", "bad"} or not all(isinstance(v, int) and v >= 0 for v in data.values()):
+        raise CheckpointError(f"checkpoint {path}: field 'data' must hold non-negative 'samples' and 'bad' counts")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -184,7 +221,9 @@ class CheckpointDir:
         problems = []
         for path in candidates:
             try:
-                return load_checkpoint(path), path
+                state = load_checkpoint(path)
+                check_resume_state(state, path)
+                return state, path
             except CheckpointError as exc:
                 logger.warning("skipping checkpoint: %s", exc)
                 problems.append(str(exc))

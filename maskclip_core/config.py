@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -140,8 +140,10 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        """Write the whole resolved config as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        """Write the whole resolved config as JSON (atomically; a symlink at `path` is replaced, not followed)."""
+        from .atomic_write import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -253,9 +255,13 @@ def load_config(path: str | Path) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        data = _safe_yaml(path.read_text(), path)  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -263,13 +269,92 @@ def load_config(path: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
+# A config is a few dozen scalars: any document that expands to more nodes than this is an alias bomb.
+_MAX_YAML_NODES = 10_000
+
+
+def _safe_yaml(text: str, path: Path) -> Any:
+    """`yaml.safe_load`, refusing recursive aliases and alias chains that expand past `_MAX_YAML_NODES` nodes.
+
+    Anchors are shared, not copied, when loaded, so the blow-up (or endless recursion) would come later, when the
+    config is flattened or saved; the node graph is walked here, before anything is built from it.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        budget = [_MAX_YAML_NODES]
+
+        def walk(n: yaml.Node, path_ids: set[int]) -> None:
+            if id(n) in path_ids:
+                raise ConfigError(f"config file {path} has a recursive YAML alias")
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise ConfigError(f"config file {path} expands to more than {_MAX_YAML_NODES} YAML nodes "
+                                  "(aliases nested to blow up)")
+            if isinstance(n, yaml.SequenceNode):
+                children = n.value
+            elif isinstance(n, yaml.MappingNode):
+                children = [part for pair in n.value for part in pair]
+            else:
+                return
+            path_ids.add(id(n))
+            for child in children:
+                walk(child, path_ids)
+            path_ids.discard(id(n))
+
+        walk(node, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got '{value}'")
 
 
+# Float fields allowed to be +-inf (none today); every other float field of every section must be finite, so a
+# field added later is covered without being listed.
+_MAY_BE_INFINITE: frozenset[str] = frozenset()
+
+# (field, predicate, what the value must be): ranges that the checks further down do not already cover.
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("optim.beta1", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("optim.beta2", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("optim.eps", lambda v: v > 0.0, "> 0"),
+    ("run.epochs", lambda v: v >= 0.0, ">= 0"),
+    ("run.seed", lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
+    ("run.threads", lambda v: 0 <= v <= 4096, "in [0, 4096] (0 keeps torch's default)"),
+    ("data.shuffle_buffer", lambda v: 0 <= v <= 10_000_000, "in [0, 10000000]"),
+    ("data.workers", lambda v: v <= 1024, "<= 1024"),
+    ("method.soft_prototypes", lambda v: v <= 1_000_000, "<= 1000000"),
+    ("method.decoder_heads", lambda v: v <= 4096, "<= 4096"),
+)
+
+
+def _check_finite_and_ranges(cfg: TrainConfig) -> None:
+    """Every float field finite (unless listed in `_MAY_BE_INFINITE`), then the `_RANGES` table."""
+    for section in fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in fields(part):
+            key, value = f"{section.name}.{f.name}", getattr(part, f.name)
+            if isinstance(value, float) and not math.isfinite(value) and key not in _MAY_BE_INFINITE:
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+    for key, ok, what in _RANGES:
+        section_name, name = key.split(".", 1)
+        value = getattr(getattr(cfg, section_name), name)
+        if not ok(value):
+            raise ConfigError(f"{key} must be {what}, got {value}")
+    width, heads = cfg.method.decoder_width, cfg.method.decoder_heads
+    if width > 0 and heads > 0 and width % heads:
+        raise ConfigError(f"method.decoder_heads ({heads}) must divide method.decoder_width ({width})")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check ranges and choices; raise ConfigError with one clear line."""
+    _check_finite_and_ranges(cfg)
     m, o, r = cfg.method, cfg.optim, cfg.run
     _choice("method", m.name, METHODS)
     _choice("mask_strategy", m.mask_strategy, MASK_STRATEGIES)

@@ -68,6 +68,8 @@ def ablate_command(
     values: Optional[str] = typer.Option(None, "--values", help="comma-separated values replacing the grid's "
                                          "defaults (one --grid only)"),
     base_config: Optional[Path] = typer.Option(None, "--base-config", help="YAML/JSON config every cell starts from"),
+    allow_pipe: bool = typer.Option(False, "--allow-pipe", help="let the --base-config file's data spec run a "
+                                    "wds:pipe:COMMAND shell command (--data on the command line needs no flag)"),
     set_: list[str] = typer.Option([], "--set", help="any other config field: key=value (repeatable)"),
     seeds: int = typer.Option(1, "--seeds", help="seeds per value (0 .. N-1)"),
     steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps per cell"),
@@ -115,7 +117,8 @@ def ablate_command(
 
     from maskclip_bench import ablate, grid_status
     from maskclip_bench.commands.evaluate import check_specs
-    from maskclip_bench.commands.train import announce_precision, build_config, check_model_and_data
+    from maskclip_bench.commands.train import (announce_precision, build_config, check_model_and_data,
+                                               trust_typed_data_spec)
     from maskclip_bench.suites import SUITES
     from maskclip_core.errors import ConfigError, DataError
 
@@ -138,6 +141,7 @@ def ablate_command(
                        max_concurrent, submitit_cluster, threads)
     flags = {"model.name": model, "data.spec": data, "run.steps": steps, "run.batch_size": batch_size}
     base = build_config(base_config, set_, flags)
+    trust_typed_data_spec(base, flags, set_, allow_pipe and base_config is not None)
     check_model_and_data(base)
     if spec is None:
         announce_precision(base)  # every cell runs (and records) the precision resolved here

@@ -23,12 +23,58 @@ def build_config(
     return validate(cfg)
 
 
+def trust_typed_data_spec(cfg: TrainConfig, flags: dict[str, object], overrides: list[str],
+                          allow_pipe: bool) -> None:
+    """Let the final data spec run a ``pipe:`` shell command when the user typed it.
+
+    Typed means: given with ``--data`` or ``--set data.spec=...`` on the command line, or read from an explicit
+    ``--config`` file whose caller passed ``--allow-pipe`` (`allow_pipe`). A spec from a run folder's saved config
+    (``--resume`` without ``--config``), a baseline or a record is never trusted.
+    """
+    from maskclip_core.config import resolve_key
+    from maskclip_core.data.shell_specs import trust_shell_location
+    from maskclip_core.data.spec import parse_data_spec
+
+    typed = flags.get("data.spec") is not None or any(
+        "=" in item and resolve_key(item.split("=", 1)[0].strip()) == "data.spec" for item in overrides)
+    if typed or allow_pipe:
+        spec = parse_data_spec(cfg.data.spec)
+        if spec.kind == "wds" and spec.path:
+            trust_shell_location(spec.path)
+
+
+def check_decoder_heads(cfg: TrainConfig) -> None:
+    """One line, not an assertion deep in torch, when the image decoder's heads do not divide its width.
+
+    The width defaults from the image tower (as `maskclip_core.model.MaskCLIP` resolves it: half the tower's
+    width, at least 32; heads: width // 32), so this needs the model's open_clip config.
+    """
+    import open_clip
+
+    from maskclip_core.errors import ConfigError
+    from maskclip_core.towers import register_model_configs
+
+    m = cfg.method
+    if m.name != "maskclip" or m.decoder_heads == 0:
+        return  # the default head count always divides the width
+    register_model_configs()
+    vision = (open_clip.get_model_config(cfg.model.name) or {}).get("vision_cfg") or {}
+    tower_width = vision.get("width")
+    if m.decoder_width == 0 and not isinstance(tower_width, int):
+        return  # not a ViT config open_clip knows here; the model build reports it
+    width = m.decoder_width or max(tower_width // 2, 32)
+    if width % m.decoder_heads:
+        raise ConfigError(f"method.decoder_heads ({m.decoder_heads}) must divide the image decoder's width "
+                          f"({width}{'' if m.decoder_width else ', half the image tower width'})")
+
+
 def check_model_and_data(cfg: TrainConfig) -> None:
     """Fail fast, with one line, on an unknown model or unreadable data before building anything heavy."""
     from maskclip_core.data.spec import parse_data_spec
     from maskclip_core.towers import check_model_name
 
     check_model_name(cfg.model.name)
+    check_decoder_heads(cfg)
     spec = parse_data_spec(cfg.data.spec)
     if spec.kind == "csv":
         from maskclip_core.data.csv_dataset import CsvDataset
@@ -91,6 +137,8 @@ def train_command(
     keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", help="step_*.pt files kept "
                                                    "(default 3)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON config file"),
+    allow_pipe: bool = typer.Option(False, "--allow-pipe", help="let the --config file's data spec run a "
+                                    "wds:pipe:COMMAND shell command (--data on the command line needs no flag)"),
     set_: list[str] = typer.Option([], "--set", help="any config field: key=value (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
@@ -105,9 +153,15 @@ def train_command(
         "method.local_loss": local_loss, "method.gather_with_grad": gather_with_grad,
         "data.resampled": dataset_resampled, "run.device": device,
     }
+    explicit_config = config
     if resume and config is None and out and (Path(out) / "config.json").is_file():
         config = Path(out) / "config.json"  # resume continues the saved run unless flags change it
     cfg = build_config(config, set_, flags)
+    if config is not None and explicit_config is None and model is None:
+        from maskclip_bench.loading import check_builtin_model
+
+        check_builtin_model(cfg.model.name, f"{config}")  # a saved run folder never sends training to the network
+    trust_typed_data_spec(cfg, flags, set_, allow_pipe and explicit_config is not None)
     check_model_and_data(cfg)
     announce_precision(cfg)
 

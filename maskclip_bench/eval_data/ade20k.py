@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from maskclip_core.data.images import open_rgb
+from maskclip_core.data.images import open_regular_file, open_rgb
 from maskclip_core.errors import DataError
 
 from .common import (IMAGE_EXTENSIONS, SkipBadImages, check_image, default_templates, filter_decodable,
@@ -63,7 +63,7 @@ _LUT[1:151] = np.arange(150)
 
 def load_mask(path: str | Path) -> torch.Tensor:
     """An ADE20K annotation PNG as a LongTensor [H, W] of labels 0..149 and 255."""
-    with Image.open(path) as ann:
+    with open_regular_file(path) as f, Image.open(f) as ann:  # a FIFO named as a mask must not block
         # ADE20K annotations are 8-bit; other modes are read as they are and clipped to the table.
         values = np.asarray(ann if ann.mode in ("L", "P", "I", "I;16") else ann.convert("L")).astype(np.int64)
     return torch.from_numpy(_LUT[np.clip(values, 0, 255)])

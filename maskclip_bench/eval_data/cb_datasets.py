@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch.utils.data import Dataset, IterableDataset
 
@@ -43,13 +45,59 @@ def parse_name(text: str) -> tuple[str, Path]:
     return name, root_path(root.strip() if at and root.strip() else DEFAULT_ROOT)
 
 
+def safe_root(root: Path, name: str) -> Path:
+    """``root`` with symlinks resolved, checked to be an existing folder whose path a shell would read literally.
+
+    Some CLIP_benchmark builders paste the root into a ``shell=True`` command (to download or unpack), so a root
+    such as ``x;touch y;#`` would run code; such a root is refused rather than quoted, since nothing here may
+    start a download or a command anyway.
+    """
+    from maskclip_core.data.shell_specs import has_shell_metacharacters
+
+    real = Path(os.path.realpath(root))
+    if has_shell_metacharacters(str(real)) or has_shell_metacharacters(str(root)):
+        raise DataError(f"clip_benchmark root {str(root)!r} holds shell metacharacters (quotes, ;, $, spaces, ...); "
+                        "rename or link the folder")
+    return require_dir(real, f"clip_benchmark root for '{name}'")
+
+
+class _CommandRefused(Exception):
+    """A CLIP_benchmark builder tried to run a (download or unpack) command."""
+
+
+def _refuse_command(command: Any, *args: Any, **kwargs: Any) -> int:
+    text = command if isinstance(command, str) else " ".join(map(str, command))
+    target = re.search(r"--output-document=(\S+)", text)
+    if target:
+        raise _CommandRefused(f"missing {target.group(1)} (CLIP_benchmark would download it; put it there yourself)")
+    raise _CommandRefused(f"files are missing: CLIP_benchmark would run `{text[:100]}` to fetch or unpack them")
+
+
+@contextlib.contextmanager
+def _no_commands() -> Iterator[None]:
+    """Make CLIP_benchmark's builder refuse to run commands while it builds a dataset.
+
+    Several of its builders fetch missing files with ``subprocess.call(..., shell=True)`` even with
+    ``download=False`` (wget for annotation files, kaggle/unzip for flickr8k): here that becomes an error naming
+    the missing file, and nothing runs.
+    """
+    import clip_benchmark.datasets.builder as cb_builder
+
+    original = cb_builder.call
+    cb_builder.call = _refuse_command
+    try:
+        yield
+    finally:
+        cb_builder.call = original
+
+
 def _build(name: str, root: Path, split: str, transform: Callable[[Any], Any] | None, task: str,
            verify_images: bool) -> SkipBadImages:
     from clip_benchmark.datasets.builder import build_dataset
 
     try:
         # CLIP_benchmark prints progress; keep stdout clean for our own reports.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _no_commands():
             dataset = build_dataset(name, root=str(root), transform=transform, split=split, download=False,
                                     task=task)
     except (Exception, SystemExit) as exc:  # its errors are asserts, RuntimeErrors, sys.exit ... all user-fixable
@@ -93,7 +141,7 @@ def build_clip_benchmark(text: str, *, transform: Callable[[Any], Any] | None, s
     cb_task = get_dataset_default_task(name)
     if cb_task not in ("zeroshot_classification", "zeroshot_retrieval"):
         raise DataError(f"clip_benchmark dataset '{name}' has task {cb_task}, which is not supported")
-    require_dir(root, f"clip_benchmark root for '{name}'")
+    root = safe_root(root, name)
     task = "retrieval" if cb_task == "zeroshot_retrieval" else "classification"
     dataset = _build(name, root, split, transform, cb_task, verify_images)
     if len(dataset) == 0:

@@ -95,15 +95,24 @@ def require_dir(path: Path, what: str) -> Path:
 def check_inside_root(names: Sequence[str], root: Path, where: str) -> None:
     """Raise a one-line DataError if a path named in an annotation file points outside ``root``.
 
-    ``names`` are joined to ``root`` as the readers do. The check is lexical (``..`` and absolute
-    paths), not through symlinks: a dataset root whose image folder is a link to another disk is a
-    common, deliberate setup, while the annotation file is what may come from elsewhere.
+    ``names`` are joined to ``root`` as the readers do. Absolute paths and names that ``..`` lexically out of the
+    root are refused. A name with a ``..`` component is also resolved through symlinks, as opening it would be:
+    ``link/../x`` goes up from wherever ``link`` points. Names without ``..`` may follow symlinks the dataset's
+    owner placed under the root (an image folder linked to another disk is a common, deliberate setup); the
+    annotation file is what may come from elsewhere, and it cannot create links.
     """
     base = os.path.abspath(root)
     prefix = base.rstrip(os.sep) + os.sep
+    real_base = os.path.realpath(base)
+    real_prefix = real_base.rstrip(os.sep) + os.sep
     for name in names:
-        full = os.path.normpath(os.path.join(base, name))
-        if full != base and not full.startswith(prefix):
+        joined = os.path.join(base, name)
+        full = os.path.normpath(joined)
+        outside = full != base and not full.startswith(prefix)
+        if not outside and ".." in Path(name).parts:
+            real = os.path.realpath(joined)
+            outside = real != real_base and not real.startswith(real_prefix)
+        if outside:
             raise DataError(f"{where}: image path {name!r} points outside the dataset root {root}; "
                             "annotation files may only name images under the root")
 

@@ -23,6 +23,7 @@ decode, are skipped and counted.
 """
 from __future__ import annotations
 
+import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,11 @@ from .common import (SkipBadImages, default_templates, filter_decodable, first_l
                      resolve_templates)
 from .spec import EvalDataset
 
+logger = logging.getLogger(__name__)
+
+# Far more shards than a benchmark split needs (CLIP_benchmark writes a few dozen); a larger count in
+# nshards.txt is a broken or hostile file, not a dataset, and would be listed in memory before any check.
+MAX_SHARDS = 100_000
 # CLIP_benchmark's to_tuple(["webp", "png", "jpg", "jpeg"], ...): the first present wins.
 IMAGE_KEYS: tuple[str, ...] = ("webp", "png", "jpg", "jpeg")
 
@@ -74,6 +80,8 @@ def shard_paths(split_dir: Path) -> list[Path]:
         n = int(text)
     except ValueError:
         raise DataError(f"{nshards_file} should hold the number of shards, not {text[:40]!r}") from None
+    if not 0 < n <= MAX_SHARDS:
+        raise DataError(f"{nshards_file} says {n} shards; expected 1 to {MAX_SHARDS}")
     shards = [split_dir / f"{i}.tar" for i in range(n)]
     missing = [p for p in shards if not p.is_file()]
     if missing:
@@ -109,6 +117,30 @@ def index_shards(shards: list[Path], label_ext: str) -> tuple[list[WdsSample], i
                 continue
             samples.append(WdsSample(key, image_ext, parts[image_ext], parts[label_ext]))
     return samples, incomplete
+
+
+def _label(data: bytes) -> int | None:
+    """The class index in a ``cls`` member, as CLIP_benchmark reads it (``int(data)``), or None if it is not one."""
+    try:
+        return int(data)
+    except ValueError:
+        return None
+
+
+def drop_bad_labels(samples: list[WdsSample], num_classes: int, where: str) -> tuple[list[WdsSample], int]:
+    """Keep the samples whose ``cls`` is an index into the class list; return ``(kept, number dropped)``.
+
+    A label of -1 or past the last class would index the wrong class (or none) when scored, so it is a bad
+    sample: counted, named in one warning, and left out.
+    """
+    kept, bad = [], []
+    for sample in samples:
+        label = _label(sample.label.read())
+        (kept if label is not None and 0 <= label < num_classes else bad).append(sample)
+    if bad:
+        logger.warning("%s: skipping %d sample(s) whose class label is not in 0..%d (first: %s)", where, len(bad),
+                       num_classes - 1, bad[0].key)
+    return kept, len(bad)
 
 
 class WdsBenchmarkDataset(Dataset):
@@ -158,12 +190,15 @@ def load_split(root: Path, split: str, transform: Callable[[Any], Any] | None, *
     retrieval = dataset_type == "retrieval"
     split_dir = require_dir(root / split, f"wds split folder '{split}'")
     samples, incomplete = index_shards(shard_paths(split_dir), "txt" if retrieval else "cls")
+    mislabelled = 0
+    if not retrieval and classes is not None:
+        samples, mislabelled = drop_bad_labels(samples, len(classes), where=f"wds:{root} ({split})")
     samples, undecodable = filter_decodable(samples, lambda s: s.image.read(), where=f"wds:{root} ({split})",
                                             verify=verify_images)
     if not samples:
         raise DataError(f"no usable samples in {split_dir} (need an image plus {'txt' if retrieval else 'cls'})")
     dataset = WdsBenchmarkDataset(samples, retrieval, transform, classes, templates)
-    return SkipBadImages(dataset, bad_samples=incomplete + undecodable)
+    return SkipBadImages(dataset, bad_samples=incomplete + mislabelled + undecodable)
 
 
 def build_wds(root: Path, *, transform: Callable[[Any], Any] | None, split: str = "test",

@@ -79,7 +79,10 @@ def first_outside_root(paths: Sequence[str | os.PathLike[str]], root: str | os.P
     real_root = os.path.realpath(root)
     dir_cache: dict[str, str] = {}
     for index, path in enumerate(paths):
-        text = os.path.abspath(os.fspath(path))
+        # Not os.path.abspath: it removes "link/.." lexically, while opening the file goes through the link
+        # and then up from wherever it points.
+        text = os.fspath(path)
+        text = text if os.path.isabs(text) else os.path.join(os.getcwd(), text)
         try:
             real = _real_path(text, dir_cache)
         except (OSError, ValueError):

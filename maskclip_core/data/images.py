@@ -2,7 +2,8 @@
 
 :func:`open_rgb` reads a path or encoded bytes with PIL, decodes it fully and converts it to 8-bit RGB.
 Any failure (missing file, zero bytes, not an image, truncated stream, unsupported mode, zero size,
-...) raises :class:`BadImageError`, so callers catch one exception type and skip the sample.
+a FIFO, device or socket instead of a regular file, more than :data:`MAX_PIXELS` pixels, ...) raises
+:class:`BadImageError`, so callers catch one exception type and skip the sample.
 
 Images that decode in an unusual mode are converted rather than rejected:
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat
+import warnings
 from typing import Union
 
 import numpy as np
@@ -39,6 +42,15 @@ ALLOWED_FORMATS: tuple[str, ...] = (
     "JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "ICO", "TGA", "JPEG2000", "AVIF",
     "PSD", "QOI",
 )
+
+# Largest image decoded, in pixels (40 MP, e.g. 8000x5000): a larger one is a bad sample, not 120 MB and more of
+# decoded pixels per image (the 12000x12000 image of issue 19 cost 600 MB). PIL's own bomb check is set to the same
+# value, so readers that open images with PIL directly (some CLIP_benchmark datasets) refuse above twice it (PIL
+# errors at twice its limit and warns above it).
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# The warning between the limit and twice it: open_rgb refuses those images itself, so it would only repeat that.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -101,7 +113,39 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _open_stream(source: ImageSource) -> io.BufferedIOBase:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(source)
-    return open(source, "rb")  # noqa: SIM115 - closed by the caller's with-block
+    return open_regular_file(source)
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> io.BufferedIOBase:
+    """Open ``path`` for binary reading if it is a regular file; else raise :class:`NotARegularFileError`.
+
+    Never blocks: a FIFO, device or socket named like an image is refused without being read.
+    """
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever (and a process blocked
+    # in open() does not even see SIGTERM); only a regular file is read as an image.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(f"not a regular file ({_file_kind(mode)})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")  # noqa: SIM115 - closed by the caller's with-block
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class NotARegularFileError(OSError):
+    """A path that names a FIFO, device, socket or folder instead of an image file."""
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+    for test, name in kinds:
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def open_rgb(source: ImageSource, *, draft_size: tuple[int, int] | None = None) -> Image.Image:
@@ -118,6 +162,9 @@ def open_rgb(source: ImageSource, *, draft_size: tuple[int, int] | None = None) 
     """
     try:
         with _open_stream(source) as stream, Image.open(stream, formats=_formats()) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(f"image has {image.width}x{image.height} pixels, more than the limit of "
+                                 f"{MAX_PIXELS} (maskclip_core.data.images.MAX_PIXELS)")
             if draft_size is not None:
                 image.draft("RGB", draft_size)
             # load() decodes the whole image now: PIL opens lazily, and a truncated file would

@@ -27,6 +27,7 @@ import glob
 import logging
 import os
 import random
+import re
 from typing import Any, Callable, Iterator
 
 import torch
@@ -36,6 +37,7 @@ from webdataset.utils import make_seed, pytorch_worker_info
 
 from maskclip_core.data.captions import BadCaptionError, decode_caption
 from maskclip_core.data.images import BadImageError, open_rgb
+from maskclip_core.data.shell_specs import check_shell_location, is_remote_location
 from maskclip_core.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -165,9 +167,14 @@ class _AttachBadCount(wds.PipelineStage):
             yield previous
 
 
+# Brace ranges are expanded into a list in memory: a pattern such as {0..99999999999} would exhaust it first.
+MAX_SHARDS = 10_000_000
+_BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
 def _is_remote(url: str) -> bool:
     """True for URLs webdataset opens itself (http, s3 via pipe:, ...), which we cannot stat."""
-    return url.startswith("pipe:") or "://" in url
+    return is_remote_location(url)
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -176,15 +183,22 @@ def expand_shards(pattern: str) -> list[str]:
     Brace ranges (``shard-{00000..00009}.tar``), ``::``-separated lists and ``${WDS_X}``
     variables are expanded by webdataset; local entries may also be globs. Local
     shards that do not exist are dropped with a warning; remote URLs are kept as-is.
+    ``pipe:`` shards need the user's trust (see :mod:`maskclip_core.data.shell_specs`).
 
     Raises:
-        DataError: if no shard matches.
+        DataError: if no shard matches, or a shard would run a shell command nobody allowed.
     """
+    count = 1
+    for first, last in _BRACE_RANGE.findall(pattern):
+        count *= max(1, int(last) - int(first) + 1)
+    if count > MAX_SHARDS:
+        raise DataError(f"shard pattern {pattern!r} names {count} shards; at most {MAX_SHARDS} are accepted")
     try:
         candidates = wds.shardlists.expand_urls(pattern)
     except AssertionError as exc:  # raised by webdataset for an unset ${WDS_...} variable
         raise DataError(f"bad shard pattern {pattern!r}: {exc}") from None
 
+    check_shell_location(pattern, candidates)  # before anything could open (and so run) a pipe: shard
     shards: list[str] = []
     missing: list[str] = []
     for url in candidates:
