@@ -243,9 +243,9 @@ def read_cell(folder: Path) -> dict[str, Any] | None:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)  # the marker appears whole or not at all
+    from maskclip_core.atomic_write import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")  # the marker appears whole or not at all
 
 
 def evaluate_cell(ckpt: Path, records_dir: Path, eval_spec: EvalSpec, seed: int) -> dict[str, float]:

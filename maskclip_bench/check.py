@@ -64,6 +64,12 @@ class CheckSettings:
                 ok, values[key] = True, float(value)
             if not ok:
                 raise ConfigError(f"baseline setting '{key}' must be a {want.__name__}, got {value!r}")
+        if "model" in values:
+            from maskclip_core.towers import available_models
+
+            if values["model"] not in available_models():
+                raise ConfigError(f"baseline setting 'model' is {values['model']!r}, not a built-in open_clip or "
+                                  "maskclip-bench config; a baseline file never makes the check download a model")
         if "pipe:" in values.get("data", ""):
             # A baseline file can arrive in a pull request: it never gets to run a shell command.
             raise ConfigError("baseline setting 'data' holds a 'pipe:' shell command, which a baseline file may "

@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, and rename it onto ``path``."""
     path = Path(path)
@@ -22,7 +31,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO],
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the mode open() would have given
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -33,9 +42,3 @@ def write_bytes_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO],
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; a symlink at ``path`` is replaced, not followed."""
     return write_bytes_atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import torch
 
 from . import faults
+from .atomic_write import write_text_atomic
 from .errors import CheckpointError
 
 FORMAT = "maskclip-bench/1"
@@ -49,12 +50,7 @@ class _HashingWriter:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, text)  # a fresh temporary name: a planted symlink at a fixed one is never followed
 
 
 def _sidecar(path: Path) -> Path:

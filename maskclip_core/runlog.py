@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from .atomic_write import write_text_atomic
 
 
 class MetricsLog:
@@ -28,10 +29,9 @@ class MetricsLog:
 
 
 def _replace_text(path: Path, text: str) -> None:
-    """Rewrite atomically: a kill during the rewrite must not lose the lines that are kept."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Rewrite atomically: a kill during the rewrite must not lose the lines that are kept (and a symlink in the
+    run folder is replaced, never written through)."""
+    write_text_atomic(path, text)
 
 
 def _step_of(line: str) -> float:

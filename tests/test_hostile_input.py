@@ -87,6 +87,16 @@ def test_pipe_spec_in_a_baseline_file_is_refused(tmp_path, capsys, no_shell_trus
     assert not marker.exists()
 
 
+def test_baseline_naming_a_hub_model_is_refused(tmp_path, capsys):
+    from maskclip_bench.check import BASELINE_FORMAT
+
+    baseline = tmp_path / "ci.json"
+    baseline.write_text(json.dumps({"format": BASELINE_FORMAT, "metrics": {},
+                                    "settings": {"model": "hf-hub:someone/some-model"}}))
+    code, err = _cli(capsys, "check", "--baseline", str(baseline))
+    assert code == 2 and len(err) == 1 and "'model'" in err[0] and "download" in err[0], err
+
+
 def test_baseline_settings_of_the_wrong_type_are_one_line(tmp_path, capsys):
     from maskclip_bench.check import BASELINE_FORMAT
 
@@ -150,6 +160,16 @@ def test_saved_hf_hub_model_name_is_refused_without_network(tmp_path, monkeypatc
     save_checkpoint(_tiny_state(name="hf-hub:someone/some-model"), path)
     with pytest.raises(CheckpointError, match="hf-hub:someone/some-model.*refused"):
         load_model(str(path))
+
+
+def test_resume_from_a_run_folder_naming_a_hub_model_is_refused(tmp_path, capsys):
+    from maskclip_core.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.model.name = "hf-hub:someone/some-model"
+    cfg.save(tmp_path / "config.json")
+    code, err = _cli(capsys, "train", "--resume", "--out", str(tmp_path), "--quiet")
+    assert code == 2 and len(err) == 1 and "hf-hub:someone/some-model" in err[0] and "refused" in err[0], err
 
 
 # Row: a `local-dir:` folder with a config and no weights -------------------------------------------------------
