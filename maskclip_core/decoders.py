@@ -17,6 +17,13 @@ from torch import nn
 from .attention import key_padding_mask
 
 
+def decoder_dims(encoder_width: int, decoder_width: int = 0, decoder_heads: int = 0) -> tuple[int, int]:
+    """(width, heads) of the image decoder: 0 means half the encoder's width (at least 32; MAE's "small decoder")
+    and width // 32 heads (at least 1)."""
+    width = decoder_width or max(encoder_width // 2, 32)
+    return width, decoder_heads or max(1, width // 32)
+
+
 class ImageDecoder(nn.Module):
     """Predicts a target vector for every masked patch from the visible tokens (incl. CLS)."""
 

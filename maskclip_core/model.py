@@ -12,7 +12,7 @@ from open_clip import ClipLoss
 from torch import nn
 
 from .config import MethodConfig
-from .decoders import ImageDecoder, MaskedTokenHead, PrototypeHead, TextDecoder
+from .decoders import ImageDecoder, MaskedTokenHead, PrototypeHead, TextDecoder, decoder_dims
 from .encoders import check_vit, encode_image_tokens, encode_text_hidden, padding_positions, text_tower
 from .losses import contrastive_loss, feature_distill_loss, mlm_loss, pixel_targets, soft_distill_loss
 
@@ -44,8 +44,7 @@ class MaskCLIP(nn.Module):
         visual = check_vit(clip.visual)
         width = visual.conv1.out_channels
         self.patch_size = visual.patch_size[0]
-        dec_width = cfg.decoder_width or max(width // 2, 32)
-        dec_heads = cfg.decoder_heads or max(1, dec_width // 32)
+        dec_width, dec_heads = decoder_dims(width, cfg.decoder_width, cfg.decoder_heads)
         out_dim = self.patch_size * self.patch_size * 3 if cfg.distill_target == "pixel" else width
         if cfg.w_distill > 0:
             if cfg.decoder_depth == 0:  # no decoder: the encoder sees mask tokens (method.md step 4)

@@ -46,11 +46,12 @@ def trust_typed_data_spec(cfg: TrainConfig, flags: dict[str, object], overrides:
 def check_decoder_heads(cfg: TrainConfig) -> None:
     """One line, not an assertion deep in torch, when the image decoder's heads do not divide its width.
 
-    The width defaults from the image tower (as `maskclip_core.model.MaskCLIP` resolves it: half the tower's
-    width, at least 32; heads: width // 32), so this needs the model's open_clip config.
+    The width defaults from the image tower (`maskclip_core.decoders.decoder_dims`), so this needs the model's
+    open_clip config.
     """
     import open_clip
 
+    from maskclip_core.decoders import decoder_dims
     from maskclip_core.errors import ConfigError
     from maskclip_core.towers import register_model_configs
 
@@ -62,7 +63,7 @@ def check_decoder_heads(cfg: TrainConfig) -> None:
     tower_width = vision.get("width")
     if m.decoder_width == 0 and not isinstance(tower_width, int):
         return  # not a ViT config open_clip knows here; the model build reports it
-    width = m.decoder_width or max(tower_width // 2, 32)
+    width, _ = decoder_dims(tower_width or 0, m.decoder_width)
     if width % m.decoder_heads:
         raise ConfigError(f"method.decoder_heads ({m.decoder_heads}) must divide the image decoder's width "
                           f"({width}{'' if m.decoder_width else ', half the image tower width'})")
