@@ -18,6 +18,8 @@ def demo_command(
     suite: str = typer.Option("quick", help="evaluation suite (see `maskclip-bench eval --help`)"),
     precision: str = typer.Option("bf16", help="fp32 or bf16 (autocast; uses AMX where the CPU has it)"),
     seed: int = typer.Option(0),
+    shapes: str = typer.Option("", "--shapes", help="options of the suite's shapes tasks, e.g. "
+                                                    "test=200,train=400,val=100 (default: the suite's sizes)"),
 ) -> None:
     """Train clip and maskclip on `shapes`, evaluate both, print the comparison."""
     import os
@@ -49,7 +51,7 @@ def demo_command(
             run = train(cfg, on_log=progress.on_log, on_step=progress.on_step)
         console.print(f"[bold]{method}[/bold]: {run.steps} steps in {run.wall_time_s:.0f}s")
         results[method] = execute(
-            lambda session: plan_suite(session, suite, [], templates=None),
+            lambda session: plan_suite(session, suite, [f"shapes:{shapes}"] if shapes else [], templates=None),
             specs=(), ckpt=str(out / method / "checkpoints" / "last.pt"), model=None, batch_size=250,
             results_dir=str(out / "records"), seed=seed, workers=1, device="cpu", cache_dir=None, no_cache=True,
             # One torch thread + one rendering worker: on 2 cores, 2 threads spin against sklearn's BLAS.
