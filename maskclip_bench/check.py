@@ -249,6 +249,17 @@ def load_baseline(path: Path) -> dict[str, Any]:
     return data
 
 
+def settings_of(path: Path) -> CheckSettings:
+    """The settings of an existing baseline file of any format version (what --update keeps); defaults without one."""
+    if not path.is_file():
+        return CheckSettings()
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"baseline {path} is not valid JSON: {exc}") from None
+    return CheckSettings.from_dict(data.get("settings", {}) if isinstance(data, dict) else {})
+
+
 def write_baseline(path: Path, baseline: Mapping[str, Any]) -> None:
     """Write the baseline file (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -154,6 +154,17 @@ def test_load_baseline_refuses_at_chance_and_old_files(tmp_path):
         check.load_baseline(path)
 
 
+def test_update_keeps_the_settings_of_an_older_baseline_format(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "maskclip-bench/ci-baseline/1", "settings": {"steps": 12, "seed": 3},
+                                "metrics": {}}))
+    assert check.settings_of(path) == check.CheckSettings(steps=12, seed=3)
+    assert check.settings_of(tmp_path / "none.json") == check.CheckSettings()
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        check.settings_of(path)
+
+
 def test_chance_levels_of_the_check_metrics():
     levels = check.chance_levels(check.CheckSettings(test_size=300))
     # 10 colours, 10 shapes, 100 pairs; one caption per image: 5 of 300 candidates

@@ -36,8 +36,7 @@ def check_command(
             raise ConfigError("--set perturbs a checked run; a baseline is written from the unperturbed settings")
         if seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-        settings = (check.CheckSettings.from_dict(check.load_baseline(baseline)["settings"])
-                    if baseline.is_file() else check.CheckSettings())
+        settings = check.settings_of(baseline)  # an older format's settings are kept too
         if steps is not None:
             settings.steps = steps
         if threads is not None:
