@@ -97,8 +97,13 @@ def test_issue_report_run_fails():
 def test_build_baseline_tolerance_from_seed_spread(tmp_path):
     settings = check.CheckSettings(steps=7, seed=5)
     runs = [{"a/acc1": 0.5, "train/loss": 3.0}, {"a/acc1": 0.6, "train/loss": 3.0}, {"a/acc1": 0.7, "train/loss": 3.0}]
-    data = check.build_baseline(settings, runs, "maskclip-bench check --update", k=3.0, chance={"a/acc1": 0.1})
+    data = check.build_baseline(settings, runs, "maskclip-bench check --update", k=3.0, chance={"a/acc1": 0.1},
+                                wall_time_s=12.5)
     assert data["metrics"]["a/acc1"]["value"] == 0.5  # the fixed seed's own value
+    assert data["metrics"]["a/acc1"]["seed_values"] == [0.5, 0.6, 0.7]
+    assert data["metrics"]["a/acc1"]["mean"] == pytest.approx(0.6) and data["metrics"]["a/acc1"]["std"] == pytest.approx(0.1)
+    assert data["wall_time_s_per_run"] == 12.5 and "3.0 * std" in data["tolerance_rule"]
+    assert data["dropped_at_chance"] == {}
     assert data["metrics"]["a/acc1"]["tolerance"] == pytest.approx(0.3)  # 3 * sample std 0.1
     assert data["metrics"]["a/acc1"]["chance"] == 0.1 and data["metrics"]["a/acc1"]["direction"] == "higher"
     assert data["metrics"]["train/loss"]["tolerance"] == check.LOSS_FLOOR  # no spread: the floor
@@ -112,18 +117,29 @@ def test_build_baseline_tolerance_from_seed_spread(tmp_path):
         check.load_baseline(tmp_path / "none.json")
     one = check.build_baseline(settings, runs[:1], "c", chance={"a/acc1": 0.1})
     assert one["metrics"]["a/acc1"]["tolerance"] == check.TOLERANCE_FLOOR and one["seeds"] == [5]
+    two = check.build_baseline(settings, runs[:2], "c", chance={"a/acc1": 0.1})  # stdev(0.5, 0.6) = 0.0707
+    assert two["metrics"]["a/acc1"]["tolerance"] == pytest.approx(3 * 0.1 / 2 ** 0.5)
+    with pytest.raises(ConfigError, match="a baseline needs at least one run"):
+        check.build_baseline(settings, [], "c")
+    # without explicit chance levels, the check's own (shape: 10 classes)
+    own = check.build_baseline(check.CheckSettings(), [{"shapes/shape/acc1": 0.5}], "c")
+    assert own["metrics"]["shapes/shape/acc1"]["chance"] == pytest.approx(0.1)
 
 
 def test_build_baseline_refuses_a_tolerance_reaching_chance():
     settings = check.CheckSettings()
     # 0.12 - 3 * std(0.12, 0.10, 0.11) = 0.12 - 0.03 = 0.09 <= chance 0.1
-    runs = [{"a/acc1": 0.12, "b/acc1": 0.6, "train/loss": 3.0}, {"a/acc1": 0.10, "b/acc1": 0.62, "train/loss": 3.1},
-            {"a/acc1": 0.11, "b/acc1": 0.61, "train/loss": 3.2}]
-    chance = {"a/acc1": 0.1, "b/acc1": 0.1}
-    with pytest.raises(ConfigError, match=r"tolerance reaches chance for a/acc1 .*--drop-at-chance"):
+    runs = [{"a/acc1": 0.12, "b/acc1": 0.6, "c/acc1": 0.1, "train/loss": 3.0},
+            {"a/acc1": 0.10, "b/acc1": 0.62, "c/acc1": 0.1, "train/loss": 3.1},
+            {"a/acc1": 0.11, "b/acc1": 0.61, "c/acc1": 0.1, "train/loss": 3.2}]
+    chance = {"a/acc1": 0.1, "b/acc1": 0.1, "c/acc1": 0.1}
+    with pytest.raises(ConfigError) as refused:
         check.build_baseline(settings, runs, "c", chance=chance)
+    assert str(refused.value) == ("tolerance reaches chance for a/acc1 (0.1200 - 0.0300 <= chance 0.1), c/acc1 "
+                                  "(0.1000 - 0.0200 <= chance 0.1); train longer, or leave them out with "
+                                  "--drop-at-chance")
     data = check.build_baseline(settings, runs, "c", chance=chance, drop_at_chance=True)
-    assert set(data["metrics"]) == {"b/acc1", "train/loss"} and set(data["dropped_at_chance"]) == {"a/acc1"}
+    assert set(data["metrics"]) == {"b/acc1", "train/loss"} and set(data["dropped_at_chance"]) == {"a/acc1", "c/acc1"}
     # a metric without a known chance level is refused too; losses need none
     with pytest.raises(ConfigError, match="b/acc1"):
         check.build_baseline(settings, runs, "c", chance={"a/acc1": 0.0})
@@ -160,6 +176,9 @@ def test_update_keeps_the_settings_of_an_older_baseline_format(tmp_path):
                                 "metrics": {}}))
     assert check.settings_of(path) == check.CheckSettings(steps=12, seed=3)
     assert check.settings_of(tmp_path / "none.json") == check.CheckSettings()
+    for text in ('{"format": "x"}', "[1, 2]"):  # no settings recorded: the defaults
+        path.write_text(text)
+        assert check.settings_of(path) == check.CheckSettings()
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         check.settings_of(path)
@@ -261,12 +280,18 @@ def test_check_cli_passes_set_to_the_run(tmp_path, monkeypatch):
     seen = {}
 
     def fake_measure(settings, seed=None, workdir=None, overrides=(), wanted=None):
-        seen.update(overrides=list(overrides), wanted=sorted(wanted))
+        seen.update(settings=settings, overrides=list(overrides), wanted=sorted(wanted))
         return {**HEALTHY, "train/loss_distill": 0.0}
 
     monkeypatch.setattr(check, "measure", fake_measure)
     path = tmp_path / "b.json"
-    check.write_baseline(path, _baseline(**LOSSES))
+    check.write_baseline(path, {**_baseline(**LOSSES), "settings": {"steps": 7}})
     result = CliRunner().invoke(app, ["check", "--baseline", str(path), "--set", "w_distill=0"])
     assert result.exit_code == 1 and "train/loss_distill" in result.output and "w_distill=0" in result.output
-    assert seen == {"overrides": ["w_distill=0"], "wanted": sorted(LOSSES)}
+    assert seen == {"settings": check.CheckSettings(steps=7), "overrides": ["w_distill=0"], "wanted": sorted(LOSSES)}
+    # a baseline dict without settings runs the default ones
+    bare = _baseline(**LOSSES)
+    del bare["settings"]
+    outcome = check.run_check(bare)
+    assert seen["settings"] == check.CheckSettings() and seen["overrides"] == []
+    assert [f.metric for f in outcome.failures] == ["train/loss_distill"] and outcome.wall_time_s >= 0

@@ -175,10 +175,13 @@ def test_chance_levels_against_brute_force_enumeration():
         hits = sum(any(c < m for c in order[:k]) for order in orders)
         assert recall_at_k_chance(n, m, k) == pytest.approx(hits / len(orders)), (n, m, k)
     assert recall_at_k_chance(300, 1, 5) == pytest.approx(5 / 300)
-    with pytest.raises(ValueError):
-        recall_at_k_chance(5, 0, 1)
-    with pytest.raises(ValueError):
-        topk_accuracy_chance(0)
+    assert recall_at_k_chance(3, 3, 1) == 1.0 and topk_accuracy_chance(1) == 1.0  # nothing to get wrong
+    for bad in ((5, 0, 1), (5, 6, 1), (5, 1, 0)):
+        with pytest.raises(ValueError, match="need 0 < n_positives <= n_candidates and k >= 1"):
+            recall_at_k_chance(*bad)
+    for bad in ((0, 1), (3, 0)):
+        with pytest.raises(ValueError, match="need n_classes >= 1 and k >= 1"):
+            topk_accuracy_chance(*bad)
 
 
 # ---------------------------------------------------------------- comparison verdict
@@ -198,11 +201,22 @@ def test_verdict_every_branch():
     # unequal seed counts: sqrt(0.06**2 / 9 + 0.08**2 / 4) = sqrt(0.0004 + 0.0016) = 0.0447; 2 s.e. = 0.0894
     assert verdict(_row(0.092, 0.06, 9, 0.08, 4)) == "yes"
     assert verdict(_row(0.087, 0.06, 9, 0.08, 4)) == "within noise (|Δ| < 2 s.e.)"
+    # two seeds a side is enough for an error bar: sqrt(0.06**2 / 2 + 0.08**2 / 2) = sqrt(0.005) = 0.0707
+    assert verdict(_row(0.15, 0.06, 2, 0.08, 2)) == "yes"
+    assert verdict(_row(0.15, 0.06, 2, 0.08, 4)) == "yes" and verdict(_row(0.15, 0.06, 4, 0.08, 2)) == "yes"
+    assert verdict(_row(-0.15, 0.06, 2, 0.08, 2)) == "no: reversed"
+    # a side whose std is unknown (NaN) adds nothing to the s.e.: here sqrt(0.08**2 / 4) = 0.04
+    assert verdict(_row(0.1, math.nan, 3, 0.08, 4)) == "yes"
+    assert verdict(_row(0.07, math.nan, 3, 0.08, 4)) == "within noise (|Δ| < 2 s.e.)"
     # one seed on either side: no error bar, the sign only
     assert verdict(_row(0.5, math.nan, 1, 0.08, 4)) == "yes (one seed, no error bar)"
     assert verdict(_row(-0.5, 0.06, 4, math.nan, 1)) == "no (one seed, no error bar)"
     assert verdict(_row(0.0, math.nan, 1, math.nan, 1)) == "no (one seed, no error bar)"
+    # exactly 2 s.e. is not enough either way: sqrt(0 / 4 + 2**2 / 4) = 1, so 2 s.e. = 2 (exact in floating point)
+    assert verdict(_row(2.0, 0.0, 4, 2.0, 4)) == "within noise (|Δ| < 2 s.e.)"
+    assert verdict(_row(-2.0, 0.0, 4, 2.0, 4)) == "within noise (|Δ| < 2 s.e.)"
     # several seeds that all agree exactly: no spread, so no error bar either
+    assert verdict(_row(0.02, 0.0, 2, 0.0, 2)) == "yes (no spread over seeds, no error bar)"
     assert verdict(_row(0.02, 0.0, 3, 0.0, 3)) == "yes (no spread over seeds, no error bar)"
     assert verdict(_row(-0.02, 0.0, 3, 0.0, 3)) == "no (no spread over seeds, no error bar)"
     assert verdict(_row(math.nan, 0.06, 4, 0.08, 4)) == "not measured"
