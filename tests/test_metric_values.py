@@ -108,6 +108,31 @@ def test_linear_probe_reports_balanced_recall_not_accuracy():
     assert metrics["lp_acc5"] == 1.0  # top-min(5, 3): all 3 classes
 
 
+def test_linear_probe_standardises_features_and_uses_the_given_grid():
+    # The only informative dimension is 1000x smaller than the noise dimensions. Standardised (CLIP's protocol),
+    # C = 0.05 separates the classes; on raw features that penalty zeroes its weight and the probe is at chance.
+    rng = np.random.default_rng(0)
+
+    def split(n: int):
+        y = np.arange(n) % 2
+        x = rng.normal(size=(n, 4))
+        x[:, 0] = 1e-3 * (2 * y - 1 + 0.2 * rng.normal(size=n))
+        return x, y
+
+    metrics = evaluate_linear_probe(*split(60), *split(40), *split(60), C_grid=[0.05])
+    assert metrics["lp_C"] == 0.05 and metrics["lp_acc1"] >= 0.95
+    # no grid given: the default log-spaced one, 1e-4 .. 1e4
+    default = evaluate_linear_probe(*split(60), *split(40), *split(60))
+    assert default["lp_C"] in [10.0 ** e for e in range(-4, 5)]
+
+
+def test_linear_probe_accepts_tensors_that_require_grad():
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = _regularisation_task()
+    metrics = evaluate_linear_probe(x_tr.requires_grad_(), y_tr, x_val.requires_grad_(), y_val,
+                                    x_te.requires_grad_(), y_te, C_grid=[1.0])
+    assert 0.0 <= metrics["lp_acc1"] <= 1.0
+
+
 # ---------------------------------------------------------------- zero-shot metrics from logits
 
 
