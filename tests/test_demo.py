@@ -21,9 +21,9 @@ def test_demo_smoke(tmp_path, capsys, one_thread):
         assert (out / method / "checkpoints" / "last.pt").is_file()
     records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     # the quick suite: zero-shot, retrieval and linear probe, for both methods, on the small sets asked for
-    assert sorted((r["task"], r["checkpoint_kind"]) for r in records) == sorted(
-        (task, kind) for task in ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
-        for kind in ("clip", "maskclip"))
+    assert sorted((r["task"], r["train_config"]["method"]["name"]) for r in records) == sorted(
+        (task, method) for task in ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+        for method in ("clip", "maskclip"))
     assert all(r["num_samples"] == 40 for r in records)
     # the side-by-side table: a row per metric of both methods, with the difference
     assert "clip vs maskclip on shapes (2 steps, batch 8, seed 0)" in printed
