@@ -29,6 +29,8 @@ def test_trained_checkpoint_beats_an_untrained_vit_on_the_dense_probe(tiny_check
     untrained_path = tmp_path / "untrained.pt"
     torch.save(create_clip(MODEL).state_dict(), untrained_path)
     untrained = _dense(str(untrained_path), tmp_path / "untrained", "--model", MODEL)
-    print("trained", trained, "untrained", untrained)
-    assert trained["miou"] > untrained["miou"] + 0.0, (trained, untrained)
-    assert trained["pixel_acc"] > untrained["pixel_acc"] + 0.0, (trained, untrained)
+    # Measured (AMD EPYC, AVX2; the 30-step shared checkpoint): trained miou 0.0406 / pixel_acc 0.408, untrained
+    # 0.0273 / 0.229. A random ViT's tokens keep local colour, so it is no pushover; the margins asked here are
+    # about half of the measured ones.
+    assert trained["pixel_acc"] > untrained["pixel_acc"] + 0.09, (trained, untrained)
+    assert trained["miou"] > 1.25 * untrained["miou"], (trained, untrained)
