@@ -174,7 +174,7 @@ def compare(metrics: Mapping[str, float], baseline: Mapping[str, Any]) -> list[F
     failures = []
     for name, entry in baseline["metrics"].items():
         ref, tol = float(entry["value"]), float(entry["tolerance"])
-        how = entry.get("direction", direction(name))
+        how = entry["direction"]  # "higher" or "both" (load_baseline checks)
         value = metrics.get(name)
         if value is None:
             failures.append(Failure(name, None, ref, tol, how))

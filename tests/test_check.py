@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,10 @@ def test_compare_names_the_failing_metric():
     assert [f.metric for f in failures] == ["shapes/color/acc1", "train/loss"]
     assert "shapes/color/acc1" in str(failures[0]) and "below" in str(failures[0]) and "above" in str(failures[1])
     missing = check.compare({}, ok)
-    assert {f.metric for f in missing} == {"shapes/color/acc1", "train/loss"} and "missing" in str(missing[0])
+    assert missing == [check.Failure("shapes/color/acc1", None, 0.52, 0.05, "higher"),
+                       check.Failure("train/loss", None, 3.98, 0.05, "both")]
+    assert str(missing[1]) == "train/loss: missing (baseline 3.9800)"
+    assert str(failures[1]) == ("train/loss = 4.0000 is above its baseline 3.0000 by more than the tolerance 0.1000")
 
 
 def test_compare_tolerance_edges():
@@ -157,7 +161,8 @@ def test_load_baseline_refuses_at_chance_and_old_files(tmp_path):
     check.write_baseline(path, good)
     assert check.load_baseline(path) == good
     for metric, entry, message in (
-            ("a/acc1", {"value": 0.5, "tolerance": 0.4, "direction": "higher", "chance": 0.1}, "chance level"),
+            ("a/acc1", {"value": 0.5, "tolerance": 0.4, "direction": "higher", "chance": 0.1},
+             "the tolerance of a/acc1 reaches its chance level 0.1, so it cannot detect a broken model"),
             ("a/acc1", {"value": 0.5, "tolerance": 0.1, "direction": "higher"}, "chance level"),
             ("train/loss", {"value": 3.0, "tolerance": 0.05, "direction": "lower"}, "direction")):
         bad = json.loads(json.dumps(good))
@@ -167,6 +172,9 @@ def test_load_baseline_refuses_at_chance_and_old_files(tmp_path):
             check.load_baseline(path)
     check.write_baseline(path, {**good, "format": "maskclip-bench/ci-baseline/1"})
     with pytest.raises(ConfigError, match="--update"):
+        check.load_baseline(path)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
         check.load_baseline(path)
 
 
@@ -281,6 +289,7 @@ def test_check_cli_passes_set_to_the_run(tmp_path, monkeypatch):
 
     def fake_measure(settings, seed=None, workdir=None, overrides=(), wanted=None):
         seen.update(settings=settings, overrides=list(overrides), wanted=sorted(wanted))
+        time.sleep(0.05)
         return {**HEALTHY, "train/loss_distill": 0.0}
 
     monkeypatch.setattr(check, "measure", fake_measure)
@@ -294,4 +303,4 @@ def test_check_cli_passes_set_to_the_run(tmp_path, monkeypatch):
     del bare["settings"]
     outcome = check.run_check(bare)
     assert seen["settings"] == check.CheckSettings() and seen["overrides"] == []
-    assert [f.metric for f in outcome.failures] == ["train/loss_distill"] and outcome.wall_time_s >= 0
+    assert [f.metric for f in outcome.failures] == ["train/loss_distill"] and 0.05 <= outcome.wall_time_s < 60
