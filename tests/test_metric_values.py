@@ -247,3 +247,37 @@ def test_verdict_every_branch():
     assert verdict(_row(math.nan, 0.06, 4, 0.08, 4)) == "not measured"
     assert verdict(pd.Series({"diff": None, "clip_std": 0.1, "clip_n": 3, "maskclip_std": 0.1, "maskclip_n": 3})) \
         == "not measured"
+
+
+# ---------------------------------------------------------------- dense probe metrics
+
+
+def test_confusion_matrix_ignores_out_of_range_and_ignore_labels():
+    from maskclip_bench.evaluators.dense import confusion_matrix
+
+    # target: 0, 1, 2 valid; -1, 3 (= num_classes) and 255 (ignore) must not count anywhere
+    target = torch.tensor([0, 1, 2, -1, 3, 255, 1])
+    pred = torch.tensor([0, 2, 2, 0, 1, 1, 1])
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for t, p in ((0, 0), (1, 2), (2, 2), (1, 1)):  # rows: target, columns: prediction
+        expected[t, p] += 1
+    assert torch.equal(confusion_matrix(pred, target, num_classes=3), expected)
+    # with more than 255 classes, 255 is a class unless it is the ignore index (the default)
+    many = confusion_matrix(torch.tensor([255, 7]), torch.tensor([255, 7]), num_classes=300)
+    assert many.sum() == 1 and many[7, 7] == 1
+    kept = confusion_matrix(torch.tensor([255, 7]), torch.tensor([255, 7]), num_classes=300, ignore_index=-100)
+    assert kept.sum() == 2 and kept[255, 255] == 1
+
+
+def test_segmentation_metrics_classes_with_one_pixel_and_empty_input():
+    from maskclip_bench.evaluators.dense import segmentation_metrics
+
+    # class 0: its 3 pixels right; class 1: its one pixel predicted as class 0 (a class of union exactly 1)
+    confusion = torch.tensor([[3, 0, 0],
+                              [1, 0, 0],
+                              [0, 0, 0]])
+    # IoU class 0: hits 3 / (row 3 + column 4 - 3) = 3/4; class 1: 0 / (1 + 0 - 0) = 0; class 2 absent (union 0)
+    metrics = segmentation_metrics(confusion)
+    assert metrics["miou"] == pytest.approx((3 / 4 + 0) / 2) and metrics["pixel_acc"] == pytest.approx(3 / 4)
+    empty = segmentation_metrics(torch.zeros(3, 3, dtype=torch.long))
+    assert math.isnan(empty["miou"]) and math.isnan(empty["pixel_acc"])
