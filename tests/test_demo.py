@@ -6,8 +6,10 @@ import json
 import pytest
 
 
-def test_demo_smoke(tmp_path, capsys, one_thread):
+def test_demo_smoke(tmp_path, capsys, monkeypatch, one_thread):
     from maskclip_bench.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps the table's rows at 80 columns otherwise
 
     out = tmp_path / "demo"
     with pytest.raises(SystemExit) as exit_info:
