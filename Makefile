@@ -8,7 +8,7 @@ TEST_WORKERS ?= 2
 # The stamp changes whenever pyproject.toml does, so dependency edits reinstall.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,5 +27,15 @@ test: install
 bench: install
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=mean,stddev,rounds
 
+# Mutation testing (not part of `make test`; CPU-heavy): mutmut over the modules and fast tests named in
+# pyproject.toml's [tool.mutmut], then the score per module. MUTANTS narrows the run to mutant-name globs,
+# e.g. MUTANTS='maskclip_bench.check.*'; MUTATE_JOBS sets the parallel workers. See results/mutation.md.
+MUTANTS     ?=
+MUTATE_JOBS ?= 1
+mutate: install
+	@$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install -q --disable-pip-version-check 'mutmut>=3.8,<4'
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	$(BIN)/python tests/tools/mutation_score.py mutants
+
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks
+	rm -rf $(VENV) .pytest_cache .benchmarks mutants

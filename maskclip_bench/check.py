@@ -2,13 +2,17 @@
 its metrics with a committed baseline (``results/baselines/ci.json``).
 
 The baseline file holds the exact settings, the command that wrote it, and per metric the value at the fixed
-seed, the spread over seeds and the tolerance (``max(k * std over seeds, floor)``). A metric fails when it is
-worse than its baseline value by more than its tolerance ("higher" metrics: below; "lower" ones, the final
-training loss: above).
+seed, the spread over seeds, the tolerance (``max(k * std over seeds, floor)``) and the chance level. An
+evaluation metric ("higher") fails when it is below its baseline value by more than its tolerance; a training
+loss ("both") fails when it is off its baseline by more than its tolerance on EITHER side, because a loss term
+that vanishes (a weight set to 0, a term dropped from the sum) breaks learning as surely as one that explodes;
+any baseline metric missing from the run fails too. A "higher" metric whose tolerance reaches down to its chance
+level could not tell a broken model from a working one: such a baseline is refused when written and when read.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -19,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from maskclip_core.errors import ConfigError
 
-BASELINE_FORMAT = "maskclip-bench/ci-baseline/1"
+BASELINE_FORMAT = "maskclip-bench/ci-baseline/2"  # 2: chance levels, two-sided losses
 TOLERANCE_K = 3.0  # tolerance = max(K * std over seeds, floor)
 TOLERANCE_FLOOR = 0.02
 LOSS_FLOOR = 0.05  # the final loss is on another scale (nats) than accuracies
@@ -77,9 +81,9 @@ class CheckSettings:
         return cls(**values)
 
 
-def train_config(settings: CheckSettings, seed: int, out: Path) -> Any:
-    """The TrainConfig of one check run."""
-    from maskclip_core.config import TrainConfig, validate
+def train_config(settings: CheckSettings, seed: int, out: Path, overrides: Sequence[str] = ()) -> Any:
+    """The TrainConfig of one check run; `overrides` (``key=value``, as ``train --set``) perturb it on purpose."""
+    from maskclip_core.config import TrainConfig, apply_overrides, validate
 
     cfg = TrainConfig.from_dict({
         "model": {"name": settings.model}, "method": {"name": settings.method},
@@ -89,7 +93,7 @@ def train_config(settings: CheckSettings, seed: int, out: Path) -> Any:
                 "threads": settings.threads, "precision": settings.precision, "log_every": settings.steps,
                 "checkpoint_every": 1_000_000},
     })
-    return validate(cfg)
+    return validate(apply_overrides(cfg, list(overrides)))
 
 
 def eval_specs(settings: CheckSettings) -> list[str]:
@@ -100,8 +104,26 @@ def eval_specs(settings: CheckSettings) -> list[str]:
     return specs
 
 
-def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | None = None) -> dict[str, float]:
-    """Train once and evaluate; return {metric: value} (``<dataset>/<metric>`` and ``train/loss``)."""
+def chance_levels(settings: CheckSettings) -> dict[str, float]:
+    """Chance level of every evaluation metric the check measures (shapes' class counts; one caption per image)."""
+    from maskclip_core.data.shapes import classnames
+
+    from .chance import recall_at_k_chance, topk_accuracy_chance
+
+    levels = {f"shapes/{t}/acc1": topk_accuracy_chance(len(classnames(t))) for t in settings.zeroshot_tasks}
+    if settings.retrieval:
+        for key in ("image_retrieval_recall@5", "text_retrieval_recall@5"):
+            levels[f"shapes/retrieval/{key}"] = recall_at_k_chance(settings.test_size, 1, 5)
+    return levels
+
+
+def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | None = None,
+            overrides: Sequence[str] = (), wanted: Sequence[str] | None = None) -> dict[str, float]:
+    """Train once and evaluate; return {metric: value} (``<dataset>/<metric>`` and ``train/<loss term>``).
+
+    `wanted` (metric names) limits the evaluation to the datasets they need: none at all when only losses are
+    wanted. `overrides` change the training config (to show what the check catches, never for a baseline).
+    """
     os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm's import: CLIP_benchmark's per-class bars
     import torch
 
@@ -112,9 +134,10 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="maskclip-check-", dir=workdir) as tmp:
         try:
-            run = train(train_config(settings, seed, Path(tmp)))
-            specs = eval_specs(settings)
-            results = execute(
+            run = train(train_config(settings, seed, Path(tmp), overrides))
+            specs = [s for s in eval_specs(settings)
+                     if wanted is None or any(m.startswith(s.split(":", 1)[0] + "/") for m in wanted)]
+            results = [] if not specs else execute(
                 lambda session: _plan(session, specs), specs=tuple(specs),
                 ckpt=str(Path(tmp) / "checkpoints" / "last.pt"), model=None, batch_size=max(settings.test_size, 1),
                 results_dir=str(Path(tmp) / "records"), seed=0, workers=0, device="cpu", cache_dir=None,
@@ -145,8 +168,8 @@ def _plan(session: Any, specs: Sequence[str]) -> list[Any]:
 
 
 def direction(metric: str) -> str:
-    """"lower" for losses, "higher" for everything else."""
-    return "lower" if metric.startswith("train/") else "higher"
+    """"both" (two-sided) for training losses, "higher" for everything else."""
+    return "both" if metric.startswith("train/") else "higher"
 
 
 @dataclass
@@ -162,7 +185,7 @@ class Failure:
     def __str__(self) -> str:
         if self.value is None:
             return f"{self.metric}: missing (baseline {self.baseline:.4f})"
-        word = "below" if self.direction == "higher" else "above"
+        word = "below" if self.value < self.baseline else "above"
         return (f"{self.metric} = {self.value:.4f} is {word} its baseline {self.baseline:.4f} by more than the "
                 f"tolerance {self.tolerance:.4f}")
 
@@ -172,35 +195,53 @@ def compare(metrics: Mapping[str, float], baseline: Mapping[str, Any]) -> list[F
     failures = []
     for name, entry in baseline["metrics"].items():
         ref, tol = float(entry["value"]), float(entry["tolerance"])
-        how = entry.get("direction", direction(name))
+        how = entry["direction"]  # "higher" or "both" (load_baseline checks)
         value = metrics.get(name)
         if value is None:
             failures.append(Failure(name, None, ref, tol, how))
-        elif (how == "higher" and value < ref - tol) or (how == "lower" and value > ref + tol):
+        elif not math.isfinite(value) or value < ref - tol or (how == "both" and value > ref + tol):
             failures.append(Failure(name, float(value), ref, tol, how))
     return failures
 
 
+def reaches_chance(entry: Mapping[str, Any]) -> bool:
+    """Whether a "higher" baseline entry's tolerance reaches down to its chance level (or the chance is unknown)."""
+    if entry.get("direction") != "higher":
+        return False
+    chance = entry.get("chance")
+    return chance is None or float(entry["value"]) - float(entry["tolerance"]) <= float(chance)
+
+
 def build_baseline(settings: CheckSettings, runs: Sequence[Mapping[str, float]], command: str,
-                   k: float = TOLERANCE_K, wall_time_s: float | None = None) -> dict[str, Any]:
+                   k: float = TOLERANCE_K, wall_time_s: float | None = None,
+                   chance: Mapping[str, float] | None = None, drop_at_chance: bool = False) -> dict[str, Any]:
     """Baseline dict from runs at seeds ``settings.seed, +1, ...`` (the first is the check's own seed).
 
-    value = the fixed seed's metric (what the check reproduces); tolerance = max(k * std over seeds, floor).
+    value = the fixed seed's metric (what the check reproduces); tolerance = max(k * std over seeds, floor);
+    chance = the metric's chance level (`chance`, default `chance_levels(settings)`). A "higher" metric whose
+    value - tolerance is at or below its chance level raises ConfigError, or with `drop_at_chance` is left out
+    of ``metrics`` and listed under ``dropped_at_chance``.
     """
     if not runs:
         raise ConfigError("a baseline needs at least one run")
-    metrics = {}
+    chance = chance_levels(settings) if chance is None else chance
+    metrics, dropped = {}, {}
     for name in runs[0]:
         values = [float(r[name]) for r in runs if name in r]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        floor = LOSS_FLOOR if direction(name) == "lower" else TOLERANCE_FLOOR
-        metrics[name] = {"value": values[0], "tolerance": max(k * std, floor), "direction": direction(name),
-                         "mean": statistics.fmean(values), "std": std, "seed_values": values}
+        floor = LOSS_FLOOR if direction(name) == "both" else TOLERANCE_FLOOR
+        entry = {"value": values[0], "tolerance": max(k * std, floor), "direction": direction(name),
+                 "chance": chance.get(name), "mean": statistics.fmean(values), "std": std, "seed_values": values}
+        (dropped if reaches_chance(entry) else metrics)[name] = entry
+    if dropped and not drop_at_chance:
+        raise ConfigError("tolerance reaches chance for " + ", ".join(
+            f"{n} ({e['value']:.4f} - {e['tolerance']:.4f} <= chance {e['chance']})" for n, e in dropped.items())
+            + "; train longer, or leave them out with --drop-at-chance")
     return {
         "format": BASELINE_FORMAT, "command": command, "settings": _settings_dict(settings),
         "seeds": [settings.seed + i for i in range(len(runs))], "tolerance_rule": f"max({k} * std, floor "
-        f"{TOLERANCE_FLOOR} for metrics, {LOSS_FLOOR} for losses)",
-        "wall_time_s_per_run": wall_time_s, "metrics": metrics,
+        f"{TOLERANCE_FLOOR} for metrics, {LOSS_FLOOR} for losses); losses two-sided",
+        "wall_time_s_per_run": wall_time_s, "metrics": metrics, "dropped_at_chance": dropped,
     }
 
 
@@ -219,8 +260,25 @@ def load_baseline(path: Path) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
         raise ConfigError(f"baseline {path} is not valid JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT or not isinstance(data.get("metrics"), dict):
-        raise ConfigError(f"baseline {path} is not a {BASELINE_FORMAT} file")
+        raise ConfigError(f"baseline {path} is not a {BASELINE_FORMAT} file (rewrite it with --update)")
+    for name, entry in data["metrics"].items():
+        if not isinstance(entry, dict) or entry.get("direction") not in ("higher", "both"):
+            raise ConfigError(f"baseline {path}: metric {name} needs a direction 'higher' or 'both'")
+        if reaches_chance(entry):
+            raise ConfigError(f"baseline {path}: the tolerance of {name} reaches its chance level "
+                              f"{entry.get('chance')}, so it cannot detect a broken model")
     return data
+
+
+def settings_of(path: Path) -> CheckSettings:
+    """The settings of an existing baseline file of any format version (what --update keeps); defaults without one."""
+    if not path.is_file():
+        return CheckSettings()
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"baseline {path} is not valid JSON: {exc}") from None
+    return CheckSettings.from_dict(data.get("settings", {}) if isinstance(data, dict) else {})
 
 
 def write_baseline(path: Path, baseline: Mapping[str, Any]) -> None:
@@ -239,9 +297,9 @@ class CheckOutcome:
     wall_time_s: float = 0.0
 
 
-def run_check(baseline: Mapping[str, Any]) -> CheckOutcome:
-    """Run the check with the baseline's own settings and compare."""
+def run_check(baseline: Mapping[str, Any], overrides: Sequence[str] = ()) -> CheckOutcome:
+    """Run the check with the baseline's own settings (perturbed by `overrides`, ``key=value``) and compare."""
     settings = CheckSettings.from_dict(baseline.get("settings", {}))
     start = time.time()
-    metrics = measure(settings)
+    metrics = measure(settings, overrides=overrides, wanted=list(baseline["metrics"]))
     return CheckOutcome(metrics, compare(metrics, baseline), time.time() - start)

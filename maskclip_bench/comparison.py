@@ -128,8 +128,9 @@ def verdict(row: pd.Series) -> str:
         return "not measured"
     se = math.sqrt(sum((row[f"{m}_std"] ** 2) / row[f"{m}_n"] for m in ("clip", "maskclip")
                        if row[f"{m}_n"] > 1 and not math.isnan(row[f"{m}_std"])))
-    if se == 0 or row["clip_n"] < 2 or row["maskclip_n"] < 2:
-        return "yes (one seed, no error bar)" if diff > 0 else "no (one seed, no error bar)"
+    if row["clip_n"] < 2 or row["maskclip_n"] < 2 or se == 0:
+        why = "one seed" if min(row["clip_n"], row["maskclip_n"]) < 2 else "no spread over seeds"
+        return f"{'yes' if diff > 0 else 'no'} ({why}, no error bar)"
     if diff > 2 * se:
         return "yes"
     if diff < -2 * se:

@@ -52,7 +52,7 @@ def write_csv(tmp_path, header="filepath,title"):
 )
 def test_bad_input_gets_one_clear_line(tmp_path, args, message):
     r = run_cli("train", "--out", str(tmp_path / "x"), "--steps", "1", *args)
-    assert r.returncode != 0
+    assert r.returncode == 2, r.stderr
     err = r.stderr.strip()
     assert message in err, err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -61,6 +61,6 @@ def test_bad_input_gets_one_clear_line(tmp_path, args, message):
 def test_csv_without_named_columns(tmp_path):
     p = write_csv(tmp_path, header="path,caption")
     r = run_cli("train", "--data", f"csv:{p}", "--out", str(tmp_path / "x"), "--steps", "1")
-    assert r.returncode != 0
+    assert r.returncode == 2, r.stderr
     assert "no column" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

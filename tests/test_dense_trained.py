@@ -1,36 +1,36 @@
-"""The dense probe separates real patch features from noise: a trained checkpoint's tokens beat random tokens."""
+"""The dense probe tells trained patch features from untrained ones: a trained checkpoint's tokens beat those of
+the same ViT at its random initialisation (not just Gaussian noise), by a clear margin."""
 import json
 
 import torch
 
-from maskclip_bench.evaluators.dense import evaluate_dense_probe
+MODEL = "MaskCLIP-Tiny-8"
+SPEC = "shapes/dense:test=60,train=120"
 
 
-def test_trained_checkpoint_beats_random_features_on_the_dense_probe(tiny_checkpoint, tmp_path, one_thread):
+def _dense(ckpt: str, results, *extra: str) -> dict:
     from maskclip_bench.cli import main
 
-    results = tmp_path / "runs"
     try:
-        main(["dense", "--ckpt", str(tiny_checkpoint), "--dataset", "shapes/dense:test=60,train=120",
-              "--epochs", "5", "--results-dir", str(results), "--no-cache", "--threads", "1", "--quiet"])
+        main(["dense", "--ckpt", ckpt, *extra, "--dataset", SPEC, "--epochs", "5", "--results-dir", str(results),
+              "--no-cache", "--threads", "1", "--quiet"])
     except SystemExit as exc:
         assert exc.code in (0, None)
     (record,) = [json.loads(p.read_text()) for p in results.glob("*.json")]
-    trained = record["metrics"]
+    return record["metrics"]
 
-    # Same probe, same labels, but patch tokens of pure noise: the chance level of this probe.
-    from maskclip_bench.eval_data import build_eval_dataset
 
-    spec, blank = "shapes/dense:test=60,train=120", (lambda im: torch.zeros(1))
-    test_ds = build_eval_dataset(spec, transform=blank)
-    train_ds = build_eval_dataset(spec, transform=blank, split="train")
-    segs = lambda d: torch.stack([d[i][1] for i in range(len(d))])  # noqa: E731
-    train_segs, test_segs = segs(train_ds.dataset), segs(test_ds.dataset)
-    g = torch.Generator().manual_seed(0)
-    noise = evaluate_dense_probe(
-        torch.randn(120, 64, 192, generator=g), train_segs, torch.randn(60, 64, 192, generator=g), test_segs,
-        num_classes=len(test_ds.classnames), grid_size=(8, 8), epochs=5,
-    )
-    # Measured: trained miou 0.041 / pixel_acc 0.41 against noise 0.024 / 0.21 (a 30-step checkpoint).
-    assert trained["miou"] > noise["miou"], (trained, noise)
-    assert trained["pixel_acc"] > noise["pixel_acc"] + 0.1, (trained, noise)
+def test_trained_checkpoint_beats_an_untrained_vit_on_the_dense_probe(tiny_checkpoint, tmp_path, one_thread):
+    from maskclip_core.towers import create_clip
+
+    trained = _dense(str(tiny_checkpoint), tmp_path / "trained")
+    # The same architecture at random initialisation (seed 0, as the trainer's), as a plain open_clip checkpoint.
+    torch.manual_seed(0)
+    untrained_path = tmp_path / "untrained.pt"
+    torch.save(create_clip(MODEL).state_dict(), untrained_path)
+    untrained = _dense(str(untrained_path), tmp_path / "untrained", "--model", MODEL)
+    # Measured (AMD EPYC, AVX2; the 30-step shared checkpoint): trained miou 0.0406 / pixel_acc 0.408, untrained
+    # 0.0273 / 0.229. A random ViT's tokens keep local colour, so it is no pushover; the margins asked here are
+    # about half of the measured ones.
+    assert trained["pixel_acc"] > untrained["pixel_acc"] + 0.09, (trained, untrained)
+    assert trained["miou"] > 1.25 * untrained["miou"], (trained, untrained)

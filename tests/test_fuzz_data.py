@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from maskclip_core.data.captions import caption_problem
 from maskclip_core.data.csv_dataset import CsvDataset
 from maskclip_core.data.images import BadImageError, open_rgb
 from maskclip_core.data.spec import train_collate
@@ -88,8 +87,22 @@ def _write(folder: Path, rows: list[tuple[bytes, str]]) -> Path:
     return path
 
 
+def _caption_is_usable(caption: str) -> bool:
+    """The documented rule, written out independently: a caption is bad when it is empty or whitespace only,
+    or not valid UTF-8 (its undecodable bytes come back from the file as lone surrogates U+D800..U+DFFF)."""
+    has_text = any(not ch.isspace() for ch in caption)
+    valid_utf8 = not any(0xD800 <= ord(ch) <= 0xDFFF for ch in caption)
+    return has_text and valid_utf8
+
+
+def test_caption_oracle_by_hand():
+    assert _caption_is_usable("a red circle") and _caption_is_usable("\x00") and _caption_is_usable(" 漢 ")
+    assert not _caption_is_usable("") and not _caption_is_usable(" \t\n\u2028\x0b")
+    assert not _caption_is_usable(b"caf\xe9".decode("utf-8", "surrogateescape"))
+
+
 def _row_is_good(folder: Path, index: int, caption: str) -> bool:
-    if caption_problem(caption) is not None:
+    if not _caption_is_usable(caption):
         return False
     try:
         open_rgb(folder / f"{index}.img")

@@ -19,6 +19,8 @@ def demo_command(
     precision: str = typer.Option("auto", help="auto (bf16 autocast where the CPU runs bf16 natively, else fp32) "
                                   "| fp32 | bf16"),
     seed: int = typer.Option(0),
+    shapes: str = typer.Option("", "--shapes", help="options of the suite's shapes tasks, e.g. "
+                                                    "test=200,train=400,val=100 (default: the suite's sizes)"),
 ) -> None:
     """Train clip and maskclip on `shapes`, evaluate both, print the comparison."""
     import os
@@ -56,7 +58,7 @@ def demo_command(
             run = train(cfg, on_log=progress.on_log, on_step=progress.on_step)
         console.print(f"[bold]{method}[/bold]: {run.steps} steps in {run.wall_time_s:.0f}s")
         results[method] = execute(
-            lambda session: plan_suite(session, suite, [], templates=None),
+            lambda session: plan_suite(session, suite, [f"shapes:{shapes}"] if shapes else [], templates=None),
             specs=(), ckpt=str(out / method / "checkpoints" / "last.pt"), model=None, batch_size=250,
             results_dir=str(out / "records"), seed=seed, workers=1, device="cpu", cache_dir=None, no_cache=True,
             # One torch thread + one rendering worker: on 2 cores, 2 threads spin against sklearn's BLAS.

@@ -40,6 +40,15 @@ def topk_accuracy(proba: np.ndarray, classes: np.ndarray, labels: np.ndarray, k:
     return float((topk == labels[:, None]).any(axis=1).mean())
 
 
+def select_C(grid: Sequence[float], val_acc: Sequence[float]) -> float:
+    """The C of `grid` with the best validation accuracy `val_acc` (same order); on ties the smallest such C,
+    i.e. the strongest regularisation that does as well."""
+    if len(grid) != len(val_acc) or not grid:
+        raise ValueError(f"need one validation accuracy per C, got {len(val_acc)} for {len(grid)}")
+    best = max(val_acc)
+    return min(C for C, acc in zip(grid, val_acc) if acc == best)
+
+
 def evaluate_linear_probe(
     train_feats: Any,
     train_labels: Any,
@@ -68,7 +77,7 @@ def evaluate_linear_probe(
     X_tr_s, X_val_s = scaler.transform(X_tr), scaler.transform(X_val)
     sweep = LogisticRegression(max_iter=max_iter, random_state=seed, warm_start=True)
     val_acc = [float((sweep.set_params(C=C).fit(X_tr_s, y_tr).predict(X_val_s) == y_val).mean()) for C in grid]
-    best_C = grid[int(np.argmax(val_acc))]
+    best_C = select_C(grid, val_acc)
 
     probe = _probe(best_C, seed, max_iter).fit(np.concatenate([X_tr, X_val]), np.concatenate([y_tr, y_val]))
     proba = probe.predict_proba(X_te)
