@@ -54,10 +54,8 @@ LP_FEATURES = {"pre": "pooled_features", "post": BASE_KIND}
 DEFAULT_LP_FEATURES = "pre"  # CLIP's protocol for ViTs: the pooled features before the projection
 DEFAULT_FT = {"epochs": 2, "lr": 1e-3}
 DEFAULT_DENSE = {"epochs": 10}
-# Labels a shapes image carries; which one each classification task reads.
+# Labels a shapes image carries (shapes_tasks.LABEL_KEY says which one each classification task reads).
 _SHAPES_LABELS = ("shape", "color", "shape_color", "count_label")
-_SHAPES_TASK_LABEL = {"shape": "shape", "color": "color", "shape_color": "shape_color", "count": "count_label",
-                      "compositional": "shape_color"}
 
 
 @dataclass
@@ -250,7 +248,7 @@ class EvalSession:
 
     def features(self, ds: Any, split: str, kinds: Iterable[str]) -> dict[str, Any]:
         """Features of `kinds` for one split of `ds`, with "targets" (labels, masks) or "captions"."""
-        from .eval_data.shapes_tasks import ShapesTaskDataset
+        from .eval_data.shapes_tasks import LABEL_KEY, ShapesTaskDataset
 
         kinds = frozenset(kinds) | {BASE_KIND}
         feats = self._features_of_set(ds, split, kinds)
@@ -267,7 +265,7 @@ class EvalSession:
         elif data.task == "dense":
             out["targets"] = feats["seg"][index].long()
         else:
-            out["targets"] = feats[_SHAPES_TASK_LABEL[data.task]][index]
+            out["targets"] = feats[LABEL_KEY[data.task]][index]
         return out
 
     def take_status(self) -> str | None:

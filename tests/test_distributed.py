@@ -161,7 +161,8 @@ def test_minimal_pair_groups_stay_whole_in_every_rank_slice(world):
             assert all(len(m) == group for m in members.values())  # every group of the slice is whole
     # Group size 1 is the plain per-sample permutation (the existing order, unchanged).
     g = torch.Generator().manual_seed(5 * 100_003 + 1)
-    assert [i for _, i in EpochPermutationSampler(size, 5, 1, batch_size=glob)] == torch.randperm(size, generator=g).tolist()
+    plain = [i for _, i in EpochPermutationSampler(size, 5, 1, batch_size=glob)]
+    assert plain == torch.randperm(size, generator=g).tolist()
 
 
 def test_batch_stream_reads_the_datasets_groups_and_resumes_at_the_same_place():

@@ -55,8 +55,8 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {"test": int, "train": int, "val": i
                                              "scale": float, "max_objects": int}
 _GENERATOR_OPTIONS = ("scale", "max_objects")  # passed on to ShapesOptions
 
-# Label key of a ShapesDataset item for each classification task ("count" is 1..3, its label 0..2).
-_LABEL_KEY = {"shape": "shape", "color": "color", "shape_color": "shape_color", "count": "count_label",
+# Label key of a ShapesDataset item for each classification task ("count" is 1..3, its label 0..2); suites reads it.
+LABEL_KEY = {"shape": "shape", "color": "color", "shape_color": "shape_color", "count": "count_label",
               "compositional": "shape_color", "shape_probe": "shape", "shape_single": "shape"}
 
 # Prompts without a fixed article ("a orange star" would be wrong), phrased per label kind.
@@ -120,7 +120,7 @@ class ShapesTaskDataset(Dataset):
             return image, [item["caption"], item["swapped_caption"]]
         if self.task == "dense":
             return image, mask_like_image(item["seg"], image)
-        return image, int(item[_LABEL_KEY[self.task]])
+        return image, int(item[LABEL_KEY[self.task]])
 
 
 def parse_shapes_spec(spec: str) -> tuple[str | None, dict[str, Any]]:

@@ -1,11 +1,11 @@
 """The built-in procedural `shapes` dataset: image-caption pairs with exact labels, no download.
 
-Every sample is a pure function of ``(seed, split, index, image_size, difficulty)``: the random
-generator is seeded with ``numpy.random.default_rng([seed, split_id, index])``, so any index of
-any split can be rendered on demand, in any order, by any worker, and two splits never share an
-image stream.
+Every sample is a pure function of ``(seed, split, index, image_size, difficulty, options)``: the
+random generator is seeded with ``numpy.random.default_rng([seed, split_id, index])`` (with
+minimal-pair groups, ``[seed, split_id, index // group, group]``), so any index of any split can be
+rendered on demand, in any order, by any worker, and two splits never share an image stream.
 
-A sample holds 1 to 3 named objects. Each object has a shape (``SHAPES``), a colour
+A sample holds 1 to ``max_objects`` (default 2, at most 3) named objects. Each object has a shape (``SHAPES``), a colour
 (``COLORS``), a size (``SIZES``) and a cell of a 3x3 grid (``POSITIONS``); no two objects share
 a cell. The *main object* is the largest one; among objects of the same size the one drawn last
 (it lies on top, so nothing of its size covers it) is the main one. The main object gives the
@@ -42,28 +42,33 @@ geometric knobs capped so objects stay inside the image and partly visible. At 1
   size jitter of +-10 %, and a position jitter of up to 10 % of the image side inside the
   cell, which lets neighbouring objects overlap partially (centres stay at least 0.7 times the
   sum of their radii apart, so no object is fully hidden);
-* small objects are 1/8 of the image side across (medium 1/5, large 3/10);
+* small objects are ``scale`` x 1/8 of the image side across (medium x 1/5, large x 3/10); with
+  the default ``scale`` 1.6 that is 13, 20 and 31 px at 64 px, i.e. 1.6 to 3.8 patches of 8 px;
 * captions: synonyms for 20 % of shape and colour words, and for 10 % of samples with several
   objects one non-main object is left out of the caption.
 
-These defaults were chosen so that shapes, colours, sizes and positions stay recognisable to a
-person at 64 px while a tiny ViT trained for a few CPU minutes stays clearly below perfect on
-shape-and-colour zero-shot classification and retrieval: small objects are only ~8 px across,
-colour jitter and brightness push neighbouring colours (red/orange/pink, blue/purple/cyan)
-towards each other, and clutter and texture add edges that are not objects.
+Options (``ShapesOptions``; the training spec ``shapes:k=v,...`` sets the first five, see
+``maskclip_core.data.spec``):
 
-Calibration (measured 2026-11-29, `clip`, MaskCLIP-Tiny-8, batch 64, bf16, zero-shot on 1000 test images with the
-shapes templates, chance in brackets):
+* ``scale`` (default 1.6, at most 2.5): object size multiplier. At scale 1 small objects were one
+  8 px patch and shape was never learned (issue 12); 1.6 draws every shape over several patches.
+* ``min_objects``, ``max_objects`` (1 and 2): objects per image.
+* ``group`` (default 1 here, 4 for training): minimal-pair groups. Indices ``g*group`` to
+  ``g*group + group - 1`` share every draw (object count, cells, colours, sizes, jitter, rotation,
+  background, clutter, caption frame and word choices) and differ only in their objects' shapes:
+  each object draws a permutation of its allowed shapes and member ``m`` takes entry ``m``, so
+  every object has another shape in every member. The training sampler keeps groups whole inside
+  each rank's batch slice (``maskclip_core.loader``), so within a batch only the shape words tell
+  those captions apart. Every random draw is made whatever the shape is, so the streams stay aligned.
+* ``shape_only`` (default 0 here, 0.25 for training): the fraction of captions that name the
+  objects by shape (and optional size) alone: "a big star and a ring", no colour, no position.
+* ``balanced`` (evaluation): the main object's shape is ``index % 10`` (val and test splits only,
+  as it ignores the hold-out).
+* ``binding`` (evaluation): two objects of distinct colours and shapes with the canonical caption
+  "a red star and a blue circle" and ``swapped_caption`` "a blue star and a red circle".
 
-| difficulty | steps, lr | shape_color acc1 (1%) | shape (10%) | color (10%) | retrieval T2I / I2T R@1 (0.1%) |
-|---|---|---|---|---|---|
-| 1.0 | 200, 5e-4 | 5.7% | 8.1% | 55.8% | 1.5% / 1.5% |
-| 1.0 | 300, 1e-3 | 6.4% | 9.3% | 56.1% | 3.4% / 2.1% |
-| 0.5 | 300, 1e-3 | 5.3% | 7.6% | 64.4% | 3.6% / 3.3% |
-
-So at the demo's budget the tiny model is far from perfect: it learns colour and position words first, and the
-shape of small rotated objects not at all within a few hundred steps (shape stays at chance even at difficulty
-0.5). The default stays at 1.0; longer runs (the ablation grids) are where shape recognition has room to appear.
+Calibration of the new defaults (``clip``, MaskCLIP-Tiny-8, fp32, batch 64, lr 1e-3 as in the demo;
+``results/shapes_calibration.md`` has the commands and the CPU): CALIBRATION_TABLE
 """
 from __future__ import annotations
 

@@ -100,8 +100,8 @@ def shapes_options(options: dict[str, str]) -> Any:
     """The ShapesOptions of a parsed ``shapes:`` spec: its generator options over TRAIN_SHAPES_DEFAULTS."""
     from maskclip_core.data.shapes import ShapesOptions
 
-    values = {**TRAIN_SHAPES_DEFAULTS, **{k: _SHAPES_OPTIONS[k](v) for k, v in options.items() if k in _GENERATOR_OPTIONS}}
-    return ShapesOptions(**values)
+    given = {k: _SHAPES_OPTIONS[k](v) for k, v in options.items() if k in _GENERATOR_OPTIONS}
+    return ShapesOptions(**{**TRAIN_SHAPES_DEFAULTS, **given})
 
 
 def build_train_dataset(
