@@ -67,8 +67,18 @@ Options (``ShapesOptions``; the training spec ``shapes:k=v,...`` sets the first 
 * ``binding`` (evaluation): two objects of distinct colours and shapes with the canonical caption
   "a red star and a blue circle" and ``swapped_caption`` "a blue star and a red circle".
 
-Calibration of the new defaults (``clip``, MaskCLIP-Tiny-8, fp32, batch 64, lr 1e-3 as in the demo;
-``results/shapes_calibration.md`` has the commands and the CPU): CALIBRATION_TABLE
+Calibration of the new defaults (measured 2026-12-03, ``clip``, MaskCLIP-Tiny-8, fp32, batch 64, 150 steps at
+lr 1e-3 with warm-up 15 as in the demo, one seed; zero-shot on 1000 test images, chance in brackets;
+``results/shapes_calibration.md`` has the commands and the CPU):
+
+| training spec | shape (10%) | shape_single (10%) | color (10%) | retrieval T2I / I2T R@1 (0.1%) |
+|---|---|---|---|---|
+| ``shapes`` (these defaults) | 11.7% | 11.1% | 39.8% | 0.4% / 0.5% |
+| ``shapes:scale=2.0,group=8,shape_only=0.5`` | 12.5% | 10.4% | 12.6% | 0.3% / 0.2% |
+
+Target not reached: shape stays near chance within the demo budget (the issue asks for at least 20%), and the
+2,000-step behaviour was not measured (about 6 hours on the shared 2-core machine). Groups and shape-only captions
+are on by default for training although their benefit over ``group=1`` is not measured yet.
 """
 from __future__ import annotations
 
