@@ -245,6 +245,9 @@ def export_dataset(
     if isinstance(built, list):
         raise DataError(f"'{spec}' names {len(built)} tasks; export one, e.g. {built[0].name}")
     ds = built
+    if ds.info.get("binding"):
+        raise DataError(f"'{ds.name}' pairs each caption with a colour-swapped negative; "
+                        "export shapes/retrieval instead")
     if ds.task not in ("classification", "retrieval"):
         raise DataError(f"'{ds.name}' is a {ds.task} dataset; only classification and retrieval can be exported")
 

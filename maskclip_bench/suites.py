@@ -16,8 +16,9 @@ Suites (`SUITES`), run with `run_suite`:
 
 * ``quick``: zero-shot ``shapes/shape_color``, retrieval ``shapes/retrieval``, linear probe
   ``shapes/shape_color``;
-* ``shapes``: every shapes task: zero-shot on shape, color, shape_color, count and compositional,
-  retrieval, dense probe, linear probe and fine-tuning on shape_color;
+* ``shapes``: every shapes task: zero-shot on shape, color, shape_color, count, compositional,
+  shape_single and binding, retrieval (captions; binding against colour-swapped captions), dense probe,
+  linear probe on shape_color and shape_probe, fine-tuning on shape_color;
 * ``full``: ``shapes`` plus the linear probe on both pooled pre-projection and projected features.
 
 Extra datasets (``--dataset``) get the suite's kinds of task that fit them: zero-shot (plus linear
@@ -53,10 +54,8 @@ LP_FEATURES = {"pre": "pooled_features", "post": BASE_KIND}
 DEFAULT_LP_FEATURES = "pre"  # CLIP's protocol for ViTs: the pooled features before the projection
 DEFAULT_FT = {"epochs": 2, "lr": 1e-3}
 DEFAULT_DENSE = {"epochs": 10}
-# Labels a shapes image carries; which one each classification task reads.
+# Labels a shapes image carries (shapes_tasks.LABEL_KEY says which one each classification task reads).
 _SHAPES_LABELS = ("shape", "color", "shape_color", "count_label")
-_SHAPES_TASK_LABEL = {"shape": "shape", "color": "color", "shape_color": "shape_color", "count": "count_label",
-                      "compositional": "shape_color"}
 
 
 @dataclass
@@ -165,7 +164,8 @@ class EvalSession:
         if isinstance(data, ShapesTaskDataset):
             base = data.base
             identity = {"kind": "shapes", "split": base.split, "size": len(base), "image_size": base.image_size,
-                        "seed": base.seed, "difficulty": base.difficulty, "renderer": _shapes_renderer_hash()}
+                        "seed": base.seed, "difficulty": base.difficulty, "generator": base.options.identity(),
+                        "renderer": _shapes_renderer_hash()}
             return identity, base, True
         info = dict(ds.info)
         identity = {"name": ds.name, "split": split, "info": info, "num_samples": len(data)}  # type: ignore[arg-type]
@@ -201,6 +201,7 @@ class EvalSession:
         # Shapes: one pass over the rendered images keeps every task's labels next to the features.
         labels: dict[str, list[torch.Tensor]] = {k: [] for k in (*_SHAPES_LABELS, "seg")}
         captions: list[str] = []
+        swapped: list[str] = []  # binding sets: each caption with its colours swapped ("" elsewhere)
 
         def batches() -> Iterator[tuple[torch.Tensor, None]]:
             for batch in self._loader(data, default_collate):
@@ -213,11 +214,13 @@ class EvalSession:
                     seg = torch.stack([mask_like_image(m, img) for m, img in zip(seg, batch["image"])])
                 labels["seg"].append(seg.to(torch.uint8))  # labels 0..10: a quarter of the cache space
                 captions.extend(batch["caption"])
+                swapped.extend(batch["swapped_caption"])
                 yield batch["image"], None
 
         out = encode_images(self.loaded.model, batches(), self.device, **flags)
         out.update({k: torch.cat(v) for k, v in labels.items()})
         out["captions"] = captions
+        out["swapped_captions"] = swapped
         return out
 
     def _features_of_set(self, ds: Any, split: str, kinds: frozenset[str]) -> dict[str, Any]:
@@ -245,7 +248,7 @@ class EvalSession:
 
     def features(self, ds: Any, split: str, kinds: Iterable[str]) -> dict[str, Any]:
         """Features of `kinds` for one split of `ds`, with "targets" (labels, masks) or "captions"."""
-        from .eval_data.shapes_tasks import ShapesTaskDataset
+        from .eval_data.shapes_tasks import LABEL_KEY, ShapesTaskDataset
 
         kinds = frozenset(kinds) | {BASE_KIND}
         feats = self._features_of_set(ds, split, kinds)
@@ -256,10 +259,13 @@ class EvalSession:
         out: dict[str, Any] = {k: feats[k][index] for k in kinds}
         if data.task == "retrieval":
             out["captions"] = [[feats["captions"][i]] for i in index.tolist()]
+        elif data.task == "binding":
+            out["captions"] = [[feats["captions"][i]] for i in index.tolist()]
+            out["swapped_captions"] = [feats["swapped_captions"][i] for i in index.tolist()]
         elif data.task == "dense":
             out["targets"] = feats["seg"][index].long()
         else:
-            out["targets"] = feats[_SHAPES_TASK_LABEL[data.task]][index]
+            out["targets"] = feats[LABEL_KEY[data.task]][index]
         return out
 
     def take_status(self) -> str | None:
@@ -272,9 +278,17 @@ class EvalSession:
 # task runners
 # -------------------------------------------------------------------------------------------------
 
+def fits(ds: Any, task: str) -> bool:
+    """Whether `task` can run on EvalDataset `ds`: its dataset kind, or a shapes binding set for zero-shot and
+    retrieval."""
+    if ds.info.get("binding"):
+        return task in (ZEROSHOT, RETRIEVAL)
+    return ds.task == DATASET_TASK[task]
+
+
 def _require(ds: Any, task: str) -> None:
     need = DATASET_TASK[task]
-    if ds.task != need:
+    if not fits(ds, task):
         raise DataError(f"'{ds.name}' is a {ds.task} dataset; {task} needs a {need} dataset")
 
 
@@ -299,6 +313,9 @@ def run_zeroshot(session: EvalSession, ds: Any, *, templates: str | None = None)
     start = time.perf_counter()
     session.take_status()
     feats = session.features(ds, ds.info.get("split", "test"), {BASE_KIND})
+    if ds.info.get("binding"):
+        metrics = _binding_zeroshot(session, feats)
+        return _result(session, ds, ZEROSHOT, metrics, _count(feats), start, {"candidates": "caption, swapped"})
     with warnings.catch_warnings():
         # sklearn's balanced accuracy warns when a class is predicted but absent from the test labels.
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
@@ -317,9 +334,43 @@ def run_retrieval(session: EvalSession, ds: Any, *, recall_k: Sequence[int] = (1
     start = time.perf_counter()
     session.take_status()
     feats = session.features(ds, ds.info.get("split", "test"), {BASE_KIND})
+    if ds.info.get("binding"):
+        metrics = _binding_retrieval(session, feats, recall_k)
+        return _result(session, ds, RETRIEVAL, metrics, _count(feats), start,
+                       {"recall_k": list(recall_k), "negatives": "swapped"})
     metrics = evaluate_retrieval(session.loaded.model, None, session.loaded.tokenizer, device=session.device,
                                  recall_k_list=tuple(recall_k), features=feats)
     return _result(session, ds, RETRIEVAL, metrics, _count(feats), start, {"recall_k": list(recall_k)})
+
+
+def _binding_scores(session: EvalSession, feats: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-by-text similarities [n, n] to the true captions and [n, n] to the colour-swapped ones."""
+    from .evaluators.features import encode_texts
+
+    model, tokenizer = session.loaded.model, session.loaded.tokenizer
+    true = encode_texts(model, tokenizer, [c[0] for c in feats["captions"]], session.device)
+    swapped = encode_texts(model, tokenizer, list(feats["swapped_captions"]), session.device)
+    images = feats[BASE_KIND].float()
+    return images @ true.t(), images @ swapped.t()
+
+
+def _binding_zeroshot(session: EvalSession, feats: Mapping[str, Any]) -> dict[str, float]:
+    """acc1: fraction of images more similar to their caption than to its colour swap (ties count as misses)."""
+    to_true, to_swapped = _binding_scores(session, feats)
+    won = to_true.diagonal() > to_swapped.diagonal()
+    return {"acc1": won.float().mean().item()}
+
+
+def _binding_retrieval(session: EvalSession, feats: Mapping[str, Any], recall_k: Sequence[int]) -> dict[str, float]:
+    """Recall@k with every true and every swapped caption as candidates; only an image's own caption is positive."""
+    from .evaluators.retrieval import recall_from_scores
+
+    to_true, to_swapped = _binding_scores(session, feats)
+    n = to_true.shape[0]
+    scores = torch.cat([to_true, to_swapped], dim=1).t()  # [2n texts, n images]
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(n), torch.arange(n)] = True
+    return recall_from_scores(scores, positive, recall_k)
 
 
 def _probe_splits(session: EvalSession, ds: Any, kind: str) -> tuple[Any, Any, Any, Any]:
@@ -443,14 +494,16 @@ class Suite:
 
 
 _ALL_SHAPES = (
-    *((ZEROSHOT, t) for t in ("shape", "color", "shape_color", "count", "compositional")),
-    (RETRIEVAL, "retrieval"), (DENSE, "dense"), (LINEAR_PROBE, "shape_color"), (FINETUNE, "shape_color"),
+    *((ZEROSHOT, t) for t in ("shape", "color", "shape_color", "count", "compositional", "shape_single", "binding")),
+    (RETRIEVAL, "retrieval"), (RETRIEVAL, "binding"), (DENSE, "dense"),
+    (LINEAR_PROBE, "shape_color"), (LINEAR_PROBE, "shape_probe"), (FINETUNE, "shape_color"),
 )
 SUITES: dict[str, Suite] = {
     "quick": Suite("quick", "shapes shape_color zero-shot + linear probe, shapes retrieval",
                    ((ZEROSHOT, "shape_color"), (RETRIEVAL, "retrieval"), (LINEAR_PROBE, "shape_color")),
                    frozenset({ZEROSHOT, RETRIEVAL, LINEAR_PROBE})),
-    "shapes": Suite("shapes", "every shapes task: zero-shot (5), retrieval, dense, linear probe, fine-tuning",
+    "shapes": Suite("shapes", "every shapes task: zero-shot (7, binding too), retrieval (2), dense, linear probe "
+                    "(shape_color, shape_probe), fine-tuning",
                     _ALL_SHAPES, frozenset(TASK_KINDS)),
     "full": Suite("full", "shapes, plus the linear probe on both pre- and post-projection features",
                   _ALL_SHAPES, frozenset(TASK_KINDS), lp_features=("pre", "post")),
@@ -473,8 +526,9 @@ def _is_bare_shapes(spec: str) -> bool:
 
 # Shapes options each kind of task depends on; the others are left out of its dataset name, so a suite's
 # zero-shot record names the same dataset as a `zeroshot` run on it (the images are shared either way).
-_SHAPES_OPTIONS_USED = {ZEROSHOT: ("test", "difficulty"), RETRIEVAL: ("test", "difficulty"),
-                        DENSE: ("test", "train", "difficulty")}
+_SHAPES_OPTIONS_USED = {ZEROSHOT: ("test", "difficulty", "scale", "max_objects"),
+                        RETRIEVAL: ("test", "difficulty", "scale", "max_objects"),
+                        DENSE: ("test", "train", "difficulty", "scale", "max_objects")}
 
 
 def _shapes_spec(shapes_task: str, task: str, options: str) -> str:
@@ -518,7 +572,11 @@ def plan_suite(session: EvalSession, suite: str | None, datasets: Sequence[str] 
         add(planned, task, built[spec])
     for spec in extra:
         for ds in session.build(spec, templates=templates):
-            if ds.task == "classification":
+            if ds.info.get("binding"):
+                add(planned, ZEROSHOT, ds)
+                if RETRIEVAL in kinds:
+                    add(planned, RETRIEVAL, ds)
+            elif ds.task == "classification":
                 add(planned, ZEROSHOT, ds)
                 for task in (LINEAR_PROBE, FINETUNE):
                     if task in kinds and "train" in ds.splits:

@@ -12,6 +12,7 @@ own, which is swapped in around each read so that it neither draws from nor move
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,20 +31,34 @@ class EpochPermutationSampler(Sampler[tuple[int, int]]):
     ``batch_size`` of each. So the global batch of a step holds the same samples whatever the number of ranks
     (one process with batch 2B reads exactly what two ranks with batch B read together), and every rank gets
     the same number of batches. The tail that fills no global batch is dropped, as ``drop_last`` would.
+
+    With ``group`` > 1 (minimal-pair groups: indices ``g*group .. g*group+group-1`` belong together) the
+    permutation moves whole groups, so every group lies inside one rank's slice of a global batch whenever the
+    group size divides ``batch_size`` (the per-rank batch; otherwise some groups straddle two slices). The order
+    does not depend on the number of ranks either way. With ``group`` 1 the order is the plain permutation.
     """
 
     def __init__(self, size: int, seed: int, epoch: int, start: int = 0, *, batch_size: int = 1, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, group: int = 1):
+        if group < 1:
+            raise DataError(f"the minimal-pair group size must be >= 1, got {group}")
         self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.batch_size, self.rank, self.world_size, self.group = batch_size, rank, world_size, group
+
+    def _order(self) -> torch.Tensor:
+        """The epoch's sample order: a permutation of samples, or of whole groups expanded to their members."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.group == 1:
+            return torch.randperm(self.size, generator=g)
+        groups = torch.randperm(self.size // self.group, generator=g)
+        return (groups[:, None] * self.group + torch.arange(self.group)).reshape(-1)
 
     def _indices(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.size, generator=g)
+        perm = self._order()
         if self.world_size == 1:
             return perm
         glob = self.batch_size * self.world_size
-        usable = self.size // glob * glob
+        usable = len(perm) // glob * glob
         return perm[:usable].view(-1, self.world_size, self.batch_size)[:, self.rank].reshape(-1)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -51,7 +66,8 @@ class EpochPermutationSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         # Arithmetic, not a second permutation: the same count `_indices` yields.
-        usable = self.size if self.world_size == 1 else self.size // (self.batch_size * self.world_size) * self.batch_size
+        ordered = self.size // self.group * self.group
+        usable = ordered if self.world_size == 1 else ordered // (self.batch_size * self.world_size) * self.batch_size
         return usable - self.start
 
 
@@ -82,7 +98,11 @@ class BatchStream:
         self.dataset, self.batch_size, self.seed, self.workers = dataset, batch_size, seed, workers
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self.rank, self.world_size = rank, world_size
+        self.group = int(getattr(dataset, "group_size", 1))  # minimal-pair groups (shapes) stay in one slice
         self.iterable = isinstance(dataset, IterableDataset)
+        if self.group > 1 and batch_size % self.group:
+            warnings.warn(f"minimal-pair groups of {self.group} do not divide the per-rank batch of {batch_size}: "
+                          "some groups straddle two batches or ranks (shapes:group=1 turns groups off)", stacklevel=2)
         if not self.iterable and len(dataset) < batch_size * world_size:
             raise DataError(f"the dataset has {len(dataset)} samples, fewer than one global batch of "
                             f"{batch_size} x {world_size} rank(s)")
@@ -105,7 +125,9 @@ class BatchStream:
 
     @property
     def batches_per_epoch(self) -> int | None:
-        return None if self.iterable else len(self.dataset) // (self.batch_size * self.world_size)
+        if self.iterable:
+            return None
+        return len(self.dataset) // self.group * self.group // (self.batch_size * self.world_size)
 
     def _start_epoch(self) -> None:
         # The loader's own generator (its workers' base seed) keeps the global RNG untouched: creating an iterator
@@ -126,7 +148,7 @@ class BatchStream:
         else:
             sampler = EpochPermutationSampler(
                 len(self.dataset), self.seed, self.epoch, self.batch_in_epoch * self.batch_size,
-                batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
+                batch_size=self.batch_size, rank=self.rank, world_size=self.world_size, group=self.group,
             )
             it = iter(DataLoader(SeededSamples(self.dataset, self.seed), sampler=sampler, **kwargs))
         self._it = it

@@ -313,6 +313,11 @@ def test_parse_data_spec(text, expected):
         ("shapes:difficulty", "bad option 'difficulty'"),
         ("shapes:colour=red", "unknown option 'colour'"),
         ("shapes:difficulty=hard", "is not a valid float"),
+        ("shapes:group=0", "group must be in 1..9"),
+        ("shapes:scale=9", "scale must be in (0, 2.5]"),
+        ("shapes:max_objects=4", "max_objects <= 3"),
+        ("shapes:shape_only=2", "shape_only must be a fraction"),
+        ("shapes:group=two", "is not a valid int"),
     ],
 )
 def test_parse_data_spec_errors(text, message):
@@ -328,14 +333,20 @@ def test_build_train_dataset_shapes_passes_options(monkeypatch, tokenizer, trans
         def __init__(self, **kwargs):
             calls.append(kwargs)
 
-    # Stand-in module: checks the constructor call without depending on shapes.py.
-    monkeypatch.setitem(sys.modules, "maskclip_core.data.shapes", types.SimpleNamespace(ShapesDataset=FakeShapes))
-    build_train_dataset("shapes:difficulty=0.5,size=12", transform=transform, tokenizer=tokenizer,
-                        seed=7, image_size=32)
+    from maskclip_core.data.shapes import ShapesOptions
+
+    # Stand-in module: checks the constructor call without rendering anything.
+    monkeypatch.setitem(sys.modules, "maskclip_core.data.shapes",
+                        types.SimpleNamespace(ShapesDataset=FakeShapes, ShapesOptions=ShapesOptions))
+    build_train_dataset("shapes:difficulty=0.5,size=12,scale=1.2,max_objects=3,group=2", transform=transform,
+                        tokenizer=tokenizer, seed=7, image_size=32)
     build_train_dataset(DataSpec("shapes", None, {}), transform=transform, tokenizer=tokenizer)
     assert calls[0] == dict(split="train", image_size=32, seed=7, transform=transform, tokenizer=tokenizer,
-                            difficulty=0.5, size=12)
+                            difficulty=0.5, size=12,
+                            options=ShapesOptions(scale=1.2, max_objects=3, group=2, shape_only=0.25))
     assert calls[1]["difficulty"] == 1.0 and "size" not in calls[1]
+    # Training defaults: minimal-pair groups of 4 and a quarter of shape-only captions (issue 12).
+    assert calls[1]["options"] == ShapesOptions(group=4, shape_only=0.25)
 
 
 def test_build_train_dataset_csv_and_wds(csv_layout, shards, tokenizer, transform):

@@ -151,3 +151,56 @@ def test_gather_with_grad_off_on_several_ranks_says_what_it_does_to_the_weights(
     with caplog.at_level(logging.WARNING):
         resolve_for_device(TrainConfig(), DistEnv(rank=0, world_size=8))
     assert "larger" not in caplog.text
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_minimal_pair_groups_stay_whole_in_every_rank_slice(world):
+    """With groups of 4 and a global batch of 32, every world size that leaves a per-rank batch divisible by 4 gets
+    each group whole inside one rank's slice, and the ranks together still read the single-process batches."""
+    from maskclip_core.loader import EpochPermutationSampler
+
+    size, group, glob = 4 * 50 + 3, 4, 32  # 50 groups and a tail of 3 that forms no group
+    b = glob // world
+    single = [i for _, i in EpochPermutationSampler(size, 5, 1, batch_size=glob, group=group)]
+    # The order is a permutation of whole groups, drawn as the plain sampler draws samples.
+    g = torch.Generator().manual_seed(5 * 100_003 + 1)
+    expected = [k * group + m for k in torch.randperm(size // group, generator=g).tolist() for m in range(group)]
+    assert single == expected
+    ranks = [[i for _, i in EpochPermutationSampler(size, 5, 1, batch_size=b, rank=r, world_size=world, group=group)]
+             for r in range(world)]
+    steps = len(single) // glob
+    # One rank reads the whole order (the DataLoader drops the tail); several ranks only full global batches.
+    assert all(len(r) == (len(single) if world == 1 else steps * b) for r in ranks)
+    for step in range(steps):
+        slices = [r[step * b:(step + 1) * b] for r in ranks]
+        assert [i for s in slices for i in s] == single[step * glob:(step + 1) * glob]
+        for s in slices:
+            members = {}
+            for i in s:
+                members.setdefault(i // group, set()).add(i)
+            assert all(len(m) == group for m in members.values())  # every group of the slice is whole
+    # Group size 1 is the plain per-sample permutation (the existing order, unchanged).
+    g = torch.Generator().manual_seed(5 * 100_003 + 1)
+    plain = [i for _, i in EpochPermutationSampler(size, 5, 1, batch_size=glob)]
+    assert plain == torch.randperm(size, generator=g).tolist()
+
+
+def test_batch_stream_reads_the_datasets_groups_and_resumes_at_the_same_place():
+    """BatchStream takes the group size from the dataset, so training batches hold whole minimal-pair groups."""
+    from maskclip_core.loader import BatchStream
+
+    class Grouped(torch.utils.data.Dataset):
+        group_size = 3
+
+        def __len__(self):
+            return 60
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(1), "text": torch.tensor([i])}
+
+    stream = BatchStream(Grouped(), 6, seed=2)
+    batches = [next(stream)["text"].view(-1).tolist() for _ in range(12)]  # two epochs of 10 batches
+    for batch in batches:
+        assert sorted(batch) == sorted({i // 3 * 3 + m for i in batch for m in range(3)})
+    resumed = BatchStream(Grouped(), 6, seed=2, epoch=1, batch_in_epoch=1)
+    assert next(resumed)["text"].view(-1).tolist() == batches[11]

@@ -110,6 +110,46 @@ def test_retrieval_linprobe_finetune_dense_records(tiny_checkpoint, tmp_path, ru
     assert dense["eval_params"]["train_samples"] == 40 and 0.0 <= dense["metrics"]["pixel_acc"] <= 1.0
 
 
+def test_binding_records_match_a_brute_force_count(tiny_checkpoint, tmp_path, run_cli):
+    from maskclip_bench.eval_data import build_eval_dataset
+    from maskclip_bench.evaluators.features import encode_texts
+    from maskclip_bench.loading import load_model
+
+    results = tmp_path / "runs"
+    code, _, err = run_cli("eval", "--ckpt", tiny_checkpoint, "--dataset", "shapes/binding:test=24",
+                           "--results-dir", results, "--no-cache", "--threads", 1)
+    assert code == 0, err
+    by_task = {r["task"]: r for r in records_of(results)}
+    assert set(by_task) == {"zeroshot_classification", "zeroshot_retrieval"}
+    assert {r["dataset"] for r in by_task.values()} == {"shapes/binding:test=24"}
+    loaded = load_model(str(tiny_checkpoint))
+    ds = build_eval_dataset("shapes/binding:test=24", transform=loaded.preprocess, image_size=64)
+    with torch.no_grad():
+        images = torch.nn.functional.normalize(
+            loaded.model.encode_image(torch.stack([ds.dataset[i][0] for i in range(24)])).float(), dim=-1)
+    true = encode_texts(loaded.model, loaded.tokenizer, [ds.dataset[i][1][0] for i in range(24)])
+    swapped = encode_texts(loaded.model, loaded.tokenizer, [ds.dataset[i][1][1] for i in range(24)])
+    wins = sum(float(images[i] @ true[i]) > float(images[i] @ swapped[i]) for i in range(24))
+    assert by_task["zeroshot_classification"]["metrics"]["acc1"] == pytest.approx(wins / 24, abs=1e-9)
+    texts = torch.cat([true, swapped])
+    hits = 0
+    for i in range(24):  # image query: is its own caption the best of all 48 true and swapped captions?
+        sims = [float(images[i] @ t) for t in texts]
+        hits += max(range(48), key=lambda j: sims[j]) == i
+    assert by_task["zeroshot_retrieval"]["metrics"]["text_retrieval_recall@1"] == pytest.approx(hits / 24, abs=1e-9)
+
+
+def test_linprobe_and_finetune_on_bare_shapes_use_the_tasks_with_a_train_split(tiny_checkpoint, tmp_path, run_cli):
+    results = tmp_path / "runs"
+    common = ["--ckpt", tiny_checkpoint, "--results-dir", results, "--no-cache", "--threads", 1]
+    spec = "shapes:test=20,train=30,val=10"
+    assert run_cli("linprobe", "--dataset", spec, *common)[0] == 0
+    assert run_cli("finetune", "--dataset", spec, "--epochs", 1, "--batch-size", 16, *common)[0] == 0
+    done = sorted((r["task"], r["dataset"].partition(":")[0]) for r in records_of(results))
+    assert done == [("finetune", "shapes/shape_color"), ("finetune", "shapes/shape_probe"),
+                    ("linear_probe", "shapes/shape_color"), ("linear_probe", "shapes/shape_probe")]
+
+
 def _encoding_lines(err: str) -> int:
     return len(re.findall(r"^encoding ", err, flags=re.M))
 

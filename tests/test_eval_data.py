@@ -376,6 +376,40 @@ def test_shapes_probe_splits():
     assert image.shape == (3, SIZE, SIZE) and 0 <= label < 100
 
 
+def test_shape_probe_and_single_sets_are_balanced():
+    from maskclip_core.data.shapes import render
+
+    ds = build_eval_dataset("shapes/shape_probe:test=20,train=30,val=10", transform=None)
+    assert ds.task == "classification" and len(ds.classnames) == 10 and set(ds.splits) == {"train", "val"}
+    # Class-balanced: the main object's shape is index % 10 in every split (train/val: ranges of the val split).
+    assert [ds.dataset[i][1] for i in range(20)] == [i % 10 for i in range(20)]
+    assert [ds.splits["train"][i][1] for i in range(30)] == [i % 10 for i in range(30)]
+    assert [ds.splits["val"][i][1] for i in range(10)] == [(30 + i) % 10 for i in range(10)]
+    default = build_eval_dataset("shapes/shape_probe", transform=None)
+    per_class = {name: len(default.splits[name]) // 10 if name != "test" else len(default.dataset) // 10
+                 for name in ("test", "train")}
+    assert min(per_class.values()) >= 100  # issue 12: at least 100 samples per class in train and test
+    single = build_eval_dataset("shapes/shape_single:test=12", transform=None)
+    assert not single.splits and [single.dataset[i][1] for i in range(12)] == [i % 10 for i in range(12)]
+    opts = single.dataset.base.options
+    assert all(render(i, "test", options=opts).count == 1 for i in range(12))
+
+
+def test_binding_set_pairs_each_caption_with_its_colour_swap():
+    ds = build_eval_dataset("shapes/binding:test=8", transform=None)
+    assert ds.task == "retrieval" and ds.info["binding"]
+    for i in range(8):
+        image, (caption, swapped) = ds.dataset[i]
+        first, second = caption.split(" and ")
+        s_first, s_second = swapped.split(" and ")
+        # Same shapes in the same places, colours exchanged.
+        assert first.split()[-1] == s_first.split()[-1] and second.split()[-1] == s_second.split()[-1]
+        assert first.split()[-2] == s_second.split()[-2] and second.split()[-2] == s_first.split()[-2]
+        assert caption != swapped
+    with pytest.raises(DataError, match="swapped"):
+        export_dataset("shapes/binding:test=4", "test", "wds", Path("unused"))
+
+
 # --------------------------------------------------------------------------------------------------
 # export: csv / imagefolder / errors
 # --------------------------------------------------------------------------------------------------

@@ -205,3 +205,108 @@ def test_module_exports_documented_api() -> None:
                  "ShapesSample", "render", "classnames", "ShapesDataset"):
         assert hasattr(shapes, name), name
     assert shapes.SPLITS == ("train", "val", "test")
+
+
+# -------------------------------------------------------------------------------------------------
+# generator options (issue 12): minimal-pair groups, shape-only captions, scale, object counts, eval sets
+# -------------------------------------------------------------------------------------------------
+
+_SHAPE_SYNONYMS = sorted((w for words in SHAPE_WORDS for w in words), key=len, reverse=True)
+
+
+def _without_shapes(caption: str) -> str:
+    """The caption with every shape word replaced and a/an merged: what minimal-pair members must share."""
+    text = caption
+    for word in _SHAPE_SYNONYMS:  # longest first: "five-pointed star" before "star"
+        text = re.sub(rf"\b{re.escape(word)}\b", "SHAPE", text, flags=re.IGNORECASE)
+    return re.sub(r"\b(an|a)\b", "a", text, flags=re.IGNORECASE)
+
+
+def test_minimal_pair_groups_differ_only_in_shapes() -> None:
+    group = 4
+    opts = shapes.ShapesOptions(group=group, shape_only=0.3)
+    for g in range(12):
+        members = [render(g * group + m, "train", options=opts) for m in range(group)]
+        first = members[0]
+        geometry = [[(o["position"], o["color"], o["size"], o["radius"], o["center"]) for o in s.objects]
+                    for s in members]
+        assert all(geo == geometry[0] for geo in geometry)
+        assert len({s.main for s in members}) == 1
+        assert len({_without_shapes(s.caption) for s in members}) == 1, [s.caption for s in members]
+        for k in range(first.count):
+            # Every object takes another shape in every member, never a held-out pair in train.
+            assert len({s.objects[k]["shape"] for s in members}) == group
+            assert all((s.objects[k]["shape"], s.objects[k]["color"]) not in HELD_OUT_PAIRS for s in members)
+        # Background and clutter are the same pixels away from every member's objects.
+        covered = np.zeros_like(first.instances, dtype=bool)
+        for s in members:
+            padded = np.pad(s.instances > 0, 2)
+            for dy in range(5):
+                for dx in range(5):
+                    covered |= padded[dy:dy + covered.shape[0], dx:dx + covered.shape[1]]
+        pixels = [np.asarray(s.image)[~covered] for s in members]
+        assert len(pixels[0]) > 500 and all(np.array_equal(p, pixels[0]) for p in pixels)
+    # The next group is another scene.
+    assert render(group, "train", options=opts).objects[0]["center"] != render(0, "train", options=opts).objects[0][
+        "center"]
+
+
+def test_shape_only_captions_name_no_colour_or_position() -> None:
+    colour_words = [w for words in COLOR_WORDS for w in words]
+    position_words = ["left", "right", "top", "bottom", "center", "centre", "middle"]
+    for i in range(60):
+        s = render(i, "val", options=shapes.ShapesOptions(shape_only=1.0))
+        assert not _mentions(s.caption, tuple(colour_words + position_words)), s.caption
+        assert _mentions(s.caption, SHAPE_WORDS[s.shape]), s.caption
+    n = 400
+    plain = sum(not _mentions(render(i, "val", options=shapes.ShapesOptions(shape_only=0.25)).caption,
+                              tuple(colour_words)) for i in range(n))
+    assert 0.15 * n < plain < 0.35 * n  # binomial(400, 0.25): sd 8.7, so +-40 is 4.6 sd
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_scale_and_object_counts(scale: float) -> None:
+    counts = set()
+    for i in range(40):
+        s = render(i, "test", difficulty=0.0, options=shapes.ShapesOptions(scale=scale, min_objects=2, max_objects=3))
+        counts.add(s.count)
+        for o in s.objects:  # no jitter at difficulty 0: the nominal diameter times the scale
+            assert o["radius"] == pytest.approx(64 * shapes.SIZE_FRACTION[o["size"]] * scale / 2)
+            visible = s.instances == o["order"] + 1
+            assert visible.sum() > 0
+    assert counts == {2, 3}
+    assert {render(i, "test", options=shapes.ShapesOptions(max_objects=1)).count for i in range(20)} == {1}
+
+
+def test_balanced_and_binding_sets() -> None:
+    balanced = shapes.ShapesOptions(balanced=True)
+    assert [render(i, "val", options=balanced).shape for i in range(23)] == [i % 10 for i in range(23)]
+    binding = shapes.ShapesOptions(binding=True)
+    for i in range(30):
+        s = render(i, "test", options=binding)
+        a, b = s.objects
+        assert s.count == 2 and a["color"] != b["color"] and a["shape"] != b["shape"]
+
+        x, y = (a, b) if s.caption.startswith(_phrase(a["color"], a["shape"])) else (b, a)
+        assert s.caption == f"{_phrase(x['color'], x['shape'])} and {_phrase(y['color'], y['shape'])}"
+        # The swap exchanges the two colours and keeps each shape in its place.
+        assert s.swapped_caption == f"{_phrase(y['color'], x['shape'])} and {_phrase(x['color'], y['shape'])}"
+
+
+def _phrase(color: int, shape: int) -> str:
+    core = f"{COLORS[color]} {SHAPES[shape]}"
+    return ("an " if core[0] in "aeiou" else "a ") + core
+
+
+def test_options_are_deterministic_and_checked() -> None:
+    opts = shapes.ShapesOptions(group=3, shape_only=0.5, scale=1.2, max_objects=3)
+    a, b = render(11, "train", seed=2, options=opts), render(11, "train", seed=2, options=opts)
+    assert a.image.tobytes() == b.image.tobytes() and a.caption == b.caption and a.objects == b.objects
+    item = ShapesDataset("train", size=20, seed=2, options=opts)[11]
+    assert item["caption"] == a.caption and ShapesDataset("train", options=opts).group_size == 3
+    for bad in (dict(scale=0.0), dict(scale=3.0), dict(max_objects=4), dict(min_objects=3, max_objects=2),
+                dict(group=0), dict(group=10), dict(shape_only=1.5), dict(binding=True, group=2)):
+        with pytest.raises(DataError):
+            render(0, "val", options=shapes.ShapesOptions(**bad))
+    with pytest.raises(DataError, match="balanced"):
+        render(0, "train", options=shapes.ShapesOptions(balanced=True))

@@ -159,13 +159,16 @@ def _single(task: str, dataset: str, templates: Optional[str] = None,
 
     def plan(session: "EvalSession") -> list["PlannedTask"]:
         from maskclip_core.errors import DataError
-        from maskclip_bench.suites import DATASET_TASK, PlannedTask
+        from maskclip_bench.suites import DATASET_TASK, FINETUNE, LINEAR_PROBE, PlannedTask, fits
 
         built = session.build(dataset, templates=templates)
-        fitting = [ds for ds in built if ds.task == DATASET_TASK[task]]
+        fitting = [ds for ds in built if fits(ds, task)]
         if not fitting:
             what = ", ".join(sorted({f"{ds.name} ({ds.task})" for ds in built}))
             raise DataError(f"{task} needs a {DATASET_TASK[task]} dataset; '{dataset}' gives {what}")
+        if task in (LINEAR_PROBE, FINETUNE) and len(fitting) > 1:
+            # A multi-task spec (bare `shapes`): probe the tasks that have a train split, skip the others.
+            fitting = [ds for ds in fitting if "train" in ds.splits] or fitting[:1]
         extra = {"templates": templates} if task == "zeroshot_classification" else {}
         return [PlannedTask(task, ds, {**extra, **options}) for ds in fitting]
 

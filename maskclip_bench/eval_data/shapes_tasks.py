@@ -2,9 +2,11 @@
 
 Spec: ``shapes`` (every task, as a list) or ``shapes/<task>``, optionally followed by
 ``:key=value,...`` options, e.g. ``shapes/shape_color:test=500,difficulty=0.5``. Options:
-``test``, ``train``, ``val`` (split sizes; defaults 1000 / 2000 / 500) and ``difficulty``
-(default 1.0). ``seed`` and ``image_size`` come from the caller. Samples are a pure function of
-(seed, split, index, image_size, difficulty), so the same seed always gives the same test set.
+``test``, ``train``, ``val`` (split sizes; defaults 1000 / 2000 / 500), ``difficulty``
+(default 1.0), ``scale`` and ``max_objects`` (the generator's defaults; set them to match data
+trained with other values). ``seed`` and ``image_size`` come from the caller. Samples are a pure
+function of (seed, split, index, image_size, generator options), so the same seed always gives the
+same test set.
 
 Tasks (see ``list_shapes_tasks``):
 
@@ -17,11 +19,21 @@ Tasks (see ``list_shapes_tasks``):
 * ``retrieval``: image-text retrieval with each image's caption (one caption per image).
 * ``dense``: segmentation maps (0 background, ``k + 1`` for shape ``k``), classnames
   ``["background", *SHAPES]``.
+* ``shape_probe``: the 10-class shape of the main object on class-balanced images (the main
+  object's shape is ``index % 10``), with train and val splits: with the default sizes 100 test,
+  200 train and 50 val samples per class. Meant for the linear probe and fine-tuning.
+* ``shape_single``: zero-shot shape on class-balanced images holding one object.
+* ``binding``: images of two objects with distinct shapes and distinct colours, each with the
+  canonical caption ("a red star and a blue circle") and the same caption with the colours swapped
+  between the two objects ("a blue star and a red circle"), as in SugarCrepe's swap sets. Zero-shot:
+  ``acc1`` is the fraction of images closer to their caption than to its swap (chance 50 %).
+  Retrieval: recall@k over the pool of every true and every swapped caption (the swaps are hard
+  negatives that share the words of the true caption).
 
-Probes: ``shapes/shape_color`` also carries ``splits["train"]`` and ``splits["val"]`` for linear
-probes and fine-tuning. They are disjoint index ranges of the shapes ``val`` split, not the
-``train`` split: the train split never contains a held-out pair, which would cap probe accuracy at
-about 90 % for reasons unrelated to the features.
+Probes: ``shapes/shape_color`` and ``shapes/shape_probe`` also carry ``splits["train"]`` and
+``splits["val"]`` for linear probes and fine-tuning. They are disjoint index ranges of the shapes
+``val`` split, not the ``train`` split: the train split never contains a held-out pair, which would
+cap probe accuracy at about 90 % for reasons unrelated to the features.
 """
 from __future__ import annotations
 
@@ -35,13 +47,17 @@ from maskclip_core.errors import DataError
 from .common import LazySplits, collate_for, mask_like_image, resolve_templates
 from .spec import EvalDataset
 
-TASKS: tuple[str, ...] = ("shape", "color", "shape_color", "count", "compositional", "retrieval", "dense")
+TASKS: tuple[str, ...] = ("shape", "color", "shape_color", "count", "compositional", "retrieval", "dense",
+                          "shape_probe", "shape_single", "binding")
+PROBE_TASKS: tuple[str, ...] = ("shape_color", "shape_probe")  # the tasks with train and val splits
 DEFAULT_SIZES: dict[str, int] = {"test": 1000, "train": 2000, "val": 500}
-_OPTIONS: dict[str, Callable[[str], Any]] = {"test": int, "train": int, "val": int, "difficulty": float}
+_OPTIONS: dict[str, Callable[[str], Any]] = {"test": int, "train": int, "val": int, "difficulty": float,
+                                             "scale": float, "max_objects": int}
+_GENERATOR_OPTIONS = ("scale", "max_objects")  # passed on to ShapesOptions
 
-# Label key of a ShapesDataset item for each classification task ("count" is 1..3, its label 0..2).
-_LABEL_KEY = {"shape": "shape", "color": "color", "shape_color": "shape_color", "count": "count_label",
-              "compositional": "shape_color"}
+# Label key of a ShapesDataset item for each classification task ("count" is 1..3, its label 0..2); suites reads it.
+LABEL_KEY = {"shape": "shape", "color": "color", "shape_color": "shape_color", "count": "count_label",
+              "compositional": "shape_color", "shape_probe": "shape", "shape_single": "shape"}
 
 # Prompts without a fixed article ("a orange star" would be wrong), phrased per label kind.
 OBJECT_TEMPLATES = [
@@ -100,9 +116,11 @@ class ShapesTaskDataset(Dataset):
         image = item["image"]
         if self.task == "retrieval":
             return image, [item["caption"]]
+        if self.task == "binding":
+            return image, [item["caption"], item["swapped_caption"]]
         if self.task == "dense":
             return image, mask_like_image(item["seg"], image)
-        return image, int(item[_LABEL_KEY[self.task]])
+        return image, int(item[LABEL_KEY[self.task]])
 
 
 def parse_shapes_spec(spec: str) -> tuple[str | None, dict[str, Any]]:
@@ -121,22 +139,38 @@ def parse_shapes_spec(spec: str) -> tuple[str | None, dict[str, Any]]:
             options[key] = _OPTIONS[key](value)
         except ValueError:
             raise DataError(f"option {key}={value!r} in '{spec}' is not a valid {_OPTIONS[key].__name__}") from None
-        if key != "difficulty" and options[key] <= 0:
+        if key in DEFAULT_SIZES and options[key] <= 0:
             raise DataError(f"option {key}={value} in '{spec}' must be a positive size")
+    try:
+        generator_options(options).check()
+    except DataError as exc:
+        raise DataError(f"{exc} (in '{spec}')") from None
     return task_name, options
 
 
+def generator_options(options: dict[str, Any], **fixed: Any) -> Any:
+    """ShapesOptions from a parsed spec's generator options plus `fixed` fields (a task's own)."""
+    from maskclip_core.data.shapes import ShapesOptions
+
+    values = {k: options[k] for k in _GENERATOR_OPTIONS if k in options}
+    if "max_objects" in fixed:
+        values.pop("max_objects", None)
+    return ShapesOptions(**{**values, **fixed})
+
+
 @lru_cache(maxsize=16)
-def held_out_indices(split: str, size: int, seed: int, image_size: int, difficulty: float) -> tuple[int, ...]:
+def held_out_indices(split: str, size: int, seed: int, image_size: int, difficulty: float,
+                     options: Any = None) -> tuple[int, ...]:
     """Indices of ``split`` whose main object is a held-out (shape, colour) pair.
 
     Uses the public ``render`` (labels need the whole sample); cached, as it renders ``size`` images.
+    `options` is the set's ShapesOptions (hashable; None: the defaults).
     """
     from maskclip_core.data.shapes import HELD_OUT_PAIRS, render
 
     found = []
     for i in range(size):
-        sample = render(i, split, seed, image_size, difficulty)
+        sample = render(i, split, seed, image_size, difficulty, options)
         if (sample.shape, sample.color) in HELD_OUT_PAIRS:
             found.append(i)
     return tuple(found)
@@ -163,31 +197,39 @@ def build_shapes(
     sizes = {k: int(options.get(k, v)) for k, v in DEFAULT_SIZES.items()}
     difficulty = float(options.get("difficulty", 1.0))
     n = sizes.get(split, sizes["test"])
+    # Each new task shows its own image set; the classic tasks share one (see suites.EvalSession).
+    fixed: dict[str, Any] = {"shape_probe": {"balanced": True}, "shape_single": {"balanced": True, "max_objects": 1},
+                             "binding": {"binding": True, "max_objects": 2}}.get(task, {})
+    gen = generator_options(options, **fixed)
+    if gen.balanced and split == "train":
+        raise DataError(f"'{spec}' has no train split to evaluate on; use val or test")
 
     def make(split_name: str, size: int) -> Dataset:
         return sh.ShapesDataset(split=split_name, size=size, image_size=image_size, seed=seed,
-                                difficulty=difficulty, transform=transform)
+                                difficulty=difficulty, transform=transform, options=gen)
 
     base = make(split, n)
     indices: list[int] | None = None
     if task == "compositional":
-        indices = list(held_out_indices(split, n, seed, image_size, difficulty))
+        indices = list(held_out_indices(split, n, seed, image_size, difficulty, gen))
         if not indices:
             raise DataError(f"'{spec}': no {split} sample of {n} has a held-out pair; use a larger test=N")
     dataset = ShapesTaskDataset(base, task, indices)
 
-    kind = {"retrieval": "retrieval", "dense": "segmentation"}.get(task, "classification")
+    # Binding is evaluated by both zero-shot and retrieval (see suites); its items are retrieval-shaped.
+    kind = {"retrieval": "retrieval", "binding": "retrieval", "dense": "segmentation"}.get(task, "classification")
     if kind == "retrieval":
         classnames, task_templates = None, None
     elif kind == "segmentation":
         classnames = ["background", *sh.SHAPES]
         task_templates = resolve_templates(templates, templates_for("shape"))
     else:
-        classnames = sh.classnames("shape_color" if task == "compositional" else task)
-        task_templates = resolve_templates(templates, templates_for(task))
+        label = {"compositional": "shape_color", "shape_probe": "shape", "shape_single": "shape"}.get(task, task)
+        classnames = sh.classnames(label)
+        task_templates = resolve_templates(templates, templates_for(label))
 
     splits: dict[str, Dataset] | LazySplits = {}
-    if task == "shape_color" and split == "test":
+    if task in PROBE_TASKS and split == "test":
         # Disjoint ranges of the `val` split (see the module docstring for why not `train`).
         val_base = make("val", sizes["train"] + sizes["val"])
         splits = LazySplits({
@@ -208,5 +250,5 @@ def build_shapes(
         collate_fn=collate_for(kind),
         ignore_index=255,
         info={"kind": "shapes", "split": split, "seed": seed, "image_size": image_size, "difficulty": difficulty,
-              "held_out_only": task == "compositional"},
+              "held_out_only": task == "compositional", "generator": gen.identity(), "binding": task == "binding"},
     )

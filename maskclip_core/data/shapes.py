@@ -1,11 +1,11 @@
 """The built-in procedural `shapes` dataset: image-caption pairs with exact labels, no download.
 
-Every sample is a pure function of ``(seed, split, index, image_size, difficulty)``: the random
-generator is seeded with ``numpy.random.default_rng([seed, split_id, index])``, so any index of
-any split can be rendered on demand, in any order, by any worker, and two splits never share an
-image stream.
+Every sample is a pure function of ``(seed, split, index, image_size, difficulty, options)``: the
+random generator is seeded with ``numpy.random.default_rng([seed, split_id, index])`` (with
+minimal-pair groups, ``[seed, split_id, index // group, group]``), so any index of any split can be
+rendered on demand, in any order, by any worker, and two splits never share an image stream.
 
-A sample holds 1 to 3 named objects. Each object has a shape (``SHAPES``), a colour
+A sample holds 1 to ``max_objects`` (default 2, at most 3) named objects. Each object has a shape (``SHAPES``), a colour
 (``COLORS``), a size (``SIZES``) and a cell of a 3x3 grid (``POSITIONS``); no two objects share
 a cell. The *main object* is the largest one; among objects of the same size the one drawn last
 (it lies on top, so nothing of its size covers it) is the main one. The main object gives the
@@ -42,28 +42,43 @@ geometric knobs capped so objects stay inside the image and partly visible. At 1
   size jitter of +-10 %, and a position jitter of up to 10 % of the image side inside the
   cell, which lets neighbouring objects overlap partially (centres stay at least 0.7 times the
   sum of their radii apart, so no object is fully hidden);
-* small objects are 1/8 of the image side across (medium 1/5, large 3/10);
+* small objects are ``scale`` x 1/8 of the image side across (medium x 1/5, large x 3/10); with
+  the default ``scale`` 1.6 that is 13, 20 and 31 px at 64 px, i.e. 1.6 to 3.8 patches of 8 px;
 * captions: synonyms for 20 % of shape and colour words, and for 10 % of samples with several
   objects one non-main object is left out of the caption.
 
-These defaults were chosen so that shapes, colours, sizes and positions stay recognisable to a
-person at 64 px while a tiny ViT trained for a few CPU minutes stays clearly below perfect on
-shape-and-colour zero-shot classification and retrieval: small objects are only ~8 px across,
-colour jitter and brightness push neighbouring colours (red/orange/pink, blue/purple/cyan)
-towards each other, and clutter and texture add edges that are not objects.
+Options (``ShapesOptions``; the training spec ``shapes:k=v,...`` sets the first five, see
+``maskclip_core.data.spec``):
 
-Calibration (measured 2026-11-29, `clip`, MaskCLIP-Tiny-8, batch 64, bf16, zero-shot on 1000 test images with the
-shapes templates, chance in brackets):
+* ``scale`` (default 1.6, at most 2.5): object size multiplier. At scale 1 small objects were one
+  8 px patch and shape was never learned (issue 12); 1.6 draws every shape over several patches.
+* ``min_objects``, ``max_objects`` (1 and 2): objects per image.
+* ``group`` (default 1 here, 4 for training): minimal-pair groups. Indices ``g*group`` to
+  ``g*group + group - 1`` share every draw (object count, cells, colours, sizes, jitter, rotation,
+  background, clutter, caption frame and word choices) and differ only in their objects' shapes:
+  each object draws a permutation of its allowed shapes and member ``m`` takes entry ``m``, so
+  every object has another shape in every member. The training sampler keeps groups whole inside
+  each rank's batch slice (``maskclip_core.loader``), so within a batch only the shape words tell
+  those captions apart. Every random draw is made whatever the shape is, so the streams stay aligned.
+* ``shape_only`` (default 0 here, 0.25 for training): the fraction of captions that name the
+  objects by shape (and optional size) alone: "a big star and a ring", no colour, no position.
+* ``balanced`` (evaluation): the main object's shape is ``index % 10`` (val and test splits only,
+  as it ignores the hold-out).
+* ``binding`` (evaluation): two objects of distinct colours and shapes with the canonical caption
+  "a red star and a blue circle" and ``swapped_caption`` "a blue star and a red circle".
 
-| difficulty | steps, lr | shape_color acc1 (1%) | shape (10%) | color (10%) | retrieval T2I / I2T R@1 (0.1%) |
-|---|---|---|---|---|---|
-| 1.0 | 200, 5e-4 | 5.7% | 8.1% | 55.8% | 1.5% / 1.5% |
-| 1.0 | 300, 1e-3 | 6.4% | 9.3% | 56.1% | 3.4% / 2.1% |
-| 0.5 | 300, 1e-3 | 5.3% | 7.6% | 64.4% | 3.6% / 3.3% |
+Calibration of the new defaults (measured 2026-12-03, ``clip``, MaskCLIP-Tiny-8, fp32, batch 64, 150 steps at
+lr 1e-3 with warm-up 15 as in the demo, one seed; zero-shot on 1000 test images, chance in brackets;
+``results/shapes_calibration.md`` has the commands and the CPU):
 
-So at the demo's budget the tiny model is far from perfect: it learns colour and position words first, and the
-shape of small rotated objects not at all within a few hundred steps (shape stays at chance even at difficulty
-0.5). The default stays at 1.0; longer runs (the ablation grids) are where shape recognition has room to appear.
+| training spec | shape (10%) | shape_single (10%) | color (10%) | retrieval T2I / I2T R@1 (0.1%) |
+|---|---|---|---|---|
+| ``shapes`` (these defaults) | 11.7% | 11.1% | 39.8% | 0.4% / 0.5% |
+| ``shapes:scale=2.0,group=8,shape_only=0.5`` | 12.5% | 10.4% | 12.6% | 0.3% / 0.2% |
+
+Target not reached: shape stays near chance within the demo budget (the issue asks for at least 20%), and the
+2,000-step behaviour was not measured (about 6 hours on the shared 2-core machine). Groups and shape-only captions
+are on by default for training although their benefit over ``group=1`` is not measured yet.
 """
 from __future__ import annotations
 
@@ -138,8 +153,13 @@ SIZE_WORDS: tuple[tuple[str, ...], ...] = (
     ("large", "big"),
 )
 
-# Object diameter as a fraction of the image side, per size class.
+# Object diameter as a fraction of the image side, per size class, before the `scale` option.
 SIZE_FRACTION = (1 / 8, 1 / 5, 3 / 10)
+# Defaults of the generator options (see the module docstring, "Options").
+DEFAULT_SCALE = 1.6
+DEFAULT_MAX_OBJECTS = 2
+MAX_SCALE = 2.5  # a large object stays inside the image, and its cell centre off the border
+MAX_GROUP = 9  # a train object has 9 allowed shapes: every member of a group gets another one
 
 _SUPERSAMPLE = 2
 _MIN_IMAGE_SIZE = 8
@@ -217,6 +237,7 @@ class ShapesSample:
     main: int = 0  # index into `objects` (= draw order) of the main object
     instances: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))
     # (H, W) uint8: 0 background, i + 1 for objects[i] where it is visible
+    swapped_caption: str = ""  # binding samples: the caption with the two objects' colours swapped
 
 
 def classnames(task: str) -> list[str]:
@@ -245,6 +266,39 @@ def split_id(split: str) -> int:
         raise DataError(f"unknown shapes split '{split}' (choose {', '.join(SPLITS)})") from None
 
 
+@dataclass(frozen=True)
+class ShapesOptions:
+    """Generator options besides (seed, split, index, image_size, difficulty); see the module docstring."""
+
+    scale: float = DEFAULT_SCALE  # object size multiplier on SIZE_FRACTION
+    min_objects: int = 1
+    max_objects: int = DEFAULT_MAX_OBJECTS
+    group: int = 1  # minimal-pair group size: indices g*group .. g*group+group-1 differ only in shapes
+    shape_only: float = 0.0  # fraction of captions naming shapes (and sizes) without colour or position
+    balanced: bool = False  # the main object's shape is index % 10 (balanced evaluation sets)
+    binding: bool = False  # two objects of distinct shapes and colours, canonical caption + colour-swapped one
+
+    def check(self) -> None:
+        """Raise DataError for options out of range."""
+        if not (0.0 < self.scale <= MAX_SCALE):
+            raise DataError(f"shapes scale must be in (0, {MAX_SCALE}], got {self.scale!r}")
+        if not (1 <= self.min_objects <= self.max_objects <= 3):
+            raise DataError(f"shapes objects must satisfy 1 <= min_objects <= max_objects <= 3, got "
+                            f"{self.min_objects}..{self.max_objects}")
+        if not (1 <= self.group <= MAX_GROUP):
+            raise DataError(f"shapes group must be in 1..{MAX_GROUP}, got {self.group!r}")
+        if not (0.0 <= self.shape_only <= 1.0):
+            raise DataError(f"shapes shape_only must be a fraction in [0, 1], got {self.shape_only!r}")
+        if self.binding and (self.group != 1 or self.balanced):
+            raise DataError("shapes binding samples take neither group nor balanced")
+
+    def identity(self) -> dict[str, Any]:
+        """The options as a plain dict (cache keys, records)."""
+        return {"scale": self.scale, "min_objects": self.min_objects, "max_objects": self.max_objects,
+                "group": self.group, "shape_only": self.shape_only, "balanced": self.balanced,
+                "binding": self.binding}
+
+
 def _check_params(image_size: int, difficulty: float) -> None:
     if int(image_size) != image_size or image_size < _MIN_IMAGE_SIZE:
         raise DataError(f"shapes image_size must be an integer >= {_MIN_IMAGE_SIZE}, got {image_size!r}")
@@ -256,20 +310,29 @@ def _check_params(image_size: int, difficulty: float) -> None:
 # Scene layout
 # ---------------------------------------------------------------------------------------------
 
-def _sample_objects(rng: np.random.Generator, train: bool, side: float, d: float) -> list[dict[str, Any]]:
-    """Pick 1-3 objects with distinct cells and place them; `side` is the drawing canvas size."""
-    n = int(rng.integers(1, 4))
+def _sample_objects(
+    rng: np.random.Generator, train: bool, side: float, d: float, opts: ShapesOptions, member: int
+) -> list[dict[str, Any]]:
+    """Pick objects with distinct cells and place them; `side` is the drawing canvas size.
+
+    Every draw is the same whatever `member` is: each object draws a permutation of its allowed shapes and
+    member m of a minimal-pair group takes its m-th entry, so group members differ in their shapes only.
+    """
+    n = 2 if opts.binding else int(rng.integers(opts.min_objects, opts.max_objects + 1))
     cells = rng.choice(9, size=n, replace=False)
     objects: list[dict[str, Any]] = []
     for order, cell in enumerate(cells):
-        shape = int(rng.integers(len(SHAPES)))
         color = int(rng.integers(len(COLORS)))
-        if train:
-            # Uniform over the 9 colours allowed for this shape: uniform over the 90 train pairs.
-            while (shape, color) in HELD_OUT_PAIRS:
-                color = int(rng.integers(len(COLORS)))
+        if opts.binding and order == 1:  # another colour than the first object's, uniformly
+            color = (objects[0]["color"] + 1 + int(rng.integers(len(COLORS) - 1))) % len(COLORS)
+        # Train: uniform over the 9 shapes allowed with this colour, so uniform over the 90 train pairs.
+        allowed = [k for k in range(len(SHAPES)) if not (train and (k, color) in HELD_OUT_PAIRS)]
+        perm = [allowed[int(j)] for j in rng.permutation(len(allowed))]
+        shape = perm[member]
+        if opts.binding and order == 1 and shape == objects[0]["shape"]:
+            shape = perm[1]
         size = int(rng.integers(len(SIZES)))
-        radius = side * SIZE_FRACTION[size] / 2 * (1.0 + min(d, 2.0) * rng.uniform(-0.1, 0.1))
+        radius = side * SIZE_FRACTION[size] * opts.scale / 2 * (1.0 + min(d, 2.0) * rng.uniform(-0.1, 0.1))
         objects.append({
             "shape": shape, "shape_name": SHAPES[shape],
             "color": color, "color_name": COLORS[color],
@@ -292,8 +355,8 @@ def _place(objects: list[dict[str, Any]], rng: np.random.Generator, side: float,
         center = np.clip(base, lo, hi)
         for _ in range(8 if max_jitter > 0 else 0):
             cand = np.clip(base + rng.uniform(-max_jitter, max_jitter, size=2), lo, hi)
-            # Cell centres are side/3 apart and radii at most ~0.17 * side, so the unjittered
-            # fallback always satisfies this rule too.
+            # At scale 1 the unjittered fallback satisfies this rule too; at larger scales it may overlap more,
+            # but 0.7 * (r1 + r2) > |r1 - r2| still keeps a jittered object from being buried.
             if all(np.hypot(*(cand - p["center"])) >= 0.7 * (r + p["radius"]) for p in objects[:i]):
                 center = cand
                 break
@@ -409,8 +472,10 @@ def _render_pixels(
         rgb = np.asarray(COLOR_RGB[obj["color"]], np.float32) + d * rng.uniform(-24, 24, size=3)
         fill = tuple(int(v) for v in np.clip(rgb, 0, 255))
         angle = math.radians(min(d, 1.5) * rng.uniform(-25, 25))
-        if SHAPES[obj["shape"]] == "arrow" and rng.random() < min(d, 1.0):
-            angle += math.pi / 2 * int(rng.integers(4))  # an arrow pointing anywhere is still an arrow
+        # Drawn for every shape, so members of a minimal-pair group (other shapes) keep one random stream.
+        turn, quarter = rng.random(), int(rng.integers(4))
+        if SHAPES[obj["shape"]] == "arrow" and turn < min(d, 1.0):
+            angle += math.pi / 2 * quarter  # an arrow pointing anywhere is still an arrow
         obj["angle"] = math.degrees(angle)
         obj["rgb"] = fill
         _draw_object(((draw_rgb, fill), (draw_inst, i + 1)), obj, angle)
@@ -442,9 +507,13 @@ _VOWEL = re.compile(r"[aeio]")
 
 
 def _word(rng: np.random.Generator, words: Sequence[str], p_synonym: float) -> str:
-    """Canonical word, or with probability `p_synonym` a random synonym."""
-    if len(words) > 1 and rng.random() < p_synonym:
-        return words[1 + int(rng.integers(len(words) - 1))]
+    """Canonical word, or with probability `p_synonym` a random synonym.
+
+    Always two draws, however many synonyms `words` has: shape words of minimal-pair members differ.
+    """
+    use, which = rng.random(), rng.random()
+    if len(words) > 1 and use < p_synonym:
+        return words[1 + int(which * (len(words) - 1))]
     return words[0]
 
 
@@ -454,12 +523,17 @@ def _position_phrase(rng: np.random.Generator, position: int) -> str:
     return phrases[int(rng.integers(len(phrases)))].format(p=name)
 
 
-def _object_phrase(rng: np.random.Generator, obj: dict[str, Any], d: float, paren: bool) -> str:
-    """E.g. "a large red star in the top left", "one green square (center)", "a ring colored blue"."""
+def _object_phrase(rng: np.random.Generator, obj: dict[str, Any], d: float, paren: bool, plain: bool) -> str:
+    """E.g. "a large red star in the top left", "one green square (center)", "a ring colored blue";
+    `plain`: shape and optional size only ("a big star")."""
     p_syn = 0.2 * min(d, 1.0)
     color = _word(rng, COLOR_WORDS[obj["color"]], p_syn)
     shape = _word(rng, SHAPE_WORDS[obj["shape"]], p_syn)
     size = _word(rng, SIZE_WORDS[obj["size"]], 0.4) if rng.random() < 0.55 else ""
+    if plain:
+        core = " ".join(w for w in (size, shape) if w)
+        article = "one" if rng.random() < 0.12 else ("an" if _VOWEL.match(core) else "a")
+        return f"{article} {core}"
     if rng.random() < 0.12:
         core = " ".join(w for w in (size, shape, "colored" if rng.random() < 0.7 else "in", color) if w)
     else:
@@ -483,9 +557,11 @@ def _join(rng: np.random.Generator, phrases: Sequence[str]) -> str:
     return phrases[0] + first + phrases[1] + last + phrases[2]
 
 
-def _caption(rng: np.random.Generator, objects: list[dict[str, Any]], main: int, d: float) -> str:
-    """A varied English caption naming the objects in random order, always the main one."""
+def _caption(rng: np.random.Generator, objects: list[dict[str, Any]], main: int, d: float, shape_only: float) -> str:
+    """A varied English caption naming the objects in random order, always the main one; with probability
+    `shape_only` the objects are named by shape (and size) alone."""
     n = len(objects)
+    plain = rng.random() < shape_only
     frame = int(rng.integers(9))
     states_count = frame in (7, 8)
     mentioned = [i for i in range(n)]
@@ -493,8 +569,8 @@ def _caption(rng: np.random.Generator, objects: list[dict[str, Any]], main: int,
         others = [i for i in mentioned if i != main]
         mentioned.remove(others[int(rng.integers(len(others)))])  # a loose caption, like the web
     order = [mentioned[i] for i in rng.permutation(len(mentioned))]
-    paren = frame == 7
-    listing = _join(rng, [_object_phrase(rng, objects[i], d, paren) for i in order])
+    paren = frame == 7 and not plain
+    listing = _join(rng, [_object_phrase(rng, objects[i], d, paren, plain) for i in order])
     noun = ("shape", "object")[int(rng.random() < 0.3)] + ("s" if n > 1 else "")
     if frame == 0:
         text = listing
@@ -527,26 +603,54 @@ def _caption(rng: np.random.Generator, objects: list[dict[str, Any]], main: int,
 # Public entry points
 # ---------------------------------------------------------------------------------------------
 
+def _binding_captions(rng: np.random.Generator, objects: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """("a red star and a blue circle", "a blue star and a red circle"): canonical words, random order."""
+    first, second = (objects[0], objects[1]) if rng.random() < 0.5 else (objects[1], objects[0])
+
+    def phrase(color: int, shape: int) -> str:
+        core = f"{COLORS[color]} {SHAPES[shape]}"
+        return ("an " if _VOWEL.match(core) else "a ") + core
+
+    true = f"{phrase(first['color'], first['shape'])} and {phrase(second['color'], second['shape'])}"
+    swapped = f"{phrase(second['color'], first['shape'])} and {phrase(first['color'], second['shape'])}"
+    return true, swapped
+
+
 def render(
-    index: int, split: str = "train", seed: int = 0, image_size: int = 64, difficulty: float = 1.0
+    index: int, split: str = "train", seed: int = 0, image_size: int = 64, difficulty: float = 1.0,
+    options: ShapesOptions | None = None,
 ) -> ShapesSample:
     """Render sample `index` of `split`: a pure function of all arguments.
 
     Objects of the train split never use a pair from HELD_OUT_PAIRS. `difficulty` 0 is clean,
-    1 the default hard setting (see the module docstring). Raise DataError for an unknown split
-    or bad parameters.
+    1 the default hard setting; `options` (default ``ShapesOptions()``) sets scale, object counts,
+    minimal-pair groups, shape-only captions, balanced and binding sets (see the module docstring).
+    Raise DataError for an unknown split or bad parameters.
     """
     sid = split_id(split)
     _check_params(image_size, difficulty)
+    opts = options if options is not None else ShapesOptions()
+    opts.check()
     if index < 0:
         raise DataError(f"shapes index must be >= 0, got {index}")
+    if opts.balanced and sid == 0:
+        raise DataError("balanced shapes sets ignore the hold-out, so they exist only for the val and test splits")
     d = float(difficulty)
-    rng = np.random.default_rng([int(seed), sid, int(index)])
+    group, member = divmod(int(index), opts.group)
+    # One random stream per group: its members share every draw and differ only in which shapes they take.
+    rng = np.random.default_rng([int(seed), sid, group] + ([opts.group] if opts.group > 1 else []))
     n = image_size * _SUPERSAMPLE
-    objects = _sample_objects(rng, sid == 0, float(n), d)
+    objects = _sample_objects(rng, sid == 0, float(n), d, opts, member)
     main = _main_object(objects)
+    if opts.balanced:
+        objects[main]["shape"] = int(index) % len(SHAPES)
+        objects[main]["shape_name"] = SHAPES[objects[main]["shape"]]
     image, instances = _render_pixels(rng, objects, int(image_size), d)
-    caption = _caption(rng, objects, main, d)
+    swapped = ""
+    if opts.binding:
+        caption, swapped = _binding_captions(rng, objects)
+    else:
+        caption = _caption(rng, objects, main, d, opts.shape_only)
     # Report geometry at output resolution, not on the supersampled canvas.
     for obj in objects:
         obj["center"] = (obj["center"][0] / _SUPERSAMPLE, obj["center"][1] / _SUPERSAMPLE)
@@ -557,7 +661,7 @@ def render(
     return ShapesSample(
         image=image, caption=caption, shape=m["shape"], color=m["color"],
         shape_color=m["shape"] * len(COLORS) + m["color"], count=len(objects),
-        seg=lut[instances], objects=objects, main=main, instances=instances,
+        seg=lut[instances], objects=objects, main=main, instances=instances, swapped_caption=swapped,
     )
 
 
@@ -567,7 +671,8 @@ class ShapesDataset(torch.utils.data.Dataset):
     Items are dicts with "image" (transform(PIL) if a transform is given), "text"
     (tokenizer([caption])[0] if a tokenizer is given, else the caption), "caption", the labels
     "shape", "color", "shape_color", "count" (1..3) and "count_label" (count - 1, the index
-    into classnames("count")), and "seg" as a LongTensor (H, W).
+    into classnames("count")), "seg" as a LongTensor (H, W) and "swapped_caption" ("" unless
+    `options.binding`). `group_size` is the minimal-pair group size the training sampler keeps whole.
     """
 
     def __init__(
@@ -579,9 +684,14 @@ class ShapesDataset(torch.utils.data.Dataset):
         difficulty: float = 1.0,
         transform: Callable[[Image.Image], Any] | None = None,
         tokenizer: Callable[[list[str]], Any] | None = None,
+        options: ShapesOptions | None = None,
     ) -> None:
         split_id(split)
         _check_params(image_size, difficulty)
+        self.options = options if options is not None else ShapesOptions()
+        self.options.check()
+        if self.options.balanced and split == "train":
+            raise DataError("balanced shapes sets exist only for the val and test splits")
         self.split = split
         self.size = DEFAULT_SIZES[split] if size is None else int(size)
         if self.size < 0:
@@ -592,6 +702,11 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.tokenizer = tokenizer
 
+    @property
+    def group_size(self) -> int:
+        """Minimal-pair group size: the sampler keeps indices g*k .. g*k+k-1 in one rank's batch slice."""
+        return self.options.group
+
     def __len__(self) -> int:
         return self.size
 
@@ -600,7 +715,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             i += self.size
         if not 0 <= i < self.size:
             raise IndexError(f"index {i} out of range for shapes {self.split} of size {self.size}")
-        s = render(i, self.split, self.seed, self.image_size, self.difficulty)
+        s = render(i, self.split, self.seed, self.image_size, self.difficulty, self.options)
         return {
             "image": self.transform(s.image) if self.transform is not None else s.image,
             "text": self.tokenizer([s.caption])[0] if self.tokenizer is not None else s.caption,
@@ -611,4 +726,5 @@ class ShapesDataset(torch.utils.data.Dataset):
             "count": s.count,
             "count_label": s.count - 1,
             "seg": torch.from_numpy(s.seg.astype(np.int64)),
+            "swapped_caption": s.swapped_caption,
         }

@@ -2,8 +2,11 @@
 
 Forms:
 
-* ``shapes`` or ``shapes:difficulty=0.5,size=2000`` - the built-in synthetic dataset;
-  options are comma-separated ``key=value`` pairs.
+* ``shapes`` or ``shapes:difficulty=0.5,size=2000,group=4`` - the built-in synthetic dataset;
+  options are comma-separated ``key=value`` pairs: ``difficulty``, ``size`` (samples per epoch),
+  ``scale`` (object size multiplier), ``min_objects``/``max_objects`` (1..3), ``group`` (minimal-pair
+  group size, 1 = off) and ``shape_only`` (fraction of captions naming shapes without colour or position).
+  Training defaults: ``TRAIN_SHAPES_DEFAULTS``; the rest are ``ShapesOptions``' defaults.
 * ``csv:PATH`` - a CSV or TSV file in open_clip's format (see :mod:`.csv_dataset`).
 * ``wds:PATTERN`` - WebDataset shards, e.g. ``wds:/data/shard-{00000..00009}.tar``.
 
@@ -21,7 +24,14 @@ from maskclip_core.errors import DataError
 
 KINDS = ("shapes", "csv", "wds")
 # Option name -> parser; these map onto ShapesDataset's constructor arguments.
-_SHAPES_OPTIONS: dict[str, Callable[[str], Any]] = {"difficulty": float, "size": int}
+_SHAPES_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "difficulty": float, "size": int, "scale": float, "min_objects": int, "max_objects": int, "group": int,
+    "shape_only": float,
+}
+# Generator options (ShapesOptions fields) whose training default differs from the evaluation sets' default:
+# minimal-pair groups and shape-only captions make the contrastive loss need shape words (issue 12).
+TRAIN_SHAPES_DEFAULTS: dict[str, Any] = {"group": 4, "shape_only": 0.25}
+_GENERATOR_OPTIONS = ("scale", "min_objects", "max_objects", "group", "shape_only")
 _USAGE = "use shapes, csv:PATH or wds:PATTERN"
 
 
@@ -73,6 +83,10 @@ def parse_data_spec(spec: str) -> DataSpec:
             except ValueError:
                 raise DataError(f"option {key}={value!r} in data spec {spec!r} is not a valid "
                                 f"{_SHAPES_OPTIONS[key].__name__}") from None
+        try:
+            shapes_options(options).check()
+        except DataError as exc:
+            raise DataError(f"{exc} (data spec {spec!r})") from None
         return DataSpec(kind="shapes", path=None, options=options)
 
     path = rest.strip()
@@ -80,6 +94,14 @@ def parse_data_spec(spec: str) -> DataSpec:
         placeholder = "PATH" if kind == "csv" else "PATTERN"
         raise DataError(f"data spec {spec!r} needs a location: {kind}:{placeholder}")
     return DataSpec(kind=kind, path=path, options={})
+
+
+def shapes_options(options: dict[str, str]) -> Any:
+    """The ShapesOptions of a parsed ``shapes:`` spec: its generator options over TRAIN_SHAPES_DEFAULTS."""
+    from maskclip_core.data.shapes import ShapesOptions
+
+    given = {k: _SHAPES_OPTIONS[k](v) for k, v in options.items() if k in _GENERATOR_OPTIONS}
+    return ShapesOptions(**{**TRAIN_SHAPES_DEFAULTS, **given})
 
 
 def build_train_dataset(
@@ -137,6 +159,7 @@ def build_train_dataset(
             transform=transform,
             tokenizer=tokenizer,
             difficulty=float(options.get("difficulty", 1.0)),
+            options=shapes_options(options),
             **extra,
         )
 
