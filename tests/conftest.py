@@ -13,6 +13,19 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
+# The slowest test files, slowest first (measured with `--durations`). `make test` hands whole files to two xdist
+# workers (`--dist loadfile`) in collection order; starting with the long ones keeps one worker from running a
+# 3-minute file alone at the end while the other idles.
+SLOW_FIRST = ("test_distributed.py", "test_ablate_slurm.py", "test_ablate.py", "test_reliability.py",
+              "test_check.py", "test_training.py", "test_eval_cli.py", "test_demo.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Collect the slow files first (see SLOW_FIRST); the order inside a file is kept."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
+
+
 # `--precision auto` (every command's default) resolves to bf16 on CPUs with native bf16 and to fp32 elsewhere; the
 # suite pins it to fp32 so that it computes the same numbers, at comparable speed, on every CPU. Tests of the
 # resolution itself unset this.
