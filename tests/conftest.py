@@ -41,18 +41,30 @@ TINY_TRAIN_STEPS = int(os.environ.get("MASKCLIP_TEST_TRAIN_STEPS", "30"))
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `clip` checkpoint of MaskCLIP-Tiny-8 trained for a few steps on shapes (batch 32), written once.
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A `clip` checkpoint of MaskCLIP-Tiny-8 trained for a few steps on shapes (batch 32), written once per test
+    session: under xdist the first worker that needs it trains it in the session's shared temporary folder while
+    the others wait on a file lock and reuse it (the training is the costliest set-up of the suite).
 
     `clip` rather than `maskclip` because it trains about twice as fast and the evaluation side only
     reads the CLIP towers and the config; the checkpoint has the trainer's full format either way.
     """
+    from filelock import FileLock
+
+    if worker_id == "master":  # no xdist: this session's own folder
+        return _train_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))
+    shared = tmp_path_factory.getbasetemp().parent  # this session's folder, common to its xdist workers
+    with FileLock(str(shared / "tiny_run.lock")):
+        path = shared / "tiny_run" / "checkpoints" / "last.pt"
+        return path if path.is_file() else _train_tiny_checkpoint(shared / "tiny_run")
+
+
+def _train_tiny_checkpoint(out: Path) -> Path:
     import torch
 
     from maskclip_core.config import TrainConfig
     from maskclip_core.trainer import train
 
-    out = tmp_path_factory.mktemp("tiny_run")
     cfg = TrainConfig.from_dict({
         "model": {"name": "MaskCLIP-Tiny-8"},
         "method": {"name": "clip"},
