@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import invoke_cli as _run_cli
 from maskclip_bench import ablate, aggregate
 from maskclip_core.config import TrainConfig
 from maskclip_core.errors import ConfigError
@@ -94,15 +95,6 @@ def test_write_tables_md_csv_and_plots(tmp_path):
     assert csv.startswith("# Produced by")
     png = tmp_path / "ablation_mask_ratio_shapes_shape_color_acc1.png"
     assert png in written and png.read_bytes()[:4] == b"\x89PNG"
-
-
-def _run_cli(args):
-    from typer.testing import CliRunner
-
-    from maskclip_bench.cli import _register_commands, app
-
-    _register_commands()
-    return CliRunner().invoke(app, args, catch_exceptions=False)
 
 
 TINY = ["--steps", "3", "--batch-size", "8", "--model", "MaskCLIP-Tiny-8", "--data", "shapes",

@@ -16,19 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import invoke_cli as _run_cli
 from maskclip_bench import grid_status
 from maskclip_core.errors import ConfigError
 
 submitit = pytest.importorskip("submitit")
-
-
-def _run_cli(args):
-    from typer.testing import CliRunner
-
-    from maskclip_bench.cli import _register_commands, app
-
-    _register_commands()
-    return CliRunner().invoke(app, args, catch_exceptions=False)
 
 
 TINY = ["--batch-size", "8", "--model", "MaskCLIP-Tiny-8", "--data", "shapes", "--set", "workers=0",
