@@ -39,12 +39,6 @@ def default_momentum(total_steps: int) -> float:
     return min(max(1.0 - _HORIZON_C / math.sqrt(total_steps), 0.5), 0.9999)
 
 
-def init_share(total_steps: int, base: float, end: float, upto: int | None = None) -> float:
-    """Share of the teacher's initial weights left after `upto` (default all) updates of the schedule: prod m."""
-    upto = total_steps if upto is None else upto
-    return math.prod(momentum_at(s, total_steps, base, end) for s in range(upto))
-
-
 def momentum_at(step: int, total_steps: int, base: float, end: float) -> float:
     """Cosine schedule from `base` at step 0 to `end` at `total_steps` (BYOL/DINO)."""
     if total_steps <= 1:

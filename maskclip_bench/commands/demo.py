@@ -42,6 +42,10 @@ def demo_command(
     console = Console()
     start = time.time()
     results = {}
+    resolved = TrainConfig()
+    resolved.run.precision = precision
+    announce_precision(resolved)  # resolved and printed once, the same for both methods
+    precision = resolved.run.precision
     for method in ("clip", "maskclip"):
         cfg = TrainConfig()
         cfg.method.name = method
@@ -49,11 +53,6 @@ def demo_command(
         cfg.run.precision, cfg.run.out = precision, str(out / method)
         cfg.optim.lr, cfg.optim.warmup = 1e-3, max(1, steps // 10)
         validate(cfg)
-        if method == "clip":
-            announce_precision(cfg)
-            precision = cfg.run.precision  # resolved once, the same for both methods
-        else:
-            cfg.run.precision = precision
         with TrainProgress(title=method) as progress:
             run = train(cfg, on_log=progress.on_log, on_step=progress.on_step)
         console.print(f"[bold]{method}[/bold]: {run.steps} steps in {run.wall_time_s:.0f}s")
