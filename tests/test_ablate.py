@@ -97,7 +97,7 @@ def test_write_tables_md_csv_and_plots(tmp_path):
     assert png in written and png.read_bytes()[:4] == b"\x89PNG"
 
 
-TINY = ["--steps", "3", "--batch-size", "8", "--model", "MaskCLIP-Tiny-8", "--data", "shapes",
+TINY = ["--steps", "3", "--batch-size", "8", "--model", "MaskCLIP-Micro-8", "--data", "shapes",
         "--set", "workers=0", "--set", "log_every=1", "--set", "warmup=1", "--threads", "1", "--quiet",
         "--eval-dataset", "shapes:test=32,train=32,val=16", "--eval-batch-size", "32"]
 

@@ -205,7 +205,7 @@ def test_committed_baseline_records_its_settings():
     data = check.load_baseline(CI_BASELINE)
     assert data["command"].startswith("maskclip-bench check") and "--update" in data["command"]
     settings = check.CheckSettings.from_dict(data["settings"])
-    assert settings.model == "MaskCLIP-Tiny-8" and settings.method == "maskclip"
+    assert settings.model == "MaskCLIP-Micro-8" and settings.method == "maskclip"
     assert len(data["seeds"]) >= 3
     for entry in data["metrics"].values():
         assert entry["tolerance"] > 0

@@ -55,9 +55,15 @@ def agreement(tiny_checkpoint, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        from maskclip_bench.loading import load_model
+
+        # Rendered at the model's input size, as our built-in spec renders them: a resize in between changes pixels.
+        size = load_model(str(tiny_checkpoint)).model.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
         _cli("export", "--ckpt", tiny_checkpoint, "--out", model_dir)
-        _cli("data", "export", "--dataset", CLS_SPEC, "--format", "wds", "--out", cls_dir, "--samples-per-shard", 128)
-        _cli("data", "export", "--dataset", RET_SPEC, "--format", "wds", "--out", ret_dir, "--samples-per-shard", 128)
+        for spec, out in ((CLS_SPEC, cls_dir), (RET_SPEC, ret_dir)):
+            _cli("data", "export", "--dataset", spec, "--format", "wds", "--out", out, "--samples-per-shard", 128,
+                 "--image-size", size)
         procs = {
             "cls": (_clip_benchmark(model_dir, cls_dir, "shapes_shape_color", "zeroshot_classification",
                                     root / "cb_cls.json"), root / "cb_cls.json"),

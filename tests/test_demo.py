@@ -13,7 +13,8 @@ def test_demo_smoke(tmp_path, capsys, monkeypatch, one_thread):
 
     out = tmp_path / "demo"
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--steps", "2", "--batch-size", "8", "--precision", "fp32", "--out", str(out),
+        main(["demo", "--steps", "2", "--batch-size", "8", "--model", "MaskCLIP-Micro-8", "--precision", "fp32",
+              "--out", str(out),
               "--shapes", "test=40,train=40,val=20"])
     printed = capsys.readouterr().out
     assert exit_info.value.code in (0, None), printed
@@ -28,6 +29,6 @@ def test_demo_smoke(tmp_path, capsys, monkeypatch, one_thread):
         for method in ("clip", "maskclip"))
     assert all(r["num_samples"] == 40 for r in records)
     # the side-by-side table: a row per metric of both methods, with the difference
-    assert "clip vs maskclip on shapes (2 steps, batch 8, seed 0)" in printed
+    assert "clip vs maskclip on shapes (MaskCLIP-Micro-8, 2 steps, batch 8, seed 0)" in printed
     assert "shape_color acc1" in printed and "retrieval image_retrieval_recall@5" in printed
     assert "lp_acc1" in printed and "total time" in printed

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-MODEL = "MaskCLIP-Tiny-8"
+MODEL = "MaskCLIP-Micro-8"  # the model of conftest.py's shared tiny_checkpoint
 SPEC = "shapes/dense:test=60,train=120"
 
 
@@ -29,8 +29,8 @@ def test_trained_checkpoint_beats_an_untrained_vit_on_the_dense_probe(tiny_check
     untrained_path = tmp_path / "untrained.pt"
     torch.save(create_clip(MODEL).state_dict(), untrained_path)
     untrained = _dense(str(untrained_path), tmp_path / "untrained", "--model", MODEL)
-    # Measured (AMD EPYC, AVX2; the 30-step shared checkpoint): trained miou 0.0406 / pixel_acc 0.408, untrained
-    # 0.0273 / 0.229. A random ViT's tokens keep local colour, so it is no pushover; the margins asked here are
-    # about half of the measured ones.
-    assert trained["pixel_acc"] > untrained["pixel_acc"] + 0.09, (trained, untrained)
+    # Measured (AMD EPYC, AVX2; the shared 80-step MaskCLIP-Micro-8 checkpoint): trained miou 0.0306 / pixel_acc
+    # 0.237, untrained 0.0203 / 0.143. A random ViT's tokens keep local colour, so it is no pushover; the margins
+    # asked here are about half of the measured ones.
+    assert trained["pixel_acc"] > untrained["pixel_acc"] + 0.045, (trained, untrained)
     assert trained["miou"] > 1.25 * untrained["miou"], (trained, untrained)

@@ -20,7 +20,7 @@ STEPS, B = 3, 4
 # steps that differ between any two batch splits. With 1e-6 the noise stays noise and the comparison is of the
 # computation, not of the rounding.
 LOGGED = ("loss", "loss_contrastive", "loss_distill", "loss_mlm", "logit_scale", "lr", "samples_read")
-COMMON = ["--steps", str(STEPS), "--quiet", "--data", "shapes:difficulty=0.3",
+COMMON = ["--steps", str(STEPS), "--quiet", "--data", "shapes:difficulty=0.3", "--model", "MaskCLIP-Micro-8",
           "--set", "workers=0", "--set", "threads=1", "--set", "log_every=1", "--set", "warmup=1",
           "--set", "lr=5e-4", "--set", "eps=1e-6", "--precision", "fp32"]
 

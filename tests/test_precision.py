@@ -13,7 +13,7 @@ from maskclip_core.trainer import train
 
 def tiny(tmp_path, name: str, **run) -> TrainConfig:
     cfg = TrainConfig()
-    cfg.method.name = "maskclip"
+    cfg.method.name, cfg.model.name = "maskclip", "MaskCLIP-Micro-8"  # the smallest towers: a few steps each
     cfg.data.spec, cfg.data.workers = "shapes:difficulty=0.3", 0
     cfg.run.batch_size, cfg.run.steps, cfg.run.log_every, cfg.run.threads = 4, 2, 1, 1
     cfg.run.out = str(tmp_path / name)

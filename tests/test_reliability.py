@@ -47,7 +47,7 @@ def wds_data(csv_data):
 
 def _train_cmd(out: Path, data: Path | str, steps: int = STEPS, resume: bool = False) -> list[str]:
     spec = data if isinstance(data, str) else f"csv:{data}"
-    cmd = [sys.executable, "-m", "maskclip_bench", "train", "--method", "maskclip", "--data", spec,
+    cmd = [sys.executable, "-m", "maskclip_bench", "train", "--method", "maskclip", "--data", spec, "--model", "MaskCLIP-Micro-8",
            "--steps", str(steps), "--batch-size", "4", "--out", str(out), "--quiet",
            "--set", "workers=0", "--set", "log_every=1", "--set", "checkpoint_every=3", "--set", "threads=1",
            "--set", "keep_checkpoints=2", "--set", "warmup=2", "--set", "precision=fp32"]
@@ -219,7 +219,7 @@ def _small_csv_config(tmp_path, data: Path, **run):
     from maskclip_core.config import TrainConfig
 
     cfg = TrainConfig()
-    cfg.method.name = "clip"
+    cfg.method.name, cfg.model.name = "clip", "MaskCLIP-Micro-8"
     cfg.data.spec, cfg.data.workers = f"csv:{data}", 0
     cfg.run.batch_size, cfg.run.steps, cfg.run.log_every, cfg.run.threads = 4, 8, 1, 1
     cfg.run.out = str(tmp_path / "run")

@@ -14,7 +14,7 @@ def check_command(
     update: bool = typer.Option(False, "--update", help="rewrite the baseline from --seeds fresh runs"),
     seeds: int = typer.Option(3, "--seeds", help="with --update: runs (seeds) whose spread sets the tolerances"),
     k: float = typer.Option(3.0, "--k", help="with --update: tolerance = max(k * std over seeds, floor)"),
-    steps: int = typer.Option(None, "--steps", help="with --update: training steps (default: kept or 40)"),
+    steps: int = typer.Option(None, "--steps", help="with --update: training steps (default: kept from the file)"),
     threads: int = typer.Option(None, "--threads", help="torch threads of the check run (default: from baseline)"),
     drop_at_chance: bool = typer.Option(False, "--drop-at-chance",
                                         help="with --update: leave out metrics whose tolerance reaches chance "
