@@ -21,7 +21,6 @@ from __future__ import annotations
 import gc
 import platform
 import re
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +278,7 @@ class VariantResult:
     flops: int | None = None
     params: int | None = None
     error: str | None = None
+    peak_is_own: bool = True  # False: CPU peak RSS could not be reset, so it includes earlier variants
 
     @property
     def ok(self) -> bool:
@@ -312,35 +312,31 @@ def count_flops(step: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def max_rss_bytes() -> int:
-    """The process's maximum resident set size so far (Linux reports KiB, macOS bytes)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if platform.system() == "Darwin" else rss * 1024)
-
-
 def measure_variant(variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
                     steps: int, warmup: int, seed: int = 0, flops: bool = True) -> VariantResult:
     """Build the variant, run `warmup` untimed steps, time `steps` steps (synchronising CUDA around each), read
-    peak memory (CUDA: max allocated since after the warm-up; CPU: process max RSS), then count one extra step's
+    peak memory since just before the build (CUDA: max allocated; CPU: peak RSS, see `memory`), then count one
+    extra step's
     FLOPs (untimed). The variant is freed before returning, so the next one's peak memory does not include it."""
     device = images.device
     result = VariantResult(variant, images.shape[0])
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    from .memory import read_peak, reset_peak
+
+    result.peak_is_own = reset_peak(device)  # before the build: the peak holds the model, optimizer and teacher
     step = build_step(variant, model_name, images, text, precision, seed=seed)
     result.params = step.num_params
     for _ in range(warmup):
         step()
     synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(steps):
         start = time.perf_counter()
         step()
         synchronize(device)
         result.step_times.append(time.perf_counter() - start)
-    result.peak_bytes = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max_rss_bytes())
+    result.peak_bytes = read_peak(device)
     if flops:
         result.flops = count_flops(step)
         synchronize(device)
@@ -409,6 +405,27 @@ def ratios(results: dict[str, VariantResult]) -> list[Ratio]:
     return out
 
 
+PUBLISHED_MASKCLIP_COST = 1.56  # MaskCLIP / CLIP training cost, the paper's GPU figure at ViT-B/16
+
+
+def flop_ratio_lines(results: dict[str, VariantResult]) -> list[str]:
+    """FLOP ratios against clip (counted FLOPs per step) beside the time ratio and the achieved-FLOP/s ratio: a
+    time ratio above the FLOP ratio means the variant's FLOPs run slower than clip's."""
+    base = results.get("clip")
+    if base is None or not base.ok or not base.flops:
+        return []
+    out = []
+    for name in ("maskclip", "maskclip-masked-view"):
+        r = results.get(name)
+        if r is None or not r.ok or not r.flops:
+            continue
+        flop_ratio, time_ratio = r.flops / base.flops, r.seconds / base.seconds
+        extra = f" (published GPU cost of maskclip: {PUBLISHED_MASKCLIP_COST}x)" if name == "maskclip" else ""
+        out.append(f"{name} / clip FLOPs per step: {flop_ratio:.3f}x{extra}; time {time_ratio:.3f}x; achieved "
+                   f"FLOP/s {flop_ratio / time_ratio:.3f}x clip's")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ results/perf.md
 
 MARKER = "<!-- perf-section: {key} -->"
@@ -450,10 +467,12 @@ def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[st
     key = section_key(dev, info.device_name, info.model, info.precision)
     peak = peak_bf16_tflops(info.device_name) if dev == "cuda" else None
     if dev == "cuda":
-        mem_header = "peak memory (MiB, torch.cuda.max_memory_allocated over the timed steps)"
+        mem_header = "peak memory (MiB, torch.cuda.max_memory_allocated from build to last timed step)"
         mfu_header = f"MFU (vs {peak:g} TFLOP/s dense bf16)" if peak else "MFU (peak unknown)"
     else:
-        mem_header = "process max RSS (MiB, ru_maxrss: cumulative over the process, includes earlier variants)"
+        own = all(r.peak_is_own for r in results.values())
+        mem_header = ("peak RSS (MiB, VmHWM reset before each variant; includes the interpreter and torch)" if own
+                      else "process max RSS (MiB, ru_maxrss: cumulative over the process, includes earlier variants)")
         mfu_header = "MFU"
     lines = [
         MARKER.format(key=key),
@@ -484,6 +503,7 @@ def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[st
                      f"{mfu} |")
     lines += ["", "Ratios (this run, median step times):", ""]
     lines += [f"- {r.line()}" for r in ratios(results)]
+    lines += [f"- {line}" for line in flop_ratio_lines(results)]
     return key, "\n".join(lines) + "\n"
 
 
