@@ -9,6 +9,9 @@ resume point: the property the distributed-equivalence and exact-resume guarante
 """
 from __future__ import annotations
 
+import functools
+from typing import Union
+
 import torch
 
 # Stream ids keep the image-mask and MLM draws of one sample independent.
@@ -33,18 +36,17 @@ def sample_generator(seed: int, step: int, sample_id: int, stream: int) -> torch
 _MASK32 = 0xFFFFFFFF
 # murmur3's 32-bit finaliser constants and the golden-ratio increment (Weyl step between words of the key).
 _FMIX_C1, _FMIX_C2, _GOLDEN = 0x85EBCA6B, 0xC2B2AE35, 0x9E3779B9
+Word = Union[int, torch.Tensor]  # a value in [0, 2**32): a Python int or an int64 tensor
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2**32 for x in [0, 2**32) held in int64, without int64 overflow: c is split in 16-bit halves, so
-    every partial product stays below 2**48."""
-    lo = x * (c & 0xFFFF)
-    hi = ((x * (c >> 16)) & 0xFFFF) << 16  # only the low 16 bits of x * c_hi survive the shift mod 2**32
-    return (lo + hi) & _MASK32
+def _mul32(x: Word, c: int) -> Word:
+    """(x * c) mod 2**32 for x in [0, 2**32). A constant above 2**31 is used as c - 2**32 (the same residue), so
+    the int64 product stays within +-2**63; `& 0xFFFFFFFF` takes the low 32 bits of a negative product too."""
+    return (x * (c - (1 << 32) if c >= 1 << 31 else c)) & _MASK32
 
 
-def _fmix32(x: torch.Tensor) -> torch.Tensor:
-    """murmur3's finaliser: a bijection of 32-bit words with full avalanche."""
+def _fmix32(x: Word) -> Word:
+    """murmur3's finaliser: a bijection of 32-bit words with full avalanche (Python ints or int64 tensors)."""
     x = x ^ (x >> 16)
     x = _mul32(x, _FMIX_C1)
     x = x ^ (x >> 13)
@@ -52,34 +54,37 @@ def _fmix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def _absorb(h: torch.Tensor, word: torch.Tensor) -> torch.Tensor:
+def _absorb(h: Word, word: Word) -> Word:
     """Mix one 32-bit word into the running hash."""
-    return _fmix32((h ^ _fmix32((word + _GOLDEN) & _MASK32)) & _MASK32)
+    return _fmix32(h ^ _fmix32((word + _GOLDEN) & _MASK32))
 
 
-def _words(value: torch.Tensor | int) -> list[torch.Tensor]:
-    """The low and high 32-bit words of a non-negative integer (tensor or Python int; ids stay below 2**63)."""
-    value = torch.as_tensor(value, dtype=torch.int64)
-    return [value & _MASK32, (value >> 32) & _MASK32]
+@functools.lru_cache(maxsize=16)
+def _position_words(n: int) -> torch.Tensor:
+    """fmix32(j + golden) for the positions j < n (the last word of every key), computed once per length."""
+    return _fmix32((torch.arange(n, dtype=torch.int64) + _GOLDEN) & _MASK32)
 
 
 def hash_uniform(seed: int, step: int, sample_ids: torch.Tensor, n: int, stream: int) -> torch.Tensor:
     """Counter-based uniforms [len(sample_ids), n] in [0, 1), float64: element (i, j) is
-    fmix-hash(seed, step, stream, sample_ids[i], j) / 2**32, a pure function of those five integers.
+    hash(seed, step, stream, sample_ids[i], j) / 2**32 (each value absorbed as two 32-bit words, then j), a pure
+    function of those five integers.
 
-    Vectorised int64 torch ops (no generator per sample), so a batch costs a few tensor ops whatever its size; the
-    per-sample property is the one `sample_generator` gave: a row depends on its sample id, never on the batch.
+    The (seed, step, stream) prefix is hashed in Python integers, the sample words on [B], the positions once per
+    length, leaving one finaliser on [B, n]: no generator per sample, a handful of tensor ops per batch. A row
+    depends on its sample id only, never on the batch, as with the per-sample generators it replaced.
     """
-    ids = sample_ids.to(torch.int64).reshape(-1, 1)
-    if (ids < 0).any() or seed < 0 or step < 0:
-        raise ValueError("seed, step and sample ids must be >= 0")
-    h = torch.zeros((), dtype=torch.int64)
-    for word in (*_words(seed), *_words(step), *_words(stream)):
-        h = _absorb(h, word)
-    for word in _words(ids):
-        h = _absorb(h, word)  # [B, 1]
-    h = _absorb(h, torch.arange(n, dtype=torch.int64).reshape(1, -1))  # [B, n]
-    return h.to(torch.float64) / float(1 << 32)
+    if seed < 0 or step < 0 or stream < 0:
+        raise ValueError("seed, step and stream must be >= 0")
+    h = 0
+    for value in (seed, step, stream):
+        h = _absorb(_absorb(h, value & _MASK32), (value >> 32) & _MASK32)
+    ids = sample_ids.to(torch.int64)
+    if bool((ids < 0).any()):
+        raise ValueError("sample ids must be >= 0")
+    per_sample = _absorb(_absorb(h, ids & _MASK32), (ids >> 32) & _MASK32)  # [B]
+    bits = _fmix32(per_sample.unsqueeze(1) ^ _position_words(n).unsqueeze(0))  # [B, n]
+    return bits.to(torch.float64) * (1.0 / (1 << 32))
 
 
 def per_sample_uniform(seed: int, step: int, sample_ids: torch.Tensor, n: int, stream: int) -> torch.Tensor:
