@@ -199,7 +199,8 @@ def measure_training_loop(variant: str, model_name: str, batch_size: int, precis
 
 def render_breakdown(model: str, precision: str, batch_size: int, tables: dict[str, list[PartCost]],
                      command: str, loops: dict[str, LoopResult] | None = None,
-                     memory: dict[str, int | None] | None = None) -> str:
+                     memory: dict[str, int | None] | None = None,
+                     step_only: dict[str, float] | None = None) -> str:
     """Markdown: one column pair (GFLOPs, ms) per variant, one row per part; then the data wait lines."""
     variants = list(tables)
     names: list[str] = []
@@ -230,6 +231,12 @@ def render_breakdown(model: str, precision: str, batch_size: int, tables: dict[s
         lines += ["", "Data wait in a real training loop (`maskclip_core.trainer.train` on `shapes`, last log "
                   "window; `data_wait_fraction` = wall time spent fetching the batch, drawing masks, copying):", ""]
         for v, r in loops.items():
-            lines.append(f"- {v}: {r.samples_per_s:,.1f} samples/s in the trainer, data wait "
-                         f"{100 * r.data_wait_fraction:.1f} % of wall time ({r.steps} steps, batch {r.batch_size})")
+            line = (f"- {v}: {r.samples_per_s:,.1f} samples/s in the trainer, data wait "
+                    f"{100 * r.data_wait_fraction:.1f} % of wall time ({r.steps} steps, batch {r.batch_size})")
+            bench = (step_only or {}).get(v)
+            if bench:
+                ratio = r.samples_per_s / bench
+                line += (f"; trainer / bench step-only samples/s: {ratio:.3f} (target: >= 0.95): "
+                         f"{'met' if ratio >= 0.95 else 'NOT met'}")
+            lines.append(line)
     return "\n".join(lines) + "\n"

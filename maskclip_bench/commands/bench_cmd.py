@@ -24,7 +24,8 @@ def bench_command(
     warmup: int = typer.Option(2, "--warmup", help="untimed steps per variant before timing"),
     threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0: torch's default)"),
     variants: list[str] = typer.Option([], "--variants", help="subset of open_clip, clip, maskclip, "
-                                       "maskclip-masked-view (repeatable or a comma list; default: all)"),
+                                       "maskclip-masked-view, maskclip-masked-view-mlm-half (repeatable or a comma "
+                                       "list; default: all but the last)"),
     out: Path = typer.Option(Path("results/perf.md"), "--out", help="markdown file; only this run's device / "
                              "model / precision sections are replaced"),
     breakdown: bool = typer.Option(False, "--breakdown", help="also measure FLOPs and time per part of the step "
@@ -36,6 +37,8 @@ def bench_command(
                                    "probe)"),
     memory_gb: float = typer.Option(0.0, "--memory-gb", help="memory budget for --max-batch, GiB"),
     max_batch_limit: int = typer.Option(4096, "--max-batch-limit", help="--max-batch never probes above this"),
+    torchcompile: bool = typer.Option(False, "--torchcompile", help="our variants' forward through torch.compile "
+                                      "(the trainer's --torchcompile); open_clip's loop stays eager"),
 ) -> None:
     """Time one training step of open_clip's own loop and of our clip / maskclip / masked-view variants (same
     model config, batch and process); print samples/s, peak memory, FLOP/s and the targeted ratios."""
@@ -50,7 +53,7 @@ def bench_command(
 
     dev = perf.resolve_device(device)
     asked = split_list(precision) or ["auto"]
-    chosen = split_list(variants) or list(perf.VARIANTS)
+    chosen = split_list(variants) or list(perf.DEFAULT_VARIANTS)
     precisions = []
     for p in asked:
         if p not in ("auto", *perf.PRECISIONS):
@@ -88,6 +91,7 @@ def bench_command(
         "--device", device, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads),
         "--variants", ",".join(chosen), "--out", str(out),
         *(["--breakdown", "--loop-steps", str(loop_steps)] if breakdown else []),
+        *(["--torchcompile"] if torchcompile else []),
         *(["--max-batch", "--memory-gb", f"{memory_gb:g}", "--max-batch-limit", str(max_batch_limit)]
           if max_batch else []),
     ])
@@ -101,7 +105,9 @@ def bench_command(
             for variant in chosen:
                 console.print(f"[dim]{prec} {variant}: {warmup} warm-up + {steps} timed step(s)...[/dim]")
                 try:
-                    results[variant] = perf.measure_variant(variant, model, images, text, prec, steps, warmup)
+                    results[variant] = perf.measure_variant(variant, model, images, text, prec, steps, warmup,
+                                                            compile=torchcompile and variant != "open_clip",
+                                                            flops=not torchcompile)  # FLOPs: the eager sections
                 except MaskClipError:
                     raise
                 except Exception as exc:  # one failing variant (e.g. out of memory) is reported, not fatal
@@ -110,11 +116,12 @@ def bench_command(
                     console.print(f"[red]{variant} failed[/red]: {message}")
             info = perf.RunInfo(command=command, device=dev, device_name=name, model=model, precision=prec,
                                 batch_size=batch_size, steps=steps, warmup=warmup,
-                                threads=torch.get_num_threads())
+                                threads=torch.get_num_threads(), compiled=torchcompile)
             key, body = perf.render_section(info, results)
             if breakdown:
                 body += "\n" + run_breakdown(console, model, images, text, prec, chosen, loop_steps, command,
-                                              {v: r.peak_bytes for v, r in results.items()})
+                                              {v: r.peak_bytes for v, r in results.items()},
+                                              {v: r.samples_per_s for v, r in results.items() if r.ok})
             if max_batch:
                 body += "\n" + run_max_batch(console, model, prec, device, chosen, memory_gb, max_batch_limit)
             sections[key] = body
@@ -126,11 +133,11 @@ def bench_command(
     console.print(f"wrote {out}")
 
 
-BREAKDOWN_VARIANTS = ("clip", "maskclip", "maskclip-masked-view")
+BREAKDOWN_VARIANTS = ("clip", "maskclip", "maskclip-masked-view", "maskclip-masked-view-mlm-half")
 
 
 def run_breakdown(console, model: str, images, text, precision: str, chosen: list[str], loop_steps: int,  # type: ignore[no-untyped-def]
-                  command: str, memory: dict) -> str:
+                  command: str, memory: dict, step_only: dict) -> str:
     """Per-part costs of our variants (of those chosen) and the trainer's data wait; markdown for perf.md."""
     from maskclip_bench import cost_breakdown
 
@@ -144,7 +151,7 @@ def run_breakdown(console, model: str, images, text, precision: str, chosen: lis
             loops[variant] = cost_breakdown.measure_training_loop(
                 variant, model, images.shape[0], precision, steps=loop_steps, window=max(1, loop_steps // 2))
     text_md = cost_breakdown.render_breakdown(model, precision, images.shape[0], tables, command, loops,
-                                              {v: memory.get(v) for v in variants})
+                                              {v: memory.get(v) for v in variants}, step_only)
     console.print(text_md)
     return text_md
 
@@ -159,7 +166,7 @@ def run_max_batch(console, model: str, precision: str, device: str, chosen: list
              "Doubling from 2, then bisection; each probe a fresh subprocess running two training steps (CPU: peak "
              "RSS of that process, including the interpreter and torch; GPU: allocator peak, allocator capped at "
              "the budget).", "", "| variant | largest batch | peak MiB at that batch | probes |", "|---|---|---|---|"]
-    for variant in chosen:
+    for variant in [v for v in chosen if v != "open_clip"]:  # our variants: what limits a MaskCLIP batch
         peaks: dict[int, memory.Probe] = {}
 
         def fits(batch: int) -> bool:
