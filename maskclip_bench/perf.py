@@ -214,7 +214,7 @@ class OurStep(TrainStep):
     """Our MaskCLIP module (`clip`, `maskclip`, `maskclip-masked-view`), stepped by the trainer's own `Stepper`."""
 
     def __init__(self, variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
-                 seed: int = 0, total_steps: int = 1000, compile: bool = False):
+                 seed: int = 0, total_steps: int = 1000, compile: bool = False, fused: bool = False):
         from maskclip_core.config import TrainConfig
         from maskclip_core.distributed import DistEnv
         from maskclip_core.ema import Teacher
@@ -238,7 +238,8 @@ class OurStep(TrainStep):
         m = cfg.method
         teacher = (Teacher(self.model, m.distill_target, m.soft_teacher_temp, m.soft_center_momentum)
                    .to(self.device) if self.model.needs_teacher else None)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        cfg.run.fused_optimizer = fused
+        self.optimizer = build_optimizer(self.model, cfg.optim, fused=fused)
         self.env = DistEnv(device=self.device)
         self.masks = MaskSampler(self.model, seed)
         # --torchcompile: the trainer's `run.torchcompile` (the forward compiled, inductor)
@@ -256,10 +257,12 @@ class OurStep(TrainStep):
 
 
 def build_step(variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
-               seed: int = 0, clip_state: dict[str, torch.Tensor] | None = None, compile: bool = False) -> TrainStep:
+               seed: int = 0, clip_state: dict[str, torch.Tensor] | None = None, compile: bool = False,
+               fused: bool = False) -> TrainStep:
     """One training step of `variant` on the given batch (on the batch's device). `clip_state` (open_clip only):
     initial weights of the reference model, e.g. our clip step's `model.clip.state_dict()`. `compile`: our
-    variants' forward through torch.compile, as `--torchcompile` trains (open_clip's loop stays eager)."""
+    variants' forward through torch.compile, as `--torchcompile` trains; `fused`: our variants' AdamW fused
+    (`run.fused_optimizer`). open_clip's loop stays as its main.py builds it."""
     from maskclip_core.errors import ConfigError
 
     if variant not in VARIANTS:
@@ -268,7 +271,7 @@ def build_step(variant: str, model_name: str, images: torch.Tensor, text: torch.
         raise ConfigError(f"unknown precision '{precision}' (choose {', '.join(PRECISIONS)})")
     if variant == "open_clip":
         return OpenClipStep(model_name, images, text, precision, clip_state=clip_state, seed=seed)
-    return OurStep(variant, model_name, images, text, precision, seed=seed, compile=compile)
+    return OurStep(variant, model_name, images, text, precision, seed=seed, compile=compile, fused=fused)
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -320,8 +323,8 @@ def count_flops(step: Callable[[], Any]) -> int:
 
 
 def measure_variant(variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
-                    steps: int, warmup: int, seed: int = 0, flops: bool = True, compile: bool = False
-                    ) -> VariantResult:
+                    steps: int, warmup: int, seed: int = 0, flops: bool = True, compile: bool = False,
+                    fused: bool = False) -> VariantResult:
     """Build the variant, run `warmup` untimed steps, time `steps` steps (synchronising CUDA around each), read
     peak memory since just before the build (CUDA: max allocated; CPU: peak RSS, see `memory`), then count one
     extra step's
@@ -334,7 +337,7 @@ def measure_variant(variant: str, model_name: str, images: torch.Tensor, text: t
     from .memory import read_peak, reset_peak
 
     result.peak_is_own = reset_peak(device)  # before the build: the peak holds the model, optimizer and teacher
-    step = build_step(variant, model_name, images, text, precision, seed=seed, compile=compile)
+    step = build_step(variant, model_name, images, text, precision, seed=seed, compile=compile, fused=fused)
     result.params = step.num_params
     for _ in range(warmup):
         step()
@@ -367,6 +370,7 @@ class RunInfo:
     warmup: int
     threads: int
     compiled: bool = False  # our variants ran through torch.compile (section key and title say so)
+    fused: bool = False  # our variants' AdamW fused
     torch_version: str = torch.__version__
     open_clip_version: str = ""
     date: str = ""
@@ -488,7 +492,7 @@ def _fmt_bytes(n: int | None) -> str:
 def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[str, str]:
     """(key, markdown) of one measured section."""
     dev = info.device.type
-    label = info.precision + ("+compile" if info.compiled else "")
+    label = info.precision + ("+compile" if info.compiled else "") + ("+fused" if info.fused else "")
     key = section_key(dev, info.device_name, info.model, label)
     peak = peak_bf16_tflops(info.device_name) if dev == "cuda" else None
     if dev == "cuda":
@@ -502,7 +506,8 @@ def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[st
     lines = [
         MARKER.format(key=key),
         f"## {dev.upper()}: {info.device_name} · {info.model} · {label}"
-        + (" (our variants torch.compile'd, open_clip eager)" if info.compiled else ""),
+        + (" (our variants torch.compile'd, open_clip eager)" if info.compiled else "")
+        + (" (our variants with fused AdamW, open_clip's as its main.py builds it)" if info.fused else ""),
         "",
         f"- Command: `{info.command}`",
         f"- Device: {dev} ({info.device_name}); torch threads: {info.threads}",

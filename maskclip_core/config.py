@@ -126,6 +126,7 @@ class RunConfig:
     compile_backend: str = "inductor"
     device: str = "auto"  # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    fused_optimizer: bool = False  # torch's fused AdamW (one kernel over all parameters, CPU or GPU)
     log_every: int = 10
     checkpoint_every: int = 200
     max_nonfinite: int = 5  # consecutive non-finite steps (skipped) before the run stops

@@ -210,7 +210,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
         _set_grad_checkpointing(model)
     teacher = Teacher(model, cfg.method.distill_target, cfg.method.soft_teacher_temp,
                       cfg.method.soft_center_momentum).to(device) if model.needs_teacher else None
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, fused=run.fused_optimizer)
     scaler = grad_scaler(device, run.precision)
     dataset = build_train_dataset(
         cfg.data.spec, transform=train_transform(cfg, model.clip), tokenizer=tokenizer, seed=run.seed,

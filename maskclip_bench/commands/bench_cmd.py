@@ -39,6 +39,8 @@ def bench_command(
     max_batch_limit: int = typer.Option(4096, "--max-batch-limit", help="--max-batch never probes above this"),
     torchcompile: bool = typer.Option(False, "--torchcompile", help="our variants' forward through torch.compile "
                                       "(the trainer's --torchcompile); open_clip's loop stays eager"),
+    fused_adamw: bool = typer.Option(False, "--fused-adamw", help="our variants' AdamW fused (the trainer's "
+                                     "--set fused_optimizer=true); open_clip's stays as its main.py builds it"),
 ) -> None:
     """Time one training step of open_clip's own loop and of our clip / maskclip / masked-view variants (same
     model config, batch and process); print samples/s, peak memory, FLOP/s and the targeted ratios."""
@@ -92,6 +94,7 @@ def bench_command(
         "--variants", ",".join(chosen), "--out", str(out),
         *(["--breakdown", "--loop-steps", str(loop_steps)] if breakdown else []),
         *(["--torchcompile"] if torchcompile else []),
+        *(["--fused-adamw"] if fused_adamw else []),
         *(["--max-batch", "--memory-gb", f"{memory_gb:g}", "--max-batch-limit", str(max_batch_limit)]
           if max_batch else []),
     ])
@@ -107,7 +110,8 @@ def bench_command(
                 try:
                     results[variant] = perf.measure_variant(variant, model, images, text, prec, steps, warmup,
                                                             compile=torchcompile and variant != "open_clip",
-                                                            flops=not torchcompile)  # FLOPs: the eager sections
+                                                            flops=not torchcompile,  # FLOPs: the eager sections
+                                                            fused=fused_adamw and variant != "open_clip")
                 except MaskClipError:
                     raise
                 except Exception as exc:  # one failing variant (e.g. out of memory) is reported, not fatal
@@ -116,7 +120,7 @@ def bench_command(
                     console.print(f"[red]{variant} failed[/red]: {message}")
             info = perf.RunInfo(command=command, device=dev, device_name=name, model=model, precision=prec,
                                 batch_size=batch_size, steps=steps, warmup=warmup,
-                                threads=torch.get_num_threads(), compiled=torchcompile)
+                                threads=torch.get_num_threads(), compiled=torchcompile, fused=fused_adamw)
             key, body = perf.render_section(info, results)
             if breakdown:
                 body += "\n" + run_breakdown(console, model, images, text, prec, chosen, loop_steps, command,
