@@ -21,7 +21,6 @@ from __future__ import annotations
 import gc
 import platform
 import re
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "clip": {"name": "clip"},
     "maskclip": {"name": "maskclip"},
     "maskclip-masked-view": {"name": "maskclip", "contrastive_view": "masked"},
+    # Opt-in (--variants): the masked view with MLM on half of each batch (issue 15's switch that changes the
+    # computation to bring the masked view below clip's cost).
+    "maskclip-masked-view-mlm-half": {"name": "maskclip", "contrastive_view": "masked", "mlm_fraction": 0.5},
 }
+DEFAULT_VARIANTS = ("open_clip", "clip", "maskclip", "maskclip-masked-view")
 PRECISIONS = ("fp32", "bf16")
 CAPTION = "a large red star in the top left and a small blue ring number {i}"
 
@@ -211,7 +214,7 @@ class OurStep(TrainStep):
     """Our MaskCLIP module (`clip`, `maskclip`, `maskclip-masked-view`), stepped by the trainer's own `Stepper`."""
 
     def __init__(self, variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
-                 seed: int = 0, total_steps: int = 1000):
+                 seed: int = 0, total_steps: int = 1000, compile: bool = False, fused: bool = False):
         from maskclip_core.config import TrainConfig
         from maskclip_core.distributed import DistEnv
         from maskclip_core.ema import Teacher
@@ -235,10 +238,13 @@ class OurStep(TrainStep):
         m = cfg.method
         teacher = (Teacher(self.model, m.distill_target, m.soft_teacher_temp, m.soft_center_momentum)
                    .to(self.device) if self.model.needs_teacher else None)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        cfg.run.fused_optimizer = fused
+        self.optimizer = build_optimizer(self.model, cfg.optim, fused=fused)
         self.env = DistEnv(device=self.device)
         self.masks = MaskSampler(self.model, seed)
-        self.stepper = Stepper(cfg, self.model, self.optimizer, self.env, teacher)
+        # --torchcompile: the trainer's `run.torchcompile` (the forward compiled, inductor)
+        forward = torch.compile(self.model, backend=cfg.run.compile_backend) if compile else None
+        self.stepper = Stepper(cfg, self.model, self.optimizer, self.env, teacher, forward)
         self.steps_done = 0
 
     def __call__(self) -> torch.Tensor:
@@ -251,9 +257,12 @@ class OurStep(TrainStep):
 
 
 def build_step(variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
-               seed: int = 0, clip_state: dict[str, torch.Tensor] | None = None) -> TrainStep:
+               seed: int = 0, clip_state: dict[str, torch.Tensor] | None = None, compile: bool = False,
+               fused: bool = False) -> TrainStep:
     """One training step of `variant` on the given batch (on the batch's device). `clip_state` (open_clip only):
-    initial weights of the reference model, e.g. our clip step's `model.clip.state_dict()`."""
+    initial weights of the reference model, e.g. our clip step's `model.clip.state_dict()`. `compile`: our
+    variants' forward through torch.compile, as `--torchcompile` trains; `fused`: our variants' AdamW fused
+    (`run.fused_optimizer`). open_clip's loop stays as its main.py builds it."""
     from maskclip_core.errors import ConfigError
 
     if variant not in VARIANTS:
@@ -262,7 +271,7 @@ def build_step(variant: str, model_name: str, images: torch.Tensor, text: torch.
         raise ConfigError(f"unknown precision '{precision}' (choose {', '.join(PRECISIONS)})")
     if variant == "open_clip":
         return OpenClipStep(model_name, images, text, precision, clip_state=clip_state, seed=seed)
-    return OurStep(variant, model_name, images, text, precision, seed=seed)
+    return OurStep(variant, model_name, images, text, precision, seed=seed, compile=compile, fused=fused)
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -279,6 +288,7 @@ class VariantResult:
     flops: int | None = None
     params: int | None = None
     error: str | None = None
+    peak_is_own: bool = True  # False: CPU peak RSS could not be reset, so it includes earlier variants
 
     @property
     def ok(self) -> bool:
@@ -312,35 +322,32 @@ def count_flops(step: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def max_rss_bytes() -> int:
-    """The process's maximum resident set size so far (Linux reports KiB, macOS bytes)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if platform.system() == "Darwin" else rss * 1024)
-
-
 def measure_variant(variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
-                    steps: int, warmup: int, seed: int = 0, flops: bool = True) -> VariantResult:
+                    steps: int, warmup: int, seed: int = 0, flops: bool = True, compile: bool = False,
+                    fused: bool = False) -> VariantResult:
     """Build the variant, run `warmup` untimed steps, time `steps` steps (synchronising CUDA around each), read
-    peak memory (CUDA: max allocated since after the warm-up; CPU: process max RSS), then count one extra step's
+    peak memory since just before the build (CUDA: max allocated; CPU: peak RSS, see `memory`), then count one
+    extra step's
     FLOPs (untimed). The variant is freed before returning, so the next one's peak memory does not include it."""
     device = images.device
     result = VariantResult(variant, images.shape[0])
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    step = build_step(variant, model_name, images, text, precision, seed=seed)
+    from .memory import read_peak, reset_peak
+
+    result.peak_is_own = reset_peak(device)  # before the build: the peak holds the model, optimizer and teacher
+    step = build_step(variant, model_name, images, text, precision, seed=seed, compile=compile, fused=fused)
     result.params = step.num_params
     for _ in range(warmup):
         step()
     synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(steps):
         start = time.perf_counter()
         step()
         synchronize(device)
         result.step_times.append(time.perf_counter() - start)
-    result.peak_bytes = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max_rss_bytes())
+    result.peak_bytes = read_peak(device)
     if flops:
         result.flops = count_flops(step)
         synchronize(device)
@@ -362,6 +369,8 @@ class RunInfo:
     steps: int
     warmup: int
     threads: int
+    compiled: bool = False  # our variants ran through torch.compile (section key and title say so)
+    fused: bool = False  # our variants' AdamW fused
     torch_version: str = torch.__version__
     open_clip_version: str = ""
     date: str = ""
@@ -409,6 +418,33 @@ def ratios(results: dict[str, VariantResult]) -> list[Ratio]:
     return out
 
 
+PUBLISHED_MASKCLIP_COST = 1.56  # MaskCLIP / CLIP training cost, the paper's GPU figure at ViT-B/16
+
+
+def flop_ratio_lines(results: dict[str, VariantResult], model: str = "") -> list[str]:
+    """FLOP ratios against clip (counted FLOPs per step) beside the time ratio and the achieved-FLOP/s ratio: a
+    time ratio above the FLOP ratio means the variant's FLOPs run slower than clip's."""
+    base = results.get("clip")
+    if base is None or not base.ok or not base.flops:
+        return []
+    out = []
+    for name in ("maskclip", "maskclip-masked-view", "maskclip-masked-view-mlm-half"):
+        r = results.get(name)
+        if r is None or not r.ok or not r.flops:
+            continue
+        flop_ratio, time_ratio = r.flops / base.flops, r.seconds / base.seconds
+        if name == "maskclip":
+            extra = f" (published GPU cost of maskclip: {PUBLISHED_MASKCLIP_COST}x)"
+        elif model == GPU_REFERENCE_MODEL:
+            extra = f" (target at ViT-B/16: below 0.8x: {'met' if flop_ratio < 0.8 else 'NOT met'})"
+        else:
+            extra = " (the below-0.8x target is for ViT-B/16)"
+        achieved = flop_ratio / time_ratio
+        out.append(f"{name} / clip FLOPs per step: {flop_ratio:.3f}x{extra}; time {time_ratio:.3f}x; achieved "
+                   f"FLOP/s {achieved:.3f}x clip's (target: >= 0.95: {'met' if achieved >= 0.95 else 'NOT met'})")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ results/perf.md
 
 MARKER = "<!-- perf-section: {key} -->"
@@ -431,7 +467,16 @@ backward, grad clip, AdamW, clamp, EMA update). All under the same autocast / at
 
 s / step is the median wall time of the timed steps (CUDA synchronised after each step). FLOPs / step are counted
 by `torch.utils.flop_counter.FlopCounterMode` over one extra, untimed step (matmuls, convolutions, attention; forward
-and backward). MFU = achieved FLOP/s / the device's dense bf16 peak (GPU only).
+and backward). MFU = achieved FLOP/s / the device's dense bf16 peak (GPU only). Peak memory is each variant's own,
+from just before its build to its last timed step: on CPU the process's peak RSS (Linux VmHWM, reset through
+/proc/self/clear_refs; it includes the interpreter, torch and the batch, ~0.4-0.5 GiB before any model), on GPU
+`torch.cuda.max_memory_allocated`.
+
+`--breakdown` adds a cost breakdown per section (`maskclip_bench/cost_breakdown.py`): every part of the step re-run
+alone on the step's own inputs (separate timed calls, not profiler ranges), FLOPs by FlopCounterMode, and a short
+real training run for the data wait and the trainer's samples/s. `--max-batch --memory-gb N` adds the largest batch
+per variant within N GiB (one subprocess per probe, doubling then bisection). `--torchcompile` sections (key
+`PRECISION+compile`) run our variants through torch.compile and open_clip's loop eager.
 """
 
 
@@ -447,17 +492,22 @@ def _fmt_bytes(n: int | None) -> str:
 def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[str, str]:
     """(key, markdown) of one measured section."""
     dev = info.device.type
-    key = section_key(dev, info.device_name, info.model, info.precision)
+    label = info.precision + ("+compile" if info.compiled else "") + ("+fused" if info.fused else "")
+    key = section_key(dev, info.device_name, info.model, label)
     peak = peak_bf16_tflops(info.device_name) if dev == "cuda" else None
     if dev == "cuda":
-        mem_header = "peak memory (MiB, torch.cuda.max_memory_allocated over the timed steps)"
+        mem_header = "peak memory (MiB, torch.cuda.max_memory_allocated from build to last timed step)"
         mfu_header = f"MFU (vs {peak:g} TFLOP/s dense bf16)" if peak else "MFU (peak unknown)"
     else:
-        mem_header = "process max RSS (MiB, ru_maxrss: cumulative over the process, includes earlier variants)"
+        own = all(r.peak_is_own for r in results.values())
+        mem_header = ("peak RSS (MiB, VmHWM reset before each variant; includes the interpreter and torch)" if own
+                      else "process max RSS (MiB, ru_maxrss: cumulative over the process, includes earlier variants)")
         mfu_header = "MFU"
     lines = [
         MARKER.format(key=key),
-        f"## {dev.upper()}: {info.device_name} · {info.model} · {info.precision}",
+        f"## {dev.upper()}: {info.device_name} · {info.model} · {label}"
+        + (" (our variants torch.compile'd, open_clip eager)" if info.compiled else "")
+        + (" (our variants with fused AdamW, open_clip's as its main.py builds it)" if info.fused else ""),
         "",
         f"- Command: `{info.command}`",
         f"- Device: {dev} ({info.device_name}); torch threads: {info.threads}",
@@ -484,6 +534,7 @@ def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[st
                      f"{mfu} |")
     lines += ["", "Ratios (this run, median step times):", ""]
     lines += [f"- {r.line()}" for r in ratios(results)]
+    lines += [f"- {line}" for line in flop_ratio_lines(results, info.model)]
     return key, "\n".join(lines) + "\n"
 
 
@@ -500,7 +551,7 @@ def render_placeholder(model: str, precision: str = "bf16") -> tuple[str, str]:
         "| variant | s / step (median) | samples / s | peak memory (MiB) | GFLOPs / step | TFLOP/s | MFU |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {v} | {NO_GPU} | | | | | |" for v in VARIANTS]
+    lines += [f"| {v} | {NO_GPU} | | | | | |" for v in DEFAULT_VARIANTS]
     lines += ["", "Ratios:", ""]
     lines += [f"- {name}: {NO_GPU} ({target})" for name, _, _, _, target in TARGETS]
     return key, "\n".join(lines) + "\n"

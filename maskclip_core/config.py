@@ -68,6 +68,14 @@ class MethodConfig:
     # 1/world of it while the distillation and MLM gradients are not (w_distill and w_mlm act world times larger).
     local_loss: bool = False
     gather_with_grad: bool = True
+    # Cost-cutting schedules (issue 15; defaults = every extra loss on every step). distill_start / mlm_start: the
+    # fraction of the run after which distillation (masked pass, teacher, image decoder) / MLM is on (SigLIP 2:
+    # 0.8); before it a step costs what a clip step costs. teacher_every: EMA update every k steps (momentum**k).
+    # mlm_fraction: the MLM pass on this fraction of each batch (samples drawn per sample id).
+    distill_start: float = 0.0
+    mlm_start: float = 0.0
+    teacher_every: int = 1
+    mlm_fraction: float = 1.0
 
 
 @dataclass
@@ -118,6 +126,7 @@ class RunConfig:
     compile_backend: str = "inductor"
     device: str = "auto"  # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    fused_optimizer: bool = False  # torch's fused AdamW (one kernel over all parameters, CPU or GPU)
     log_every: int = 10
     checkpoint_every: int = 200
     max_nonfinite: int = 5  # consecutive non-finite steps (skipped) before the run stops
@@ -376,6 +385,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("w_distill", "w_mlm"):
         if getattr(m, key) < 0 or not math.isfinite(getattr(m, key)):
             raise ConfigError(f"{key} must be a finite number >= 0, got {getattr(m, key)}")
+    for key in ("distill_start", "mlm_start"):
+        if not 0.0 <= getattr(m, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1) (a fraction of the run), got {getattr(m, key)}")
+    if m.teacher_every < 1:
+        raise ConfigError(f"teacher_every must be >= 1, got {m.teacher_every}")
+    if not 0.0 < m.mlm_fraction <= 1.0:
+        raise ConfigError(f"mlm_fraction must be in (0, 1], got {m.mlm_fraction}")
     if m.soft_prototypes < 2 or m.soft_teacher_temp <= 0 or m.soft_student_temp <= 0:
         raise ConfigError("soft_prototypes must be >= 2 and the soft temperatures > 0")
     if not (o.lr > 0 and math.isfinite(o.lr)):

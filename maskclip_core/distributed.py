@@ -3,7 +3,8 @@
 The environment is read the way open_clip's `training/distributed.py` reads it: torchrun's ``LOCAL_RANK``,
 ``RANK``, ``WORLD_SIZE`` first, else SLURM's ``SLURM_LOCALID``, ``SLURM_PROCID``, ``SLURM_NTASKS`` (with
 ``MASTER_ADDR``/``MASTER_PORT`` set by the job script). One process, no variables: world size 1 and no process
-group at all, so a laptop run never touches torch.distributed.
+group at all, so a laptop run never touches torch.distributed. `MASKCLIP_FORCE_DDP=1` under torchrun joins the
+process group and wraps the model in DDP even at world size 1 (benchmarks/gpu_check.sh: NCCL on a single GPU).
 """
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    forced: bool = False  # MASKCLIP_FORCE_DDP=1: process group and DDP at world size 1
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.forced
 
     @property
     def is_primary(self) -> bool:
@@ -58,7 +60,8 @@ def init_distributed(device: str = "auto") -> DistEnv:
     use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    forced = os.environ.get("MASKCLIP_FORCE_DDP") == "1" and "WORLD_SIZE" in os.environ
+    if (world_size > 1 or forced) and not dist.is_initialized():
         if "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
             os.environ.setdefault("RANK", str(rank))
             os.environ.setdefault("WORLD_SIZE", str(world_size))
@@ -68,7 +71,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
                 raise ConfigError(f"distributed run (world size {world_size}) without {var}; launch with torchrun "
                                   f"or export {var} in the SLURM script")
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
-    return DistEnv(rank, world_size, local_rank, dev)
+    return DistEnv(rank, world_size, local_rank, dev, forced=forced)
 
 
 def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:

@@ -111,6 +111,16 @@ class Teacher(nn.Module):
             self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)
         self._logit_means = []
 
+    @torch.no_grad()
+    def restart_from(self, student: nn.Module) -> None:
+        """Set the teacher to the student's current weights (distill_start: the teacher switches on mid-run)."""
+        for t_mod, s_mod in self._pairs(student):
+            for t, s in zip(t_mod.parameters(), s_mod.parameters()):
+                t.copy_(s.detach())
+            for t, s in zip(t_mod.buffers(), s_mod.buffers()):
+                t.copy_(s)
+        self._logit_means = []
+
     def discard_pending(self) -> None:
         """Forget the centre statistics of a step that was skipped (nothing of it may move the teacher)."""
         self._logit_means = []

@@ -93,6 +93,8 @@ class MaskCLIP(nn.Module):
         feature_bank: "FeatureBank | None" = None,
         mlm_embed: torch.Tensor | None = None,
         mlm_random: torch.Tensor | None = None,
+        distill: bool = True,
+        mlm: bool = True,
     ) -> dict[str, torch.Tensor]:
         """One training step's loss terms (unweighted) as a dict; `loss_weights` says how to sum them.
 
@@ -102,10 +104,15 @@ class MaskCLIP(nn.Module):
         `mlm_length` / `mlm_denominator` (see `mlm_loss`) make the MLM term of a shard of the step equal to its
         part of the whole step's; `feature_bank` (gradient accumulation) holds the other micro-batches' cached
         contrastive features, so the contrastive loss of every micro-batch is the whole step's loss.
+
+        `distill` / `mlm` False (before distill_start / mlm_start): that term, and every pass only it needs, is
+        left out, so the step costs what a clip step costs.
         """
         clip = self.clip
         losses: dict[str, torch.Tensor] = {}
-        masked = self._masked_pass(image, ids_keep, image_mask) if self.needs_image_mask else None
+        distill = distill and self.image_decoder is not None
+        use_masked = self.needs_image_mask and (distill or self.cfg.contrastive_view == "masked")
+        masked = self._masked_pass(image, ids_keep, image_mask) if use_masked else None
 
         image_features, text_features = self._contrastive_features(image, text, masked)
         logit_scale = clip.logit_scale
@@ -114,7 +121,7 @@ class MaskCLIP(nn.Module):
             logit_scale = feature_bank.scale(logit_scale)
         losses["loss_contrastive"] = contrastive_loss(self.loss_fn, image_features, text_features, logit_scale)
 
-        if self.image_decoder is not None:
+        if distill:
             _, pooled, tokens = masked
             if isinstance(self.image_decoder, MaskedTokenHead):
                 pred = self.image_decoder(tokens, image_mask)
@@ -133,15 +140,22 @@ class MaskCLIP(nn.Module):
                 target = teacher_targets[image_mask].view(b, m, -1)
                 losses["loss_distill"] = feature_distill_loss(pred, target, self.cfg.distill_loss)
 
-        if self.text_decoder is not None:
+        if self.text_decoder is not None and mlm:
             # Trailing padding carries nothing: cut the batch to its longest caption before the MLM pass (the
             # trainer passes the longest of the whole step, so that every shard cuts at the same length).
             length = mlm_length or caption_length(text, self.pad_id)
             text_c, mask_c = text[:, :length], mlm_mask[:, :length]
             embed_c = mask_c if mlm_embed is None else mlm_embed[:, :length]
+            random_c = None if mlm_random is None else mlm_random[:, :length]
+            if self.cfg.mlm_fraction < 1.0:
+                # Only the samples drawn for MLM (the others have no masked position) enter the pass; with none
+                # drawn, one row with nothing scored keeps every MLM parameter in the graph (zero loss, DDP-safe).
+                rows = mask_c.any(dim=1)
+                rows = rows if bool(rows.any()) else torch.arange(len(rows), device=rows.device) == 0
+                text_c, mask_c, embed_c = text_c[rows], mask_c[rows], embed_c[rows]
+                random_c = None if random_c is None else random_c[rows]
             text_in = text_c
-            if mlm_random is not None:
-                random_c = mlm_random[:, :length]
+            if random_c is not None:
                 text_in = torch.where(random_c >= 0, random_c, text_c)
             padding = padding_positions(text_c)
             hidden = encode_text_hidden(clip, text_in, embed_c, self.mask_embedding, causal=self.cfg.mlm_causal,

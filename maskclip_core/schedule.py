@@ -1,4 +1,5 @@
-"""Learning-rate schedule as a pure function of the global step (so resume and multi-rank runs agree)."""
+"""Schedules as pure functions of the global step (so resume and multi-rank runs agree): the learning rate, and
+when the phases of `distill_start` / `mlm_start` switch on."""
 from __future__ import annotations
 
 import math
@@ -16,3 +17,13 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total_steps: int, min_lr: 
     decay_steps = max(total_steps - warmup, 1)
     progress = min((step - warmup) / decay_steps, 1.0)
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (base_lr - min_lr)
+
+
+def start_step(start: float, total_steps: int) -> int:
+    """The first step (0-based) of a phase that is on for the last `1 - start` of a `total_steps` run."""
+    return int(math.ceil(start * total_steps - 1e-9))
+
+
+def phase_on(start: float, step: int, total_steps: int) -> bool:
+    """Whether a phase starting at fraction `start` of the run (distill_start, mlm_start) is on at `step`."""
+    return step >= start_step(start, total_steps)

@@ -21,7 +21,7 @@ from .masking import block_masking, random_masking
 from .mlm import bert_replacement, mlm_mask
 from .model import FeatureBank, MaskCLIP, caption_length
 from .precision import attention_context, compute_context
-from .schedule import cosine_lr
+from .schedule import cosine_lr, phase_on, start_step
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -34,9 +34,11 @@ class MaskSampler:
         visual = model.clip.visual
         self.grid = tuple(visual.grid_size)
 
-    def __call__(self, step: int, sample_ids: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, step: int, sample_ids: torch.Tensor, text: torch.Tensor, distill: bool = True,
+                 mlm: bool = True) -> dict[str, torch.Tensor]:
+        """The masks of step `step`; `distill` / `mlm` False (their phase is off) leave out what only they use."""
         cfg, out = self.model.cfg, {}
-        if self.model.needs_image_mask:
+        if self.model.needs_image_mask and (distill or cfg.contrastive_view == "masked"):
             n = self.grid[0] * self.grid[1]
             if cfg.mask_strategy == "block":
                 gens = [rng.sample_generator(self.seed, step, int(i), rng.STREAM_IMAGE_MASK) for i in sample_ids]
@@ -44,10 +46,13 @@ class MaskSampler:
             else:
                 noise = rng.per_sample_uniform(self.seed, step, sample_ids, n, rng.STREAM_IMAGE_MASK)
                 out["ids_keep"], out["image_mask"] = random_masking(noise, cfg.mask_ratio)
-        if self.model.text_decoder is not None:
+        if self.model.text_decoder is not None and mlm:
             length = text.shape[1]
             noise = rng.per_sample_uniform(self.seed, step, sample_ids, length, rng.STREAM_MLM)
             out["mlm_mask"] = mlm_mask(text, noise, cfg.mlm_ratio, self.model.special_token_ids, self.model.pad_id)
+            if cfg.mlm_fraction < 1.0:  # MLM on a fraction of the batch: a sample is in by its own draw
+                chosen = rng.per_sample_uniform(self.seed, step, sample_ids, 1, rng.STREAM_MLM_SUBSET)[:, 0]
+                out["mlm_mask"] &= (chosen < cfg.mlm_fraction).unsqueeze(1)
             if cfg.mlm_replace == "bert":
                 choice = rng.per_sample_uniform(self.seed, step, sample_ids, length, rng.STREAM_MLM_REPLACE)
                 token = rng.per_sample_uniform(self.seed, step, sample_ids, length, rng.STREAM_MLM_TOKEN)
@@ -64,12 +69,19 @@ class StepBatch:
     texts: list[torch.Tensor]
     extras: list[dict[str, Any]]
     bad: int
+    distill: bool = True  # distill_start's phase is on at this step
+    mlm: bool = True  # mlm_start's phase is on at this step
 
 
-def make_step_batch(batches: list[dict[str, Any]], masks: MaskSampler, step: int, env: DistEnv) -> StepBatch:
+def make_step_batch(batches: list[dict[str, Any]], masks: MaskSampler, step: int, env: DistEnv,
+                    total: int | None = None) -> StepBatch:
     """A step from its micro-batches (as the loader collates them), with masks drawn. A sample's id is its position
     in the step's global batch (micro-batch, then rank, then index), so its mask is the same for any split of the
-    step over ranks and micro-batches."""
+    step over ranks and micro-batches. `total` (the run's steps) places the step in distill_start / mlm_start's
+    phases; None: every phase on."""
+    m = masks.model.cfg
+    distill = total is None or phase_on(m.distill_start, step, total)
+    mlm = total is None or phase_on(m.mlm_start, step, total)
     k, b = len(batches), batches[0]["text"].shape[0]
     glob = b * env.world_size
     images, texts, extras, bad = [], [], [], 0
@@ -77,16 +89,16 @@ def make_step_batch(batches: list[dict[str, Any]], masks: MaskSampler, step: int
         bad += int(batch.get("bad", 0))
         ids = step * k * glob + m * glob + env.rank * b + torch.arange(b)
         text = batch["text"]
-        extras.append({key: v.to(env.device) for key, v in masks(step, ids, text.cpu()).items()})
+        extras.append({key: v.to(env.device) for key, v in masks(step, ids, text.cpu(), distill, mlm).items()})
         images.append(batch["image"].to(env.device, non_blocking=True))
         texts.append(text.to(env.device, non_blocking=True))
-    return StepBatch(images, texts, extras, bad)
+    return StepBatch(images, texts, extras, bad, distill, mlm)
 
 
 def _mlm_normalisation(model: MaskCLIP, step_batch: StepBatch, env: DistEnv, k: int) -> dict[str, Any]:
     """`mlm_length` and `mlm_denominator` for every shard of the step (see `mlm_loss`): the longest caption and
     the masked-token count of the whole step (all ranks, all micro-batches) per shard."""
-    if model.text_decoder is None or (env.world_size == 1 and k == 1):
+    if model.text_decoder is None or not step_batch.mlm or (env.world_size == 1 and k == 1):
         return {}  # one shard: the plain mean over the batch's masked tokens
     stats = torch.tensor([
         max(caption_length(t, model.pad_id) for t in step_batch.texts),
@@ -135,8 +147,11 @@ class Stepper:
         for group in optimizer.param_groups:
             group["lr"] = lr
         mlm = _mlm_normalisation(model, batch, env, k)
+        use_teacher = teacher is not None and batch.distill
+        if use_teacher and cfg.method.distill_start > 0 and step == start_step(cfg.method.distill_start, total):
+            teacher.restart_from(model)  # switched on: the teacher starts from the student, as at a run's start
         with compute_context(device, cfg.run.precision):
-            targets = [teacher.targets(x) if teacher is not None else None for x in batch.images]
+            targets = [teacher.targets(x) if use_teacher else None for x in batch.images]
             bank = None
             if k > 1:  # open_clip's accum_freq: cache every micro-batch's contrastive features first
                 feats = [model.contrastive_features(x, t, e.get("ids_keep"), e.get("image_mask"))
@@ -150,9 +165,10 @@ class Stepper:
             sync = self.forward.no_sync() if env.distributed and m < k - 1 else contextlib.nullcontext()
             with sync:
                 with compute_context(device, cfg.run.precision):
+                    phases = {} if batch.distill and batch.mlm else {"distill": batch.distill, "mlm": batch.mlm}
                     losses = self.forward(batch.images[m], batch.texts[m], teacher_targets=targets[m],
                                           feature_bank=FeatureBank(*bank, m) if bank else None,
-                                          **batch.extras[m], **mlm)
+                                          **batch.extras[m], **mlm, **phases)
                     loss = model.total_loss(losses, k)
                 loss_finite &= bool(torch.isfinite(loss))
                 with attention_context(device):
@@ -187,8 +203,10 @@ class Stepper:
                 optimizer.step()
             with torch.no_grad():
                 model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            if teacher is not None:
-                teacher.update(model, momentum)
+            every = cfg.method.teacher_every
+            if use_teacher and (step + 1) % every == 0:
+                # Every k steps with momentum**k: the same averaging horizon in steps as an update every step.
+                teacher.update(model, momentum ** every)
         else:
             optimizer.zero_grad(set_to_none=True)
             if teacher is not None:

@@ -210,7 +210,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
         _set_grad_checkpointing(model)
     teacher = Teacher(model, cfg.method.distill_target, cfg.method.soft_teacher_temp,
                       cfg.method.soft_center_momentum).to(device) if model.needs_teacher else None
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, fused=run.fused_optimizer)
     scaler = grad_scaler(device, run.precision)
     dataset = build_train_dataset(
         cfg.data.spec, transform=train_transform(cfg, model.clip), tokenizer=tokenizer, seed=run.seed,
@@ -240,7 +240,10 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(model, device_ids=[env.local_rank] if device.type == "cuda" else None)
+        # distill_start / mlm_start leave the decoders out of the first steps' graphs: DDP must look for them.
+        phased = cfg.method.distill_start > 0 or cfg.method.mlm_start > 0
+        forward = DistributedDataParallel(model, device_ids=[env.local_rank] if device.type == "cuda" else None,
+                                          find_unused_parameters=phased)
     if run.torchcompile:
         forward = torch.compile(forward, backend=run.compile_backend)
     stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, epoch, batch_in_epoch,
@@ -273,13 +276,15 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
     model.train()
     start_time = time.time()
     with stop_on_sigterm() as stop:  # SIGTERM: finish the step, checkpoint, return
-        window_start, window_samples = time.perf_counter(), 0
+        window_start, window_samples, window_data = time.perf_counter(), 0, 0.0
         last: dict[str, Any] = {}
         counters = state.get("nonfinite", {}) if state is not None else {}
         skipped, consecutive = counters.get("skipped", 0), counters.get("consecutive", 0)
         scaler_skipped = counters.get("scaler_skipped", 0)
         while step < total:
-            batch = make_step_batch([next(stream) for _ in range(k)], masks, step, env)
+            fetch_start = time.perf_counter()
+            batch = make_step_batch([next(stream) for _ in range(k)], masks, step, env, total)
+            window_data += time.perf_counter() - fetch_start  # waiting for the loader, masks, host-to-device copy
             outcome = stepper(batch, step, total, stop_requested=stop.is_set())
             flags, logged, lr, momentum = outcome.flags, outcome.losses, outcome.lr, outcome.momentum
             health.add(global_batch, int(flags[1]))
@@ -316,6 +321,8 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                     "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
                     "ema_momentum": momentum if teacher is not None else None,
                     "samples_per_s": window_samples / max(now - window_start, 1e-9),
+                    # Share of the window's wall time spent getting the batch ready (data, masks, copies).
+                    "data_wait_fraction": window_data / max(now - window_start, 1e-9),
                     "grad_norm": outcome.grad_norm, "nonfinite_skipped": skipped, "bad_samples": health.bad,
                     "samples_read": health.samples, "scaler_skipped": scaler_skipped if scaler is not None else None,
                     # How far the teacher is from its random start and from the student (relative L2): a teacher
@@ -327,7 +334,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                     log.write(last)
                 if on_log is not None and env.is_primary:
                     on_log(last)
-                window_start, window_samples = now, 0
+                window_start, window_samples, window_data = now, 0, 0.0
             stopping = flags[0] > 0
             if step % run.checkpoint_every == 0 or step == total or stopping:
                 checkpoint()

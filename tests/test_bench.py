@@ -49,7 +49,7 @@ def test_bench_writes_variant_rows_ratios_and_command(perf_md):
     text, _, stdout = perf_md
     cpu = section(text, "cpu", "fp32")
     rows = [line for line in cpu.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
-    assert [row.split("|")[1].strip() for row in rows] == list(perf.VARIANTS)
+    assert [row.split("|")[1].strip() for row in rows] == list(perf.DEFAULT_VARIANTS)
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[1]) > 0 and float(cells[2].replace(",", "")) > 0, row  # s/step, samples/s
@@ -61,7 +61,7 @@ def test_bench_writes_variant_rows_ratios_and_command(perf_md):
     assert "- Command: `maskclip-bench bench --model MaskCLIP-Micro-8 --batch-size 4 --precision fp32 " \
            "--device cpu --steps 1 --warmup 1 --threads 1" in cpu
     assert f"torch {torch.__version__}" in cpu and "torch threads: 1" in cpu and "date: " in cpu
-    assert "max RSS" in cpu  # the CPU memory method is named
+    assert "peak RSS" in cpu and "VmHWM" in cpu  # the CPU memory method is named
 
 
 def test_gpu_sections_are_not_measured_on_this_cpu_machine(perf_md):
@@ -139,3 +139,72 @@ def test_open_clip_reference_and_our_clip_compute_the_same_loss(one_thread):
     after_ref = reference.model.state_dict()
     for name, value in ours.model.clip.state_dict().items():
         torch.testing.assert_close(value, after_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+# --- issue 15: cost breakdown, peak memory, largest batch ------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["maskclip"])
+def test_breakdown_parts_cover_the_step_flops(variant, one_thread):
+    """The parts, each run alone, add up to the whole step's FLOPs: what is left (the loss matmuls) is tiny. A part
+    left out (e.g. the teacher forward) or counted twice shows as a large remainder."""
+    from maskclip_bench import cost_breakdown
+
+    images, text = perf.make_batch(MODEL, 4, torch.device("cpu"), seed=1)
+    costs = {c.part: c for c in cost_breakdown.measure_breakdown(variant, MODEL, images, text, "fp32", repeats=1)}
+    whole, rest = costs[cost_breakdown.WHOLE_STEP], costs[cost_breakdown.REST]
+    assert whole.flops > 0 and abs(rest.flops) < 0.01 * whole.flops, (rest.flops, whole.flops)
+    expected = {"mask sampling", "student full image pass", "text pass", "optimizer (grad clip + AdamW)"}
+    if variant == "maskclip":
+        expected |= {"student masked image pass", "teacher forward (no grad)", "image decoder", "MLM text pass",
+                     "text decoder + vocabulary head", "EMA teacher update"}
+    assert set(costs) == expected | {cost_breakdown.WHOLE_STEP, cost_breakdown.REST}
+    assert costs["student full image pass"].flops > costs.get("student masked image pass", costs["text pass"]).flops \
+        or variant == "clip"
+
+
+def test_training_loop_reports_data_wait(tmp_path, one_thread):
+    from maskclip_bench import cost_breakdown
+
+    loop = cost_breakdown.measure_training_loop("clip", MODEL, 4, "fp32", steps=2, window=1, workers=0)
+    assert loop.samples_per_s > 0 and 0.0 <= loop.data_wait_fraction < 1.0
+
+
+def test_largest_fitting_batch_equals_a_brute_force_scan():
+    from maskclip_bench.memory import largest_fitting
+
+    for threshold in [1, 2, 3, 5, 8, 13, 64, 65, 100, 1000, 5000]:
+        fits = lambda b, t=threshold: b <= t  # noqa: E731
+        brute = max((b for b in range(2, 4097) if fits(b)), default=None)
+        best, probes = largest_fitting(fits, 2, 4096)
+        assert best == brute, threshold
+        assert probes <= 2 * 12 + 1  # doubling then bisection: logarithmic
+
+
+def test_peak_rss_resets_per_variant():
+    from maskclip_bench import memory
+
+    if not memory.reset_peak_rss():
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB touched
+    high = memory.peak_rss_bytes()
+    del block
+    assert memory.reset_peak_rss()
+    assert memory.peak_rss_bytes() < high - 32 * 2**20
+
+
+def test_max_batch_probe_in_a_subprocess_respects_the_budget():
+    from maskclip_bench import memory
+
+    probe = memory.run_probe("clip", MODEL, 2, "fp32", "cpu", 64 * 2**20)  # torch alone needs more than 64 MiB
+    assert not probe.fits and probe.reason in ("resident set passed the budget", "peak above the budget"), probe
+
+
+def test_max_batch_needs_a_budget(capsys):
+    from maskclip_bench.cli import main
+
+    for args, message in ((["--max-batch"], "--max-batch needs --memory-gb"),
+                          (["--memory-gb", "4"], "add --max-batch")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err

@@ -204,3 +204,23 @@ def test_batch_stream_reads_the_datasets_groups_and_resumes_at_the_same_place():
         assert sorted(batch) == sorted({i // 3 * 3 + m for i in batch for m in range(3)})
     resumed = BatchStream(Grouped(), 6, seed=2, epoch=1, batch_in_epoch=1)
     assert next(resumed)["text"].view(-1).tolist() == batches[11]
+
+
+def test_cost_schedules_two_ranks_killed_and_resumed_equal_one_process(tmp_path):
+    """distill_start / mlm_start (phases switching on mid-run, DDP finding the unused decoders before), a teacher
+    updated every 2 steps and MLM on half of each batch: two ranks with batch B, killed after step 1 and resumed,
+    end where one uninterrupted process with batch 2B does."""
+    extra = ("--set", "distill_start=0.3", "--set", "mlm_start=0.5", "--set", "teacher_every=2",
+             "--set", "mlm_fraction=0.5", "--set", "checkpoint_every=1")
+    one = _train(tmp_path / "one", "maskclip", 2 * B, extra=extra)
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    # start_step(0.3, 3) = 1, start_step(0.5, 3) = 2: the terms appear when their phase starts
+    assert [r["loss_distill"] is None for r in rows] == [True, False, False]
+    assert [r["loss_mlm"] is None for r in rows] == [True, True, False]
+    out = tmp_path / "two"
+    killed = _train(out, "maskclip", B, ranks=2, extra=extra, fault="train_step@2")
+    assert killed.returncode != 0
+    resumed = _train(out, "maskclip", B, ranks=2, extra=extra, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_close_runs(tmp_path / "one", out)

@@ -59,3 +59,42 @@ def test_mlm_never_masks_special_or_padding_tokens():
     n_real = ((text != 0) & (text != sot) & (text != eot)).sum(1)
     expected = (n_real.float() * 0.15).round().clamp(min=1).long()
     assert torch.equal(mask.sum(1), expected)
+
+
+def _fmix32_reference(x: int) -> int:
+    """murmur3 fmix32 in plain Python integers (the published finaliser, written out)."""
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) % 2**32
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) % 2**32
+    return x ^ (x >> 16)
+
+
+def _hash_uniform_reference(seed: int, step: int, stream: int, sample_id: int, j: int) -> float:
+    h = 0
+    for value in (seed, step, stream, sample_id):
+        for word in (value % 2**32, value >> 32):
+            h = _fmix32_reference(h ^ _fmix32_reference((word + 0x9E3779B9) % 2**32))
+    h = _fmix32_reference(h ^ _fmix32_reference((j + 0x9E3779B9) % 2**32))
+    return h / 2**32
+
+
+def test_counter_hash_matches_the_formula_in_plain_integers():
+    """The vectorised int64 hash equals the same hash computed one element at a time in Python's big integers,
+    including ids and seeds above 2**32 (both 32-bit words are used)."""
+    ids = torch.tensor([0, 1, 12345, 2**33 + 7])
+    got = rng.hash_uniform(2**40 + 3, 99, ids, 5, rng.STREAM_MLM)
+    for i, sample_id in enumerate(ids.tolist()):
+        for j in range(5):
+            assert got[i, j].item() == _hash_uniform_reference(2**40 + 3, 99, rng.STREAM_MLM, sample_id, j)
+
+
+def test_counter_hash_is_uniform_and_streams_differ():
+    u = rng.per_sample_uniform(0, 0, torch.arange(256), 196, rng.STREAM_IMAGE_MASK)
+    assert u.min() >= 0 and u.max() < 1
+    counts = torch.histc(u.float(), bins=10, min=0, max=1)
+    expected = u.numel() / 10
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 30  # 9 degrees of freedom: p ~ 4e-4
+    v = rng.per_sample_uniform(0, 0, torch.arange(256), 196, rng.STREAM_MLM)
+    assert abs(float(torch.corrcoef(torch.stack([u.flatten(), v.flatten()]))[0, 1])) < 0.02
