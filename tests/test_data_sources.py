@@ -343,10 +343,10 @@ def test_build_train_dataset_shapes_passes_options(monkeypatch, tokenizer, trans
     build_train_dataset(DataSpec("shapes", None, {}), transform=transform, tokenizer=tokenizer)
     assert calls[0] == dict(split="train", image_size=32, seed=7, transform=transform, tokenizer=tokenizer,
                             difficulty=0.5, size=12,
-                            options=ShapesOptions(scale=1.2, max_objects=3, group=2, shape_only=0.25))
+                            options=ShapesOptions(scale=1.2, max_objects=3, group=2, shape_only=0.0))
     assert calls[1]["difficulty"] == 1.0 and "size" not in calls[1]
-    # Training defaults: minimal-pair groups of 4 and a quarter of shape-only captions (issue 12).
-    assert calls[1]["options"] == ShapesOptions(group=4, shape_only=0.25)
+    # Training defaults: the generator's own (no minimal-pair groups, no shape-only captions; see spec.py for why).
+    assert calls[1]["options"] == ShapesOptions(group=1, shape_only=0.0)
 
 
 def test_build_train_dataset_csv_and_wds(csv_layout, shards, tokenizer, transform):
