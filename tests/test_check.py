@@ -121,7 +121,15 @@ def test_build_baseline_tolerance_from_seed_spread(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         check.load_baseline(tmp_path / "none.json")
     one = check.build_baseline(settings, runs[:1], "c", chance={"a/acc1": 0.1})
-    assert one["metrics"]["a/acc1"]["tolerance"] == check.TOLERANCE_FLOOR and one["seeds"] == [5]
+    # no spread: 3 binomial standard errors of 0.5 on the 300 test images, 3 * sqrt(0.25 / 300) = 0.0866
+    assert one["metrics"]["a/acc1"]["tolerance"] == pytest.approx(0.0866025, abs=1e-6) and one["seeds"] == [5]
+    # ...and never below the fixed floor: 0.999 on 300 images has 3 s.e. = 0.0055
+    sure = check.build_baseline(settings, [{"a/acc1": 0.999}], "c", chance={"a/acc1": 0.1})
+    assert sure["metrics"]["a/acc1"]["tolerance"] == check.TOLERANCE_FLOOR
+    # three seeds that agree by luck: the sampling error, not their spread (0.0017), sets the tolerance
+    lucky = check.build_baseline(settings, [{"a/acc1": 0.063}, {"a/acc1": 0.060}, {"a/acc1": 0.060}], "c",
+                                 chance={"a/acc1": 0.01})
+    assert lucky["metrics"]["a/acc1"]["tolerance"] == pytest.approx(3 * (0.063 * 0.937 / 300) ** 0.5)
     two = check.build_baseline(settings, runs[:2], "c", chance={"a/acc1": 0.1})  # stdev(0.5, 0.6) = 0.0707
     assert two["metrics"]["a/acc1"]["tolerance"] == pytest.approx(3 * 0.1 / 2 ** 0.5)
     with pytest.raises(ConfigError, match="a baseline needs at least one run"):
@@ -140,8 +148,9 @@ def test_build_baseline_refuses_a_tolerance_reaching_chance():
     chance = {"a/acc1": 0.1, "b/acc1": 0.1, "c/acc1": 0.1}
     with pytest.raises(ConfigError) as refused:
         check.build_baseline(settings, runs, "c", chance=chance)
-    assert str(refused.value) == ("tolerance reaches chance for a/acc1 (0.1200 - 0.0300 <= chance 0.1), c/acc1 "
-                                  "(0.1000 - 0.0200 <= chance 0.1); train longer, or leave them out with "
+    # a: max(3 * std 0.01, 3 * sqrt(0.12 * 0.88 / 300) = 0.0563); c: no spread, 3 * sqrt(0.1 * 0.9 / 300) = 0.0520
+    assert str(refused.value) == ("tolerance reaches chance for a/acc1 (0.1200 - 0.0563 <= chance 0.1), c/acc1 "
+                                  "(0.1000 - 0.0520 <= chance 0.1); train longer, or leave them out with "
                                   "--drop-at-chance")
     data = check.build_baseline(settings, runs, "c", chance=chance, drop_at_chance=True)
     assert set(data["metrics"]) == {"b/acc1", "train/loss"} and set(data["dropped_at_chance"]) == {"a/acc1", "c/acc1"}
@@ -149,10 +158,10 @@ def test_build_baseline_refuses_a_tolerance_reaching_chance():
     with pytest.raises(ConfigError, match="b/acc1"):
         check.build_baseline(settings, runs, "c", chance={"a/acc1": 0.0})
     # the boundary: value - tolerance == chance is refused, a hair above is kept
-    edge = [{"c/acc1": 0.5}]
+    edge, tolerance = [{"c/acc1": 0.5}], 3 * (0.5 * 0.5 / settings.test_size) ** 0.5
     with pytest.raises(ConfigError):
-        check.build_baseline(settings, edge, "c", chance={"c/acc1": 0.5 - check.TOLERANCE_FLOOR})
-    kept = check.build_baseline(settings, edge, "c", chance={"c/acc1": 0.5 - check.TOLERANCE_FLOOR - 1e-9})
+        check.build_baseline(settings, edge, "c", chance={"c/acc1": 0.5 - tolerance})
+    kept = check.build_baseline(settings, edge, "c", chance={"c/acc1": 0.5 - tolerance - 1e-9})
     assert set(kept["metrics"]) == {"c/acc1"}
 
 
