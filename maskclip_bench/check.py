@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 
 from maskclip_core.errors import ConfigError
 
+from .significance import binomial_se
+
 BASELINE_FORMAT = "maskclip-bench/ci-baseline/2"  # 2: chance levels, two-sided losses
 TOLERANCE_K = 3.0  # tolerance = max(K * std over seeds, floor)
 TOLERANCE_FLOOR = 0.02
@@ -215,12 +217,6 @@ def reaches_chance(entry: Mapping[str, Any]) -> bool:
     return chance is None or float(entry["value"]) - float(entry["tolerance"]) <= float(chance)
 
 
-def sampling_error(value: float, n: int) -> float:
-    """Binomial standard error of a fraction `value` measured on `n` samples: sqrt(value (1 - value) / n)."""
-    value = min(max(value, 0.0), 1.0)
-    return math.sqrt(value * (1.0 - value) / max(n, 1))
-
-
 def build_baseline(settings: CheckSettings, runs: Sequence[Mapping[str, float]], command: str,
                    k: float = TOLERANCE_K, wall_time_s: float | None = None,
                    chance: Mapping[str, float] | None = None, drop_at_chance: bool = False) -> dict[str, Any]:
@@ -241,7 +237,7 @@ def build_baseline(settings: CheckSettings, runs: Sequence[Mapping[str, float]],
     for name in runs[0]:
         values = [float(r[name]) for r in runs if name in r]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        floor = LOSS_FLOOR if direction(name) == "both" else max(TOLERANCE_FLOOR, k * sampling_error(
+        floor = LOSS_FLOOR if direction(name) == "both" else max(TOLERANCE_FLOOR, k * binomial_se(
             values[0], settings.test_size))
         entry = {"value": values[0], "tolerance": max(k * std, floor), "direction": direction(name),
                  "chance": chance.get(name), "mean": statistics.fmean(values), "std": std, "seed_values": values}

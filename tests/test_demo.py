@@ -31,4 +31,20 @@ def test_demo_smoke(tmp_path, capsys, monkeypatch, one_thread):
     # the side-by-side table: a row per metric of both methods, with the difference
     assert "clip vs maskclip on shapes (MaskCLIP-Micro-8, 2 steps, batch 8, seed 0)" in printed
     assert "shape_color acc1" in printed and "retrieval image_retrieval_recall@5" in printed
-    assert "lp_acc1" in printed and "total time" in printed
+    assert "lp_acc1" in printed and "total time" in printed and "2 s.e." in printed
+    # Whether the methods differ, recomputed from the records: |gap| > 2 * sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n).
+    by = {(r["task"], r["train_config"]["method"]["name"]): r for r in records}
+    differ = []
+    for task in ("zeroshot_classification", "zeroshot_retrieval", "linear_probe"):
+        a, b = by[(task, "clip")], by[(task, "maskclip")]
+        for metric, p1 in a["metrics"].items():
+            if "mean_per_class" in metric or not isinstance(p1, (int, float)) or metric.endswith("_C"):
+                continue
+            p2, n = b["metrics"][metric], a["num_samples"]
+            if abs(p2 - p1) > 2 * (p1 * (1 - p1) / n + p2 * (1 - p2) / n) ** 0.5:
+                differ.append(metric)
+    flat = " ".join(printed.split())
+    if differ:
+        assert "differ by more than 2 standard errors" in flat and all(m in flat for m in differ)
+    else:
+        assert "do not differ by more than 2 standard errors on any metric" in flat

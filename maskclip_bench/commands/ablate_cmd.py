@@ -113,7 +113,7 @@ def ablate_command(
 ) -> None:
     """Train and evaluate every cell of a grid (values x seeds), resumably; write mean ± std tables and plots."""
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from rich.console import Console
+    from maskclip_bench.commands.console import command_console
 
     from maskclip_bench import ablate, grid_status
     from maskclip_bench.commands.evaluate import check_specs
@@ -122,7 +122,7 @@ def ablate_command(
     from maskclip_bench.suites import SUITES
     from maskclip_core.errors import ConfigError, DataError
 
-    console = Console()
+    console = command_console()
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"unknown --launcher '{launcher}' (choose local or slurm)")
     if status:

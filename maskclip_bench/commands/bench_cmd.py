@@ -45,7 +45,7 @@ def bench_command(
     """Time one training step of open_clip's own loop and of our clip / maskclip / masked-view variants (same
     model config, batch and process); print samples/s, peak memory, FLOP/s and the targeted ratios."""
     import torch
-    from rich.console import Console
+    from maskclip_bench.commands.console import command_console
 
     from maskclip_bench import perf
     from maskclip_core.errors import ConfigError, MaskClipError
@@ -98,7 +98,7 @@ def bench_command(
         *(["--max-batch", "--memory-gb", f"{memory_gb:g}", "--max-batch-limit", str(max_batch_limit)]
           if max_batch else []),
     ])
-    console = Console()
+    console = command_console()
     name = perf.device_name(dev)
     sections: dict[str, str] = {}
     try:

@@ -24,13 +24,13 @@ def check_command(
 ) -> None:
     """Train the tiny model for a fixed short budget, evaluate, and fail (exit 1) naming any metric that
     fell below its baseline (or, for losses, left it on either side) by more than the recorded tolerance."""
-    from rich.console import Console
+    from maskclip_bench.commands.console import command_console
     from rich.table import Table
 
     from maskclip_bench import check
     from maskclip_core.errors import ConfigError
 
-    console = Console()
+    console = command_console()
     if update:
         if set_:
             raise ConfigError("--set perturbs a checked run; a baseline is written from the unperturbed settings")

@@ -28,12 +28,13 @@ def demo_command(
     import os
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: CLIP_benchmark's per-class bars
-    from rich.console import Console
+    from maskclip_bench.commands.console import command_console
     from rich.table import Table
 
     from maskclip_bench.commands.evaluate import execute
     from maskclip_bench.commands.train import announce_precision
     from maskclip_bench.progress import TrainProgress
+    from maskclip_bench.significance import difference_se
     from maskclip_bench.suites import plan_suite
     from maskclip_core.config import TrainConfig, validate
     from maskclip_core.trainer import train
@@ -41,7 +42,7 @@ def demo_command(
     import torch
 
     threads = torch.get_num_threads()
-    console = Console()
+    console = command_console()
     start = time.time()
     results = {}
     resolved = TrainConfig()
@@ -69,18 +70,31 @@ def demo_command(
 
     table = Table(title=f"clip vs maskclip on shapes ({model}, {steps} steps, batch {batch_size}, seed {seed})")
     table.add_column("dataset / metric")
-    for col in ("clip", "maskclip", "maskclip - clip"):
+    for col in ("clip", "maskclip", "maskclip - clip", "2 s.e."):
         table.add_column(col, justify="right")
-    maskclip_by_key = {(r.task, r.dataset): r.metrics for r in results["maskclip"]}
+    maskclip_by_key = {(r.task, r.dataset): r for r in results["maskclip"]}
+    beyond_noise = []
     for r in results["clip"]:
-        other = maskclip_by_key.get((r.task, r.dataset), {})
+        other = maskclip_by_key.get((r.task, r.dataset))
         for metric, value in r.metrics.items():
-            if not isinstance(value, (int, float)) or metric.endswith("_C") or metric not in other:
+            if (not isinstance(value, (int, float)) or metric.endswith("_C") or other is None
+                    or metric not in other.metrics):
                 continue
-            diff = other[metric] - value
-            table.add_row(f"{r.dataset.split(':')[0]} {metric}", f"{100 * value:.1f}", f"{100 * other[metric]:.1f}",
-                          f"{100 * diff:+.1f}")
+            name, diff = f"{r.dataset.split(':')[0]} {metric}", other.metrics[metric] - value
+            # Per-class recall is no fraction of the n samples: no binomial error for it.
+            noise = None if "mean_per_class" in metric else 2 * difference_se(value, other.metrics[metric],
+                                                                               r.num_samples)
+            if noise is not None and abs(diff) > noise:
+                beyond_noise.append(f"{name} ({100 * diff:+.1f})")
+            table.add_row(name, f"{100 * value:.1f}", f"{100 * other.metrics[metric]:.1f}", f"{100 * diff:+.1f}",
+                          "-" if noise is None else f"{100 * noise:.1f}")
     console.print(table)
+    # Item 7 of the benchmark issue: the table says whether the methods differ at this budget at all.
+    if beyond_noise:
+        console.print("differ by more than 2 standard errors (binomial, unpaired; one seed): " + ", ".join(beyond_noise))
+    else:
+        console.print("at this budget the two methods do not differ by more than 2 standard errors on any metric "
+                      "(binomial, unpaired; one seed)")
     console.print(f"numbers in percent; total time {time.time() - start:.0f}s; runs and records in {out}/")
 
 

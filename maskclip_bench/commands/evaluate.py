@@ -44,7 +44,7 @@ def _fmt(value: Any) -> str:
 
 def print_results(results: list["TaskResult"], records: list[Path], results_dir: str) -> None:
     """A rich table of the results, then where the records went."""
-    from rich.console import Console
+    from maskclip_bench.commands.console import command_console
     from rich.markup import escape
     from rich.table import Table
 
@@ -59,7 +59,7 @@ def print_results(results: list["TaskResult"], records: list[Path], results_dir:
         cells = (task, r.dataset, "\n".join(r.metrics), "\n".join(_fmt(v) for v in r.metrics.values()),
                  samples, r.feature_cache or "-", f"{r.wall_time_s:.1f}s")
         table.add_row(*(escape(c) for c in cells))  # "[features=post]" is text, not rich markup
-    console = Console()
+    console = command_console()
     console.print(table)
     console.print(f"wrote {len(records)} record(s) to {results_dir}")
 
@@ -93,7 +93,7 @@ def execute(
     show: bool = True,
 ) -> list["TaskResult"]:
     """Check the specs, load the checkpoint, plan, run (sharing features), write a record per result, print."""
-    from rich.console import Console
+    from maskclip_bench.commands.console import command_console
     from rich.markup import escape
 
     from maskclip_bench.feature_cache import FeatureCache
@@ -108,7 +108,7 @@ def execute(
         torch.set_num_threads(threads)
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's per-class progress bar
-    err = Console(stderr=True)
+    err = command_console(stderr=True)
     log = (lambda message: None) if quiet else (lambda message: err.print(f"[dim]{escape(message)}[/dim]"))
     loaded = load_model(ckpt, model)
     session = EvalSession(loaded, batch_size=batch_size, workers=workers, seed=seed, data_seed=data_seed,
