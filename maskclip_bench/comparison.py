@@ -2,8 +2,8 @@
 published reference numbers, with the difference MaskCLIP - CLIP for both, per effect.
 
 Our rows come from evaluation records whose training configs differ only in the method (and seed), e.g. the
-records of the ``method`` ablation grid. The published rows are typed in below from
-``../shared/reference/published-numbers.md`` with their source and setting; they are never mixed with ours
+records of the ``method`` ablation grid. The published rows are typed in below (``PUBLISHED``) from the papers,
+each with its source and setting; they are never mixed with ours
 without a label, and only their DIFFERENCES are comparable with ours (the settings differ by orders of magnitude).
 """
 from __future__ import annotations
@@ -151,8 +151,8 @@ def comparison_markdown(records: pd.DataFrame, sources: Sequence[str], command: 
              f"Produced by: `{command}` (from the evaluation records under {', '.join(f'`{s}`' for s in sources)}).",
              "",
              "Compare the DIFFERENCES (MaskCLIP - CLIP), not absolute values: the published settings are orders of "
-             "magnitude larger than ours. Published numbers are from `../shared/reference/published-numbers.md`, "
-             "labelled with source and setting. Numbers in percent.", ""]
+             "magnitude larger than ours. Published numbers are typed in from the papers (`PUBLISHED` in "
+             "`maskclip_bench/comparison.py`), each labelled with its source and setting. Numbers in percent.", ""]
     ours = our_rows(group) if not group.empty else pd.DataFrame()
     lines += ["## Measured here", ""]
     if ours.empty:

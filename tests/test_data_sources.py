@@ -385,5 +385,8 @@ def test_train_collate_keeps_image_and_text(tokenizer):
     assert batch["image"].shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert batch["text"].shape == (3, 77) and batch["text"].dtype == torch.long
     assert torch.equal(batch["text"][1], samples[1]["text"])
+    # every sample in its place, images and texts alike
+    assert torch.equal(batch["image"], torch.stack([s["image"] for s in samples]))
+    assert torch.equal(batch["text"], torch.stack([s["text"] for s in samples]))
     with pytest.raises(ValueError):
         train_collate([])

@@ -17,11 +17,13 @@ def test_random_masking_keeps_exact_count_and_sorted_ids():
 
 
 def test_random_masking_ratios_and_patch_range():
-    for ratio in (0.1, 0.5, 0.9):
+    # round(ratio * 196) by hand: 19.6 -> 20, 98, 176.4 -> 176
+    for ratio, masked in ((0.1, 20), (0.5, 98), (0.9, 176)):
         ids_keep, mask = random_masking(torch.rand(4, 196), ratio)
-        assert (mask.sum(1) == num_masked(196, ratio)).all()
+        assert (mask.sum(1) == masked).all() and num_masked(196, ratio) == masked
         # indices address patches 0..N-1 only: CLS (prepended later) can never be dropped
         assert ids_keep.min() >= 0 and ids_keep.max() < 196
+    assert num_masked(196, 0.0) == 1 and num_masked(196, 1.0) == 195  # at least one masked, at least one kept
 
 
 def test_block_masking_exact_count_and_blocky():

@@ -114,6 +114,9 @@ def test_momentum_schedule_is_cosine_from_base_to_end():
     assert momentum_at(0, 100, 0.996, 1.0) == pytest.approx(0.996)
     assert momentum_at(99, 100, 0.996, 1.0) == pytest.approx(1.0)
     assert momentum_at(49, 100, 0.996, 1.0) == pytest.approx(0.998, abs=1e-4)
+    # the shape, not only the ends: a quarter of the way, 1 - 0.004 * (1 + cos(pi / 4)) / 2 = 0.99658579 (a linear
+    # ramp would give 0.997)
+    assert momentum_at(25, 101, 0.996, 1.0) == pytest.approx(0.99658579, abs=1e-8)
 
 
 def test_student_clip_stays_a_plain_open_clip_state_dict(tok):
@@ -153,3 +156,21 @@ def test_method_variants_produce_finite_losses_and_gradients(tok, overrides):
         assert model.clip.visual.conv1.weight.grad is not None
     if teacher is not None:
         teacher.update(model, 0.99)
+
+
+def test_masked_contrastive_view_scores_the_visible_tokens_only(tok):
+    """contrastive_view=masked: the contrastive loss is ClipLoss on the projected visible-token pass (FLIP-style),
+    not on the full image; the reference is built from encode_image_tokens and open_clip's ClipLoss directly."""
+    model = make(MethodConfig(contrastive_view="masked", w_mlm=0.0), tok)
+    teacher = Teacher(model, "feature")
+    images, text = batch(tok)
+    ids_keep, mask = random_masking(torch.rand(8, 64), 0.75)
+    losses = model(images, text, ids_keep, mask, None, teacher.targets(images))
+    clip, normalize = model.clip, torch.nn.functional.normalize
+    visible = encode_image_tokens(clip.visual, images, ids_keep)[0]
+    ref = open_clip.ClipLoss()(normalize(visible, dim=-1), clip.encode_text(text, normalize=True),
+                               clip.logit_scale.exp())
+    torch.testing.assert_close(losses["loss_contrastive"], ref)
+    full = open_clip.ClipLoss()(clip.encode_image(images, normalize=True), clip.encode_text(text, normalize=True),
+                                clip.logit_scale.exp())
+    assert abs(float(full) - float(ref)) > 1e-4  # the two views give different losses, so the check can tell
