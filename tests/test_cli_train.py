@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_runner import main_exit
 
 
 def run_cli(*args, cwd=None):
@@ -54,12 +55,9 @@ def write_csv(tmp_path, header="filepath,title"):
 def test_bad_input_gets_one_clear_line(tmp_path, capsys, args, message):
     # In this process (main() as the console script calls it): a subprocess per case costs an import of torch and
     # open_clip (~7 s on a 2-core CPU); the test below covers the real console script once.
-    from maskclip_bench.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--out", str(tmp_path / "x"), "--steps", "1", *args])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2, err
+    code, err = main_exit(capsys, "train", "--out", str(tmp_path / "x"), "--steps", "1", *args)
+    err = err.strip()
+    assert code == 2, err
     assert message in err, err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
 
@@ -72,12 +70,8 @@ def test_bad_input_from_the_console_script_is_one_line(tmp_path):
 
 
 def test_csv_without_named_columns(tmp_path, capsys):
-    from maskclip_bench.cli import main
-
     p = write_csv(tmp_path, header="path,caption")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--data", f"csv:{p}", "--out", str(tmp_path / "x"), "--steps", "1"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
+    code, err = main_exit(capsys, "train", "--data", f"csv:{p}", "--out", str(tmp_path / "x"), "--steps", "1")
+    assert code == 2, err
     assert "no column" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

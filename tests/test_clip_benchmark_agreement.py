@@ -58,8 +58,7 @@ def agreement(tiny_checkpoint, tmp_path_factory):
         from maskclip_bench.loading import load_model
 
         # Rendered at the model's input size, as our built-in spec renders them: a resize in between changes pixels.
-        size = load_model(str(tiny_checkpoint)).model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else size
+        size = load_model(str(tiny_checkpoint)).image_size
         _cli("export", "--ckpt", tiny_checkpoint, "--out", model_dir)
         for spec, out in ((CLS_SPEC, cls_dir), (RET_SPEC, ret_dir)):
             _cli("data", "export", "--dataset", spec, "--format", "wds", "--out", out, "--samples-per-shard", 128,

@@ -24,12 +24,6 @@ from maskclip_bench.records import REQUIRED_FIELDS
 MODEL = "MaskCLIP-Micro-8"  # the model of conftest.py's shared tiny_checkpoint
 
 
-def _input_size(loaded) -> int:
-    """The model's input size, at which the commands render shapes (a resize in between would change pixels)."""
-    size = loaded.model.visual.image_size
-    return size[0] if isinstance(size, (tuple, list)) else size
-
-
 ZS_SPEC = "shapes/shape:test=100"  # 10 classes: cheap zero-shot classifiers
 SHAPES_OPTS = "shapes:test=100,train=100,val=50"
 
@@ -85,7 +79,7 @@ def test_zeroshot_record_has_every_field_and_matches_the_evaluator(tiny_checkpoi
     from maskclip_bench.loading import load_model
 
     loaded = load_model(str(tiny_checkpoint))
-    ds = build_eval_dataset(ZS_SPEC, transform=loaded.preprocess, image_size=_input_size(loaded))
+    ds = build_eval_dataset(ZS_SPEC, transform=loaded.preprocess, image_size=loaded.image_size)
     loader = torch.utils.data.DataLoader(ds.dataset, batch_size=32, collate_fn=ds.collate_fn)
     direct = evaluate_zeroshot(loaded.model, loader, loaded.tokenizer, ds.classnames, ds.templates)
     assert rec["metrics"] == pytest.approx(direct, abs=1e-9)
@@ -131,7 +125,7 @@ def test_binding_records_match_a_brute_force_count(tiny_checkpoint, tmp_path, ru
     assert set(by_task) == {"zeroshot_classification", "zeroshot_retrieval"}
     assert {r["dataset"] for r in by_task.values()} == {"shapes/binding:test=24"}
     loaded = load_model(str(tiny_checkpoint))
-    ds = build_eval_dataset("shapes/binding:test=24", transform=loaded.preprocess, image_size=_input_size(loaded))
+    ds = build_eval_dataset("shapes/binding:test=24", transform=loaded.preprocess, image_size=loaded.image_size)
     with torch.no_grad():
         images = torch.nn.functional.normalize(
             loaded.model.encode_image(torch.stack([ds.dataset[i][0] for i in range(24)])).float(), dim=-1)

@@ -16,16 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_runner import main_exit
 from maskclip_core.errors import CheckpointError, ConfigError, DataError
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
     """Run the CLI in this process; (exit code, stderr lines)."""
-    from maskclip_bench.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+    code, err = main_exit(capsys, *args)
+    return code, err.strip().splitlines()
 
 
 def _pipe_spec(marker: Path) -> str:

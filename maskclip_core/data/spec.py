@@ -6,7 +6,7 @@ Forms:
   options are comma-separated ``key=value`` pairs: ``difficulty``, ``size`` (samples per epoch),
   ``scale`` (object size multiplier), ``min_objects``/``max_objects`` (1..3), ``group`` (minimal-pair
   group size, 1 = off) and ``shape_only`` (fraction of captions naming shapes without colour or position).
-  Training defaults: ``TRAIN_SHAPES_DEFAULTS``; the rest are ``ShapesOptions``' defaults.
+  Defaults: ``ShapesOptions``' (the same for training and the evaluation sets).
 * ``csv:PATH`` - a CSV or TSV file in open_clip's format (see :mod:`.csv_dataset`).
 * ``wds:PATTERN`` - WebDataset shards, e.g. ``wds:/data/shard-{00000..00009}.tar``.
 
@@ -28,12 +28,6 @@ _SHAPES_OPTIONS: dict[str, Callable[[str], Any]] = {
     "difficulty": float, "size": int, "scale": float, "min_objects": int, "max_objects": int, "group": int,
     "shape_only": float,
 }
-# Generator options (ShapesOptions fields) whose training default differs from the evaluation sets' default. Empty:
-# minimal-pair groups (group=4) with shape-only captions (shape_only=0.25) were the training default until measured
-# against plain data (results/shapes_calibration.md: clip, Tiny-8, 150 steps, batch 64): zero-shot shape 11.7 vs
-# 10.4 % (chance 10, within 1.3 standard errors), colour 39.8 vs 67.0 %, text-to-image R@5 2.0 vs 9.9 %. They did not
-# make shape learnable at that budget and held everything else back, so they are opt-in (`shapes:group=4,...`).
-TRAIN_SHAPES_DEFAULTS: dict[str, Any] = {}
 _GENERATOR_OPTIONS = ("scale", "min_objects", "max_objects", "group", "shape_only")
 _USAGE = "use shapes, csv:PATH or wds:PATTERN"
 
@@ -100,11 +94,11 @@ def parse_data_spec(spec: str) -> DataSpec:
 
 
 def shapes_options(options: dict[str, str]) -> Any:
-    """The ShapesOptions of a parsed ``shapes:`` spec: its generator options over TRAIN_SHAPES_DEFAULTS."""
+    """The ShapesOptions of a parsed ``shapes:`` spec: its generator options over ShapesOptions' defaults."""
     from maskclip_core.data.shapes import ShapesOptions
 
     given = {k: _SHAPES_OPTIONS[k](v) for k, v in options.items() if k in _GENERATOR_OPTIONS}
-    return ShapesOptions(**{**TRAIN_SHAPES_DEFAULTS, **given})
+    return ShapesOptions(**given)
 
 
 def build_train_dataset(
