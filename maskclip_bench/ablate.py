@@ -288,6 +288,8 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
         os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's per-class progress bars
         from maskclip_core.trainer import train
 
+        from .eval_hook import make_eval_hook
+
         folder.mkdir(parents=True, exist_ok=True)
         if primary:
             (folder / CELL_ERROR).unlink(missing_ok=True)
@@ -295,7 +297,7 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
         torch.set_num_threads(job.threads)
         cfg = TrainConfig.from_dict(job.config)
         ckpt = folder / "checkpoints" / "last.pt"
-        run = train(cfg, resume=ckpt.is_file())
+        run = train(cfg, resume=ckpt.is_file(), on_eval=make_eval_hook(cfg) if cfg.run.eval_every > 0 else None)
         if run.stopped_early:  # SIGTERM: the checkpoint is saved; a rerun resumes the cell, never scores it half-trained
             raise InterruptedError(f"training stopped at step {run.steps} by SIGTERM; rerun the grid to resume")
         if not primary:

@@ -10,6 +10,8 @@ Three kinds of `--ckpt` are accepted:
 * ``local-dir:DIR``: a folder open_clip reads itself (``open_clip_config.json`` + weights), as written
   by ``maskclip-bench export``; when it was exported by us its config also carries the training config.
 
+`load_live` wraps a live model instead (the student evaluated while training, `train --eval-every`).
+
 Every file is read with ``weights_only=True``. Anything wrong raises a one-line ``CheckpointError``.
 """
 from __future__ import annotations
@@ -231,6 +233,30 @@ def _load_local_dir(spec: str, model_name: str | None) -> LoadedModel:
         train_config=meta.get("train_config"), content_hash=sha256_dir(directory), ckpt_path=name,
         kind="local-dir", step=meta.get("step"),
     )
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """Hex sha256 over a model's state dict (names, dtypes, shapes and bytes, in order): the identity of a live
+    model that has no checkpoint file, such as the student evaluated while training."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().cpu().contiguous().reshape(-1)  # view() needs at least one dimension
+        digest.update(f"{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def load_live(model: torch.nn.Module, *, model_name: str, train_config: dict[str, Any], where: str,
+              step: int) -> LoadedModel:
+    """A `LoadedModel` around a copy of a live open_clip model (the training student at `step`): evaluating
+    it cannot touch the original's weights, modes or device. `where` names it in records (run folder + step)."""
+    import copy
+
+    from maskclip_core.towers import get_tokenizer
+
+    clip = copy.deepcopy(model).float()
+    return _finish(clip, model_name=model_name, tokenizer=get_tokenizer(model_name), train_config=train_config,
+                   content_hash=weights_hash(clip), ckpt_path=where, kind="maskclip", step=step)
 
 
 def load_model(ckpt: str, model_name: str | None = None) -> LoadedModel:

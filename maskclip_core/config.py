@@ -24,6 +24,7 @@ CONTRASTIVE_VIEWS = ("full", "masked")
 # bf16 = amp_bf16: bf16 autocast, fp32 weights; auto: resolved per device (maskclip_core.precision.resolve_precision)
 PRECISIONS = ("auto", "fp32", "bf16", "amp_bf16", "amp")
 MLM_REPLACE = ("mask", "bert")
+REPORT_TO = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -132,6 +133,15 @@ class RunConfig:
     max_nonfinite: int = 5  # consecutive non-finite steps (skipped) before the run stops
     max_bad_fraction: float = 0.01  # stop when more than this fraction of the samples read so far was bad data
     keep_checkpoints: int = 3  # step_*.pt files kept besides last.pt (resume falls back to them)
+    # Evaluation while training (maskclip_bench supplies the evaluator): every N steps, at step 0 and at the end;
+    # 0 = never. The suite is a maskclip_bench suite name (quick, shapes, full).
+    eval_every: int = 0
+    eval_suite: str = "quick"
+    eval_shapes: str = ""  # options of the suite's shapes tasks, e.g. "test=300,train=600" (cheaper curves)
+    # Scalar logging besides metrics.jsonl, as open_clip's --report-to: "", tensorboard, wandb or both
+    # ("tensorboard,wandb"). wandb runs offline unless WANDB_MODE says otherwise.
+    report_to: str = ""
+    wandb_project: str = "maskclip-bench"
 
 
 @dataclass
@@ -410,6 +420,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if r.accum_freq < 1:
         raise ConfigError(f"accum_freq must be >= 1, got {r.accum_freq}")
     _choice("device", r.device, ("auto", "cpu", "cuda"))
+    if r.eval_every < 0:
+        raise ConfigError(f"eval_every must be >= 0 (0: no evaluation while training), got {r.eval_every}")
+    for sink in filter(None, (part.strip() for part in r.report_to.split(","))):
+        _choice("report_to", sink, REPORT_TO)
     if not 0.0 <= r.max_bad_fraction <= 1.0:
         raise ConfigError(f"max_bad_fraction must be in [0, 1], got {r.max_bad_fraction}")
     if not 0.0 < cfg.data.aug_scale_min <= 1.0:

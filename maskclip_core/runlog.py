@@ -8,6 +8,9 @@ from typing import Any
 
 from .atomic_write import write_text_atomic
 
+# The loss terms of a line besides the weighted total "loss" (null where the method has no such term).
+LOSS_KEYS = ("loss_contrastive", "loss_distill", "loss_mlm")
+
 
 class MetricsLog:
     """Append-only JSON-lines log. On resume from step s, lines with step > s are dropped so that no step is

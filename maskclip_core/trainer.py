@@ -27,13 +27,14 @@ from .errors import CheckpointError, DataError, MaskClipError
 from .loader import BatchStream
 from .model import MaskCLIP
 from .optim import build_optimizer
+from .periodic_eval import EvalHook, eval_due, run_eval
 from .precision import PrecisionChoice, grad_scaler, resolve_precision
-from .runlog import MetricsLog
+from .reporting import Reporter, build_reporters, report
+from .runlog import LOSS_KEYS, MetricsLog
 from .step import MaskSampler, Stepper, make_step_batch
 from .towers import create_clip, get_tokenizer, image_size_of
 
 logger = logging.getLogger(__name__)
-LOSS_KEYS = ("loss_contrastive", "loss_distill", "loss_mlm")
 
 
 def special_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], int]:
@@ -151,8 +152,13 @@ def train(
     resume: bool = False,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_eval: EvalHook | None = None,
 ) -> TrainResult:
     """Run (or resume) one training run as `cfg` says; writes config.json, metrics.jsonl and checkpoints.
+
+    With `run.eval_every` > 0, `on_eval(step, student)` is called on rank 0 every that many steps (and at step 0
+    and the last step) and its metrics join that step's metrics.jsonl line as `eval/<name>`; it cannot change the
+    run (see maskclip_core.periodic_eval).
 
     Under torchrun (or SLURM) every rank runs this: data-parallel with DistributedDataParallel, the contrastive
     loss over the global batch, rank 0 alone writing; the result equals one process with the global batch.
@@ -163,7 +169,7 @@ def train(
     env = init_distributed(cfg.run.device)
     try:
         cfg = resolve_for_device(cfg, env)
-        return _train(cfg, env, resume, on_log, on_step)
+        return _train(cfg, env, resume, on_log, on_step, on_eval)
     finally:
         if env.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -189,7 +195,7 @@ def resolve_for_device(cfg: TrainConfig, env: DistEnv) -> TrainConfig:
 
 
 def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[str, Any]], None] | None,
-           on_step: Callable[[int, int], None] | None) -> TrainResult:
+           on_step: Callable[[int, int], None] | None, on_eval: EvalHook | None) -> TrainResult:
     run, k = cfg.run, cfg.run.accum_freq
     out = Path(run.out)
     ckpts = CheckpointDir(out / "checkpoints", run.keep_checkpoints)
@@ -255,6 +261,11 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
         cfg.save(out / "config.json")  # resolved: the precision and momentum this run actually uses
     log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None) if env.is_primary \
         else None
+    reporters: list[Reporter] = build_reporters(run.report_to, out, run.wandb_project, cfg.to_dict(),
+                                                resume=state is not None) if env.is_primary else []
+    if run.eval_every > 0 and on_eval is None and env.is_primary:
+        logger.warning("eval_every=%d but no evaluator was given (maskclip_core.trainer.train's on_eval): "
+                       "no evaluation while training", run.eval_every)
     masks = MaskSampler(model, run.seed)
     stepper = Stepper(cfg, model, optimizer, env, teacher, forward, scaler)
     global_batch = run.batch_size * env.world_size * k
@@ -269,13 +280,43 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                 "optimizer": optimizer.state_dict(), "rng": _rng_state(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "data": {"samples": health.samples, "bad": health.bad},
+                "elapsed": {"train_s": train_seconds(time.perf_counter()), "eval_s": prior_eval_s + session_eval_s},
                 "nonfinite": {"skipped": skipped, "consecutive": consecutive, "scaler_skipped": scaler_skipped},
             })
         barrier(env)  # no rank runs ahead of a checkpoint it might have to resume from
 
+    # Wall seconds of training (evaluation excluded), carried across resumes so curves against time join up.
+    elapsed = state.get("elapsed", {}) if state is not None else {}
+    prior_train_s, prior_eval_s = elapsed.get("train_s", 0.0), elapsed.get("eval_s", 0.0)
+    session_start, session_eval_s = time.perf_counter(), 0.0
+
+    def train_seconds(now: float) -> float:
+        return prior_train_s + (now - session_start) - session_eval_s
+
+    def evaluate(line: dict[str, Any]) -> None:
+        """Evaluate on rank 0 (the others wait) and add the metrics and seconds to `line`."""
+        nonlocal session_eval_s
+        if env.is_primary:
+            metrics, seconds = run_eval(on_eval, step, model)
+            session_eval_s += seconds
+            line.update(metrics, eval_s=seconds)
+        barrier(env)
+
+    def write_line(line: dict[str, Any]) -> None:
+        if log is not None:
+            log.write(line)
+        report(reporters, line)
+
+    evaluating = on_eval is not None and run.eval_every > 0
     model.train()
     start_time = time.time()
-    with stop_on_sigterm() as stop:  # SIGTERM: finish the step, checkpoint, return
+    with stop_on_sigterm() as stop, contextlib.ExitStack() as closing:  # SIGTERM: finish the step, checkpoint
+        for reporter in reporters:
+            closing.callback(reporter.close)
+        if evaluating and state is None and eval_due(0, total, run.eval_every, fresh_start=True):
+            first: dict[str, Any] = {"step": 0, "epoch": 0, "samples_seen": 0, "wall_s": 0.0}
+            evaluate(first)
+            write_line(first)
         window_start, window_samples, window_data = time.perf_counter(), 0, 0.0
         last: dict[str, Any] = {}
         counters = state.get("nonfinite", {}) if state is not None else {}
@@ -308,15 +349,17 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
             window_samples += global_batch
             if on_step is not None and env.is_primary:
                 on_step(step, total)
-            if step % run.log_every == 0 or step == total:
+            eval_now = evaluating and eval_due(step, total, run.eval_every)
+            if step % run.log_every == 0 or step == total or eval_now:
                 # Loss terms averaged over ranks: what one process with the global batch would log.
                 names = sorted(logged)
                 values = all_reduce_sum(torch.stack([logged[n] for n in names]).double(), env) / env.world_size
                 terms = dict(zip(names, values.tolist()))
                 now = time.perf_counter()
                 last = {
-                    "step": step, "epoch": stream.epoch, "loss": float(sum(model.loss_weights[n] * terms[n]
-                                                                          for n in names)),
+                    "step": step, "epoch": stream.epoch, "samples_seen": step * global_batch,
+                    "wall_s": train_seconds(now),
+                    "loss": float(sum(model.loss_weights[n] * terms[n] for n in names)),
                     **{key: terms.get(key) for key in LOSS_KEYS},
                     "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
                     "ema_momentum": momentum if teacher is not None else None,
@@ -330,11 +373,13 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                     **(teacher.distances(model) if teacher is not None else
                        {"teacher_from_init": None, "teacher_from_student": None}),
                 }
-                if log is not None:
-                    log.write(last)
+                if eval_now:
+                    evaluate(last)
+                write_line(last)
                 if on_log is not None and env.is_primary:
                     on_log(last)
-                window_start, window_samples, window_data = now, 0, 0.0
+                # The next window starts after any evaluation, so samples_per_s counts training alone.
+                window_start, window_samples, window_data = time.perf_counter(), 0, 0.0
             stopping = flags[0] > 0
             if step % run.checkpoint_every == 0 or step == total or stopping:
                 checkpoint()

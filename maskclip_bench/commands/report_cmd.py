@@ -1,8 +1,10 @@
 """`maskclip-bench report`: benchmark tables (markdown + CSV) from all evaluation records, and
-`comparison.md` (our CLIP vs MaskCLIP beside the published numbers; see maskclip_bench.comparison)."""
+`comparison.md` (our CLIP vs MaskCLIP beside the published numbers; see maskclip_bench.comparison); with
+`--curves RUN`, training curves of run folders instead (see maskclip_bench.curves)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -12,8 +14,16 @@ def report_command(
     out: Path = typer.Option(Path("results"), "--out", help="folder for benchmark.md/.csv and benchmark_long.csv"),
     ablations_dir: Path = typer.Option(Path("results/ablations"), "--ablations-dir",
                                        help="ablation cells whose records also feed comparison.md"),
+    curves: Optional[list[Path]] = typer.Option(
+        None, "--curves", help="training run folder (repeat for several); draw its metrics.jsonl curves instead "
+                               "of the benchmark tables"),
+    curves_out: Path = typer.Option(Path("results/curves"), "--curves-out", help="folder for the curve PNGs"),
 ) -> None:
-    """One row per checkpoint, one column per dataset/metric (latest record wins); see maskclip_bench.report."""
+    """One row per checkpoint, one column per dataset/metric (latest record wins); see maskclip_bench.report.
+    With --curves: one PNG per loss/eval metric, every run against samples seen and wall seconds."""
+    if curves:
+        _curves(curves, curves_out)
+        return
     from maskclip_bench.comparison import write_comparison
     from maskclip_bench.report import write_report
 
@@ -25,6 +35,16 @@ def report_command(
     comparison = write_comparison([results_dir, ablations_dir], out, command)
     typer.echo(f"{len(files.table)} checkpoint(s) from {files.num_records} record(s): "
                f"{files.markdown}, {files.csv}, {files.long_csv}, {comparison}")
+
+
+def _curves(runs: list[Path], out: Path) -> None:
+    from maskclip_bench.curves import load_curves, plot_curves
+
+    frame = load_curves(runs)
+    written = plot_curves(frame, out)
+    typer.echo(f"{len(written)} curve plot(s) of {len(runs)} run(s) in {out}:")
+    for path in written:
+        typer.echo(f"  {path}")
 
 
 def register(app: typer.Typer) -> None:

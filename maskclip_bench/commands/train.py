@@ -137,6 +137,14 @@ def train_command(
                                                 "(skipped) before the run stops (default 5)"),
     keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", help="step_*.pt files kept "
                                                    "(default 3)"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="evaluate the student every N steps (and "
+                                             "at steps 0 and last) into OUT/evals and metrics.jsonl; 0: never"),
+    eval_suite: Optional[str] = typer.Option(None, "--eval-suite", help="suite of --eval-every: quick | shapes | "
+                                             "full (default quick)"),
+    eval_shapes: Optional[str] = typer.Option(None, "--eval-shapes", help="options of --eval-suite's shapes tasks, "
+                                              "e.g. test=300,train=600 (cheaper evaluations)"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="also log scalars to tensorboard, wandb "
+                                            "(offline unless WANDB_MODE is set) or tensorboard,wandb"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON config file"),
     allow_pipe: bool = typer.Option(False, "--allow-pipe", help="let the --config file's data spec run a "
                                     "wds:pipe:COMMAND shell command (--data on the command line needs no flag)"),
@@ -152,7 +160,8 @@ def train_command(
         "run.keep_checkpoints": keep_checkpoints, "run.accum_freq": accum_freq,
         "run.grad_checkpointing": grad_checkpointing, "run.torchcompile": torchcompile,
         "method.local_loss": local_loss, "method.gather_with_grad": gather_with_grad,
-        "data.resampled": dataset_resampled, "run.device": device,
+        "data.resampled": dataset_resampled, "run.device": device, "run.eval_every": eval_every,
+        "run.eval_suite": eval_suite, "run.eval_shapes": eval_shapes, "run.report_to": report_to,
     }
     explicit_config = config
     if resume and config is None and out and (Path(out) / "config.json").is_file():
@@ -166,11 +175,13 @@ def train_command(
     check_model_and_data(cfg)
     announce_precision(cfg)
 
+    from maskclip_bench.eval_hook import make_eval_hook
     from maskclip_bench.progress import TrainProgress
     from maskclip_core.trainer import train
 
+    on_eval = make_eval_hook(cfg) if cfg.run.eval_every > 0 else None  # a bad suite name fails before training
     with TrainProgress(enabled=not quiet, title=f"{cfg.method.name} · {cfg.model.name}") as progress:
-        result = train(cfg, resume=resume, on_log=progress.on_log, on_step=progress.on_step)
+        result = train(cfg, resume=resume, on_log=progress.on_log, on_step=progress.on_step, on_eval=on_eval)
     m = result.last_metrics
     typer.echo(
         f"done: {result.steps} steps in {result.wall_time_s:.0f}s, loss {m.get('loss', float('nan')):.4f}; "
