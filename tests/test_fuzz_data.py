@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from maskclip_core.data.csv_dataset import CsvDataset
-from maskclip_core.data.images import BadImageError, open_rgb
+from maskclip_core.data.images import ALLOWED_FORMATS
 from maskclip_core.data.spec import train_collate
 from maskclip_core.errors import DataError
 
@@ -101,14 +101,35 @@ def test_caption_oracle_by_hand():
     assert not _caption_is_usable(b"caf\xe9".decode("utf-8", "surrogateescape"))
 
 
-def _row_is_good(folder: Path, index: int, caption: str) -> bool:
-    if not _caption_is_usable(caption):
-        return False
+def _pil_decodes(path: Path) -> bool:
+    """The image rule, written out with PIL alone (not the loader's open_rgb): the bytes are one of the documented
+    raster formats, decode completely (a truncated stream is an error, PIL's default) and convert to RGB."""
+    import warnings
+
+    Image.init()  # register every plugin, then keep the documented formats this PIL build has
+    formats = [f for f in ALLOWED_FORMATS if f in Image.OPEN]
     try:
-        open_rgb(folder / f"{index}.img")
-        return True
-    except BadImageError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path, formats=formats) as image:
+                image.load()
+                return image.width * image.height > 0 and image.convert("RGB").size == image.size
+    except Exception:  # any decoder error: UnidentifiedImageError, OSError (truncated), ValueError, SyntaxError
         return False
+
+
+def test_pil_oracle_by_hand(tmp_path):
+    good = io.BytesIO()
+    Image.new("RGB", (3, 2), (1, 2, 3)).save(good, format="PNG")
+    (tmp_path / "good.png").write_bytes(good.getvalue())
+    (tmp_path / "cut.png").write_bytes(good.getvalue()[:40])
+    (tmp_path / "text.png").write_bytes(b"not an image at all")
+    assert _pil_decodes(tmp_path / "good.png")
+    assert not _pil_decodes(tmp_path / "cut.png") and not _pil_decodes(tmp_path / "text.png")
+
+
+def _row_is_good(folder: Path, index: int, caption: str) -> bool:
+    return _caption_is_usable(caption) and _pil_decodes(folder / f"{index}.img")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -186,10 +186,19 @@ def test_augmentation_depends_on_the_sample_not_the_reader(csv_data):
         return [next(stream)["image"] for _ in range(5)]
 
     single, multi = first_batches(0), first_batches(2)
-    assert all(torch.equal(a, b) for a, b in zip(single, multi))
+    assert len(single) == len(multi) == 5 and all(torch.equal(a, b) for a, b in zip(single, multi))
     resumed = BatchStream(dataset, 4, 0, workers=0, epoch=0, batch_in_epoch=2)
     assert torch.equal(next(resumed)["image"], single[2])
     assert not torch.equal(first_batches(0, seed=1)[0], single[0])
+    # The same sample gets a new crop in the next epoch (batch order alone would also change across epochs, so
+    # compare one sample directly), the same crop when read again, and its caption either way.
+    from maskclip_core.loader import SeededSamples
+
+    samples = SeededSamples(dataset, seed=0)
+    again, next_epoch = samples[(0, 3)], samples[(1, 3)]
+    assert torch.equal(samples[(0, 3)]["image"], again["image"])
+    assert not torch.equal(next_epoch["image"], again["image"])
+    assert torch.equal(next_epoch["text"], again["text"])
 
 
 @pytest.mark.parametrize("workers", [0, 2])
