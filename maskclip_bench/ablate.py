@@ -16,9 +16,9 @@ import json
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from maskclip_core.config import TrainConfig, set_value, validate
 from maskclip_core.ema import default_momentum
@@ -39,6 +39,8 @@ class Grid:
     description: str = ""
     # For grids whose values depend on the run (e.g. on its length): base config -> (values, reference).
     derive: Callable[[TrainConfig], tuple[tuple[Any, ...], Any]] | None = None
+    # For values that set more than `key` (e.g. a method and its step budget): (config, value) -> None.
+    apply: Callable[[TrainConfig, Any], None] | None = None
 
 
 def ema_momentum_values(base: TrainConfig) -> tuple[tuple[float, ...], float]:
@@ -48,6 +50,44 @@ def ema_momentum_values(base: TrainConfig) -> tuple[tuple[float, ...], float]:
     horizon = 1.0 / (1.0 - m0)
     values = {m0, 0.996} | {round(1.0 - 1.0 / (horizon * f), 4) for f in (0.25, 0.5, 2.0, 4.0) if horizon * f > 1}
     return tuple(sorted(values)), m0
+
+
+def apply_budget(cfg: TrainConfig, value: str) -> None:
+    """A `compute` grid value ``<method>[_x<factor>]``: that method trained for `factor` times the base run's steps,
+    its warm-up scaled alike so the schedule keeps its shape. ConfigError for anything else."""
+    method, sep, factor_text = str(value).partition("_x")
+    try:
+        factor = float(factor_text) if sep else 1.0
+    except ValueError:
+        factor = float("nan")
+    if method not in ("clip", "maskclip") or not factor > 0:
+        raise ConfigError(f"compute value '{value}' is not <method>[_x<factor>] (e.g. clip_x1.74)")
+    cfg.method.name = method
+    cfg.run.steps = max(1, round(cfg.run.steps * factor))
+    cfg.optim.warmup = round(cfg.optim.warmup * factor)
+
+
+def flop_ratio(base: TrainConfig) -> float:
+    """FLOPs of one `maskclip` training step over one `clip` step for the base run's model, batch and method
+    settings, counted by torch's FlopCounterMode on one real step each (the same count as `bench`)."""
+    import torch
+
+    from . import perf
+
+    images, text = perf.make_batch(base.model.name, base.run.batch_size, torch.device("cpu"))
+    counts = {}
+    for name in ("clip", "maskclip"):
+        step = perf.OurStep(name, base.model.name, images, text, "fp32",
+                            method={**asdict(base.method), "name": name})
+        counts[name] = perf.count_flops(step)
+    return counts["maskclip"] / counts["clip"]
+
+
+def compute_values(base: TrainConfig) -> tuple[tuple[str, ...], str]:
+    """The `compute` grid: MaskCLIP (the reference), CLIP at the same steps, and CLIP given MaskCLIP's training FLOPs
+    (steps times the counted FLOP ratio). A time-matched row is machine-specific: add it with --values, e.g.
+    ``maskclip,clip,clip_x1.74,clip_x1.50`` with the ratio of the two methods' training seconds."""
+    return ("maskclip", "clip", f"clip_x{flop_ratio(base):.2f}"), "maskclip"
 
 
 GRIDS: dict[str, Grid] = {
@@ -62,6 +102,9 @@ GRIDS: dict[str, Grid] = {
     "ema_momentum": Grid("ema_momentum", "method.ema_momentum", (), None,
                          "teacher's starting EMA momentum (reference: the run-length-aware default)",
                          derive=ema_momentum_values),
+    "compute": Grid("compute", "method.name", (), "maskclip",
+                    "MaskCLIP vs CLIP at equal steps and at equal training FLOPs (value <method>_x<step factor>)",
+                    derive=compute_values, apply=apply_budget),
 }
 
 
@@ -71,7 +114,8 @@ def bind_grids(grids: Sequence[Grid], base: TrainConfig, explicit_values: bool =
     for g in grids:
         if g.derive is not None:
             values, reference = g.derive(base)
-            out.append(Grid(g.name, g.key, g.values if explicit_values else values, reference, g.description))
+            out.append(Grid(g.name, g.key, g.values if explicit_values else values, reference, g.description,
+                            apply=g.apply))
         else:
             out.append(g)
     return out
@@ -110,6 +154,13 @@ def grid_label(names: Sequence[str]) -> str:
 def _typed_values(grid: Grid, raw: Sequence[Any]) -> tuple[Any, ...]:
     """Values coerced to the config field's type (``--values 0.5,0.9`` -> floats); ConfigError if invalid."""
     out = []
+    if grid.apply is not None:  # composite values: strings, checked by applying them
+        for value in raw:
+            grid.apply(TrainConfig(), str(value).strip())
+        values = tuple(str(v).strip() for v in raw)
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--values for grid '{grid.name}' repeats a value: {', '.join(map(str, raw))}")
+        return values
     for value in raw:
         cfg = TrainConfig()
         set_value(cfg, grid.key, value.strip() if isinstance(value, str) else value)
@@ -137,7 +188,7 @@ def resolve_grids(names: Sequence[str], values: str | None = None) -> list[Grid]
         if not parts:
             raise ConfigError("--values is empty")
         g = grids[0]
-        grids = [Grid(g.name, g.key, _typed_values(g, parts), g.reference, g.description, g.derive)]
+        grids = [Grid(g.name, g.key, _typed_values(g, parts), g.reference, g.description, g.derive, g.apply)]
     return grids
 
 
@@ -158,7 +209,10 @@ def cell_config(base: TrainConfig, grids: Sequence[Grid], cell: Cell, out_root: 
     """The cell's TrainConfig: a copy of `base` with the cell's values, seed, folder and thread budget."""
     cfg = TrainConfig.from_dict(base.to_dict())
     for grid in grids:
-        set_value(cfg, grid.key, cell.values[grid.name], parse=False)
+        if grid.apply is not None:
+            grid.apply(cfg, cell.values[grid.name])
+        else:
+            set_value(cfg, grid.key, cell.values[grid.name], parse=False)
     cfg.run.seed = cell.seed
     cfg.run.out = str(out_root / cell.folder)
     cfg.run.threads = threads
@@ -313,6 +367,8 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
         _write_json_atomic(folder / CELL_MARKER, {
             "values": job.values, "seed": job.seed, "config": job.config, "metrics": metrics,
             "steps": run.steps, "train_wall_time_s": run.wall_time_s, "wall_time_s": wall,
+            # Training seconds alone (evaluations while training left out): the cost a compute-matched row matches.
+            "train_seconds": last.get("wall_s"),
             "eval": {"suite": job.eval_spec.suite, "datasets": list(job.eval_spec.datasets)},
         })
         return CellResult(str(folder), "done", job.values, job.seed, metrics, wall)
@@ -323,6 +379,20 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
         return CellResult(str(folder), "failed", job.values, job.seed, {}, time.time() - start, message)
     finally:
         torch.set_num_threads(threads_before)
+
+
+def cost_line(cells: Sequence[Mapping[str, Any]], axis: str) -> str:
+    """Steps and mean training seconds per value of `axis`, from finished cells' markers (`cell.json`)."""
+    by_value: dict[str, list[Mapping[str, Any]]] = {}
+    for cell in cells:
+        by_value.setdefault(value_label(cell["values"][axis]), []).append(cell)
+    parts = []
+    for value, group in by_value.items():
+        steps = sorted({c.get("steps") for c in group if c.get("steps") is not None})
+        seconds = [c["train_seconds"] for c in group if c.get("train_seconds") is not None]
+        timing = f", {sum(seconds) / len(seconds):.0f} s of training" if seconds else ""
+        parts.append(f"{value}: {'/'.join(map(str, steps))} steps{timing}")
+    return "Cost per value (mean over seeds; training seconds exclude evaluation): " + "; ".join(parts) + "."
 
 
 def _last_logged(folder: Path) -> dict[str, Any]:

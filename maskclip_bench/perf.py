@@ -214,7 +214,8 @@ class OurStep(TrainStep):
     """Our MaskCLIP module (`clip`, `maskclip`, `maskclip-masked-view`), stepped by the trainer's own `Stepper`."""
 
     def __init__(self, variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
-                 seed: int = 0, total_steps: int = 1000, compile: bool = False, fused: bool = False):
+                 seed: int = 0, total_steps: int = 1000, compile: bool = False, fused: bool = False,
+                 method: dict[str, Any] | None = None):
         from maskclip_core.config import TrainConfig
         from maskclip_core.distributed import DistEnv
         from maskclip_core.ema import Teacher
@@ -229,7 +230,7 @@ class OurStep(TrainStep):
         cfg = TrainConfig()
         cfg.model.name = model_name
         cfg.run.precision = precision
-        for key, value in VARIANTS[variant].items():
+        for key, value in {**(method or {}), **VARIANTS[variant]}.items():  # `method`: a run's own settings
             setattr(cfg.method, key, value)
         self.cfg = cfg
         torch.manual_seed(seed)  # model.clip gets the same initial weights as the open_clip reference

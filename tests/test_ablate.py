@@ -17,7 +17,9 @@ def test_named_grids_have_paper_references():
     assert ablate.GRIDS["mask_ratio"].values == (0.25, 0.5, 0.75, 0.9) and ablate.GRIDS["mask_ratio"].reference == 0.75
     assert ablate.GRIDS["decoder_depth"].values == (0, 1, 2, 4) and ablate.GRIDS["decoder_depth"].reference == 2
     assert ablate.GRIDS["method"].reference == "clip"
-    for grid in ablate.bind_grids(list(ablate.GRIDS.values()), TrainConfig()):
+    base = TrainConfig()
+    base.model.name, base.run.batch_size = "MaskCLIP-Micro-8", 8  # the compute grid counts a step's FLOPs
+    for grid in ablate.bind_grids(list(ablate.GRIDS.values()), base):
         assert grid.reference in grid.values
 
 
@@ -71,6 +73,58 @@ def _hand_cells():
         {"values": {"mask_ratio": 0.75}, "seed": 0, "metrics": {"shapes/shape_color/acc1": 0.5, "train/loss": 1.0}},
         {"values": {"mask_ratio": 0.75}, "seed": 1, "metrics": {"shapes/shape_color/acc1": 0.7, "train/loss": 1.0}},
     ]
+
+
+def test_compute_values_set_method_steps_and_warmup_by_hand():
+    cfg = TrainConfig()
+    cfg.run.steps, cfg.optim.warmup = 150, 10
+    ablate.apply_budget(cfg, "clip_x1.74")
+    assert (cfg.method.name, cfg.run.steps, cfg.optim.warmup) == ("clip", 261, 17)  # 150 * 1.74 = 261, 17.4 -> 17
+    ablate.apply_budget(cfg, "maskclip")
+    assert (cfg.method.name, cfg.run.steps, cfg.optim.warmup) == ("maskclip", 261, 17)
+    for bad in ("clip_xfoo", "siglip", "clip_x0", "clip_x-2", "maskclip_x"):
+        with pytest.raises(ConfigError, match="is not <method>"):
+            ablate.apply_budget(TrainConfig(), bad)
+    grid = ablate.resolve_grids(["compute"], "maskclip, clip_x2")[0]
+    assert grid.values == ("maskclip", "clip_x2")
+    with pytest.raises(ConfigError, match="is not <method>"):
+        ablate.resolve_grids(["compute"], "maskclip,clip_y2")
+    base = TrainConfig()
+    base.run.steps = 40
+    cell = ablate.Cell((("compute", "clip_x2"),), seed=1)
+    cfg = ablate.cell_config(base, [grid], cell, Path("/tmp/grid"), threads=1)
+    assert (cfg.method.name, cfg.run.steps, cfg.run.out) == ("clip", 80, "/tmp/grid/compute=clip_x2/seed=1")
+
+
+def test_compute_grid_gives_clip_the_counted_flop_ratio():
+    """The FLOP-matched value: MaskCLIP's step FLOPs over CLIP's, counted here with torch's counter directly."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from maskclip_bench import perf
+
+    base = TrainConfig()
+    base.model.name, base.run.batch_size, base.method.mask_ratio = "MaskCLIP-Micro-8", 8, 0.5
+    images, text = perf.make_batch(base.model.name, 8, __import__("torch").device("cpu"))
+    flops = {}
+    for name in ("clip", "maskclip"):
+        step = perf.OurStep(name, base.model.name, images, text, "fp32", method={"mask_ratio": 0.5})
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        flops[name] = counter.get_total_flops()
+    assert flops["maskclip"] > flops["clip"]
+    values, reference = ablate.compute_values(base)
+    assert reference == "maskclip" and values == ("maskclip", "clip", f"clip_x{flops['maskclip'] / flops['clip']:.2f}")
+
+
+def test_cost_line_by_hand():
+    cells = [{"values": {"compute": "maskclip"}, "steps": 150, "train_seconds": 200.0},
+             {"values": {"compute": "maskclip"}, "steps": 150, "train_seconds": 220.0},
+             {"values": {"compute": "clip_x1.74"}, "steps": 261, "train_seconds": None},
+             {"values": {"compute": "clip"}}]
+    assert ablate.cost_line(cells, "compute") == (
+        "Cost per value (mean over seeds; training seconds exclude evaluation): maskclip: 150 steps, 210 s of "
+        "training; clip_x1.74: 261 steps; clip:  steps.")
 
 
 def test_mean_std_and_diff_columns():

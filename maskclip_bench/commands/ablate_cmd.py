@@ -64,7 +64,7 @@ class GridProgress:
 
 def ablate_command(
     grid: list[str] = typer.Option([], "--grid", help="method | mask_ratio | decoder_depth | distill_target | mlm "
-                                   "| contrastive_view | ema_momentum (repeat for a product grid)"),
+                                   "| contrastive_view | ema_momentum | compute (repeat for a product grid)"),
     values: Optional[str] = typer.Option(None, "--values", help="comma-separated values replacing the grid's "
                                          "defaults (one --grid only)"),
     base_config: Optional[Path] = typer.Option(None, "--base-config", help="YAML/JSON config every cell starts from"),
@@ -308,7 +308,9 @@ class GridOutputs:
                   f"{' + ' + ', '.join(self.eval_dataset) if self.eval_dataset else ''}.\n\n"
                   f"Wall time: {compute / 60:.1f} min summed over the {len(good) - len(copied)} cell(s) trained for "
                   f"this grid (train + eval; {len(copied)} more copied from identical cells of other grids)"
-                  f"{invocation}.")
+                  f"{invocation}.\n\n"
+                  + ablate.cost_line([ablate.read_cell(Path(r.folder)) or {"values": r.values} for r in good],
+                                     axes[0]))
         cell_dicts = [{"values": r.values, "seed": r.seed, "metrics": r.metrics} for r in good]
         written = aggregate.write_tables(cell_dicts, axes, ablate.reference_assignment(self.grids), self.tables,
                                          self.label, header)
