@@ -24,8 +24,7 @@ from maskclip_core.config import TrainConfig, set_value, validate
 from maskclip_core.ema import default_momentum
 from maskclip_core.errors import ConfigError
 
-CELL_MARKER = "cell.json"
-CELL_ERROR = "error.txt"
+from .grid_status import CELL_ERROR, CELL_MARKER, record_attempt
 
 
 @dataclass(frozen=True)
@@ -304,21 +303,14 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def evaluate_cell(ckpt: Path, records_dir: Path, eval_spec: EvalSpec, seed: int) -> dict[str, float]:
     """Run the eval suite on a cell's checkpoint (one thread), write records; return {metric_key: value}."""
-    from maskclip_bench.commands.evaluate import execute
+    from maskclip_bench.evaluation import EvalSettings, evaluate_quietly, metric_values
     from maskclip_bench.suites import plan_suite
 
-    results = execute(
-        lambda session: plan_suite(session, eval_spec.suite, list(eval_spec.datasets)),
-        specs=tuple(eval_spec.datasets), ckpt=str(ckpt), model=None, batch_size=eval_spec.batch_size,
-        results_dir=str(records_dir), seed=0, workers=0, device="cpu", cache_dir=None, no_cache=True,
-        data_seed=0, quiet=True, threads=1, show=False,
-    )
-    metrics: dict[str, float] = {}
-    for r in results:
-        for name, value in r.metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics[metric_key(r.dataset, name, r.variant)] = float(value)
-    return metrics
+    results = evaluate_quietly(str(ckpt), lambda session: plan_suite(session, eval_spec.suite,
+                                                                     list(eval_spec.datasets)),
+                               EvalSettings(batch_size=eval_spec.batch_size, no_cache=True, threads=1), records_dir,
+                               specs=eval_spec.datasets)
+    return metric_values(results, lambda r, name: metric_key(r.dataset, name, r.variant))
 
 
 def run_cell(job: CellJob, job_id: str = "") -> CellResult:
@@ -331,7 +323,6 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
 
     import torch
 
-    from maskclip_bench.grid_status import record_attempt
     from maskclip_core.distributed import world_info_from_env
 
     folder = Path(job.folder)

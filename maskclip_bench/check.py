@@ -132,7 +132,7 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
     os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm's import: CLIP_benchmark's per-class bars
     import torch
 
-    from maskclip_bench.commands.evaluate import execute
+    from maskclip_bench.evaluation import EvalSettings, evaluate_quietly
     from maskclip_core.trainer import train
 
     seed = settings.seed if seed is None else seed
@@ -142,12 +142,10 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
             run = train(train_config(settings, seed, Path(tmp), overrides))
             specs = [s for s in eval_specs(settings)
                      if wanted is None or any(m.startswith(s.split(":", 1)[0] + "/") for m in wanted)]
-            results = [] if not specs else execute(
-                lambda session: _plan(session, specs), specs=tuple(specs),
-                ckpt=str(Path(tmp) / "checkpoints" / "last.pt"), model=None, batch_size=max(settings.test_size, 1),
-                results_dir=str(Path(tmp) / "records"), seed=0, workers=0, device="cpu", cache_dir=None,
-                no_cache=True, data_seed=0, quiet=True, threads=settings.threads, show=False,
-            )
+            results = [] if not specs else evaluate_quietly(
+                str(Path(tmp) / "checkpoints" / "last.pt"), lambda session: _plan(session, specs),
+                EvalSettings(batch_size=max(settings.test_size, 1), no_cache=True, threads=settings.threads),
+                Path(tmp) / "records", specs=specs)
         finally:
             torch.set_num_threads(threads)
     # The final losses learn visibly within the short budget, before zero-shot accuracy leaves chance.

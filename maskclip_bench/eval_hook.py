@@ -18,6 +18,7 @@ from maskclip_core.errors import ConfigError, DataError
 from maskclip_core.periodic_eval import EvalHook
 
 from .eval_data.shapes_tasks import parse_shapes_spec
+from .evaluation import metric_values
 from .feature_cache import FeatureCache
 from .loading import load_live
 from .records import write_record
@@ -29,12 +30,7 @@ EVALS_FOLDER = "evals"
 
 def headline_metrics(results: list[TaskResult]) -> dict[str, float]:
     """Every numeric metric of `results`, named as the report's wide-table columns."""
-    out = {}
-    for r in results:
-        for metric, value in r.metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[metric_column(r.dataset, metric, r.split, r.variant)] = float(value)
-    return out
+    return metric_values(results, lambda r, metric: metric_column(r.dataset, metric, r.split, r.variant))
 
 
 def make_eval_hook(cfg: TrainConfig, *, batch_size: int = 64, data_seed: int = 0, seed: int = 0) -> EvalHook:

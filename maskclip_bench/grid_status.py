@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 JOB_FILE = "job.json"
 ATTEMPT_FILE = "attempt.json"
+CELL_MARKER = "cell.json"  # written last by a finished cell (maskclip_bench.ablate)
+CELL_ERROR = "error.txt"
 ACTIVE = ("queued", "running")
 # SLURM states (sacct) of a job that still holds, or will again hold, the cell.
 _SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING"}
@@ -174,8 +176,6 @@ def _job_activity(job: dict[str, Any], attempt: dict[str, Any] | None, states: d
 
 def cell_status(folder: Path, states: dict[str, str] | None = None) -> CellStatus:
     """State of one cell folder; `states` are scheduler states already looked up ({job id: state})."""
-    from maskclip_bench.ablate import CELL_ERROR, CELL_MARKER
-
     job = _read_json(folder / JOB_FILE)
     attempt = _read_json(folder / ATTEMPT_FILE)
     job_id = str(job.get("job_id", "")) if job else ""

@@ -14,68 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+from . import perf
+from .peak_memory import current_rss_bytes, peak_rss_bytes, read_peak, reset_peak, reset_peak_rss
 
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False where that is not possible."""
-    try:
-        _CLEAR_REFS.write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def current_rss_bytes() -> int | None:
-    """The process's resident set now (Linux VmRSS), or None."""
-    kib = _status_kib("VmRSS")
-    return None if kib is None else kib * 1024
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident set since the last `reset_peak_rss` (VmHWM), else since start (ru_maxrss)."""
-    kib = _status_kib("VmHWM")
-    if kib is not None:
-        return kib * 1024
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if platform.system() == "Darwin" else rss * 1024)
-
-
-def reset_peak(device: torch.device) -> bool:
-    """Start a new peak measurement on `device`; False where the CPU reset is not possible (cumulative peak)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    return reset_peak_rss()
-
-
-def read_peak(device: torch.device) -> int:
-    """Peak bytes since `reset_peak` (GPU: allocator; CPU: resident set)."""
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
-
+# Re-exported: the peak readers are part of this module's measuring API.
+__all__ = ["Probe", "current_rss_bytes", "largest_fitting", "peak_rss_bytes", "read_peak", "reset_peak",
+           "reset_peak_rss", "run_probe"]
 
 def largest_fitting(fits: Callable[[int], bool], start: int = 2, limit: int = 1 << 16) -> tuple[int | None, int]:
     """The largest batch b in [start, limit] with fits(b), assuming fits is monotone (true up to some b, then
@@ -147,8 +100,6 @@ def _watch_rss(budget_bytes: int, batch: int) -> None:
 
 def _probe_main(argv: list[str]) -> None:
     """Subprocess entry: build the variant at the batch, run two steps, print a Probe as JSON."""
-    from maskclip_bench import perf
-
     variant, model, batch, precision, device_name, budget = argv
     batch_size, budget_bytes = int(batch), int(budget)
     device = perf.resolve_device(device_name)

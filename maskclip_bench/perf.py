@@ -335,7 +335,7 @@ def measure_variant(variant: str, model_name: str, images: torch.Tensor, text: t
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    from .memory import read_peak, reset_peak
+    from .peak_memory import read_peak, reset_peak
 
     result.peak_is_own = reset_peak(device)  # before the build: the peak holds the model, optimizer and teacher
     step = build_step(variant, model_name, images, text, precision, seed=seed, compile=compile, fused=fused)

@@ -31,7 +31,7 @@ def demo_command(
     from maskclip_bench.commands.console import command_console
     from rich.table import Table
 
-    from maskclip_bench.commands.evaluate import execute
+    from maskclip_bench.evaluation import EvalSettings, evaluate_quietly
     from maskclip_bench.commands.train import announce_precision
     from maskclip_bench.progress import TrainProgress
     from maskclip_bench.significance import difference_se
@@ -59,13 +59,11 @@ def demo_command(
         with TrainProgress(title=method) as progress:
             run = train(cfg, on_log=progress.on_log, on_step=progress.on_step)
         console.print(f"[bold]{method}[/bold]: {run.steps} steps in {run.wall_time_s:.0f}s")
-        results[method] = execute(
+        results[method] = evaluate_quietly(
+            str(out / method / "checkpoints" / "last.pt"),
             lambda session: plan_suite(session, suite, [f"shapes:{shapes}"] if shapes else [], templates=None),
-            specs=(), ckpt=str(out / method / "checkpoints" / "last.pt"), model=None, batch_size=250,
-            results_dir=str(out / "records"), seed=seed, workers=1, device="cpu", cache_dir=None, no_cache=True,
             # One torch thread + one rendering worker: on 2 cores, 2 threads spin against sklearn's BLAS.
-            data_seed=0, quiet=True, threads=1, show=False,
-        )
+            EvalSettings(batch_size=250, seed=seed, workers=1, no_cache=True, threads=1), out / "records")
         torch.set_num_threads(threads)
 
     table = Table(title=f"clip vs maskclip on shapes ({model}, {steps} steps, batch {batch_size}, seed {seed})")

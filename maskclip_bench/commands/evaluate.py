@@ -92,65 +92,23 @@ def execute(
     threads: int,
     show: bool = True,
 ) -> list["TaskResult"]:
-    """Check the specs, load the checkpoint, plan, run (sharing features), write a record per result, print."""
+    """The flags as EvalSettings -> `maskclip_bench.evaluation.evaluate` (progress lines on stderr unless
+    `quiet`) -> the results table."""
     from maskclip_bench.commands.console import command_console
     from rich.markup import escape
 
-    from maskclip_bench.feature_cache import FeatureCache
-    from maskclip_bench.loading import load_model
-    from maskclip_bench.records import write_record
-    from maskclip_bench.suites import EvalSession, result_record, run_suite
+    from maskclip_bench.evaluation import EvalSettings, evaluate
 
-    check_specs(specs)  # a typo in a spec fails before the checkpoint is loaded
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's per-class progress bar
     err = command_console(stderr=True)
-    log = (lambda message: None) if quiet else (lambda message: err.print(f"[dim]{escape(message)}[/dim]"))
-    loaded = load_model(ckpt, model)
-    session = EvalSession(loaded, batch_size=batch_size, workers=workers, seed=seed, data_seed=data_seed,
-                          device=device, cache=FeatureCache(cache_dir, enabled=not no_cache), log=log)
-    planned = plan(session)
-    # Logged only once planning worked, so a user error stays the one line on stderr.
-    log(f"checkpoint {loaded.ckpt_path} ({loaded.kind}, {loaded.model_name}, sha256 {loaded.content_hash[:12]}); "
-        f"{len(planned)} evaluation(s)")
-    written: list[Path] = []
-
-    def save(result: "TaskResult") -> None:
-        # Written as each task finishes, so a later failure keeps the earlier results.
-        written.append(write_record(result_record(result, session), results_dir))
-        log(f"{result.task} on {result.dataset}: done in {result.wall_time_s:.1f}s")
-
-    with _blas_threads(threads):
-        results = run_suite(session, planned, on_result=save)
+    log = None if quiet else (lambda message: err.print(f"[dim]{escape(message)}[/dim]"))
+    settings = EvalSettings(batch_size=batch_size, seed=seed, workers=workers, device=device, cache_dir=cache_dir,
+                            no_cache=no_cache, data_seed=data_seed, threads=threads)
+    done = evaluate(ckpt, plan, settings, results_dir, model_name=model, specs=specs, log=log)
     if show:
-        print_results(results, written, results_dir)
-    return results
-
-
-def _blas_threads(threads: int) -> Any:
-    """Limit numpy/scikit-learn BLAS threads like torch's (probes are BLAS-bound); no-op for 0."""
-    import contextlib
-
-    if threads <= 0:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
-    return threadpool_limits(limits=threads)
-
-
-def check_specs(specs: tuple[str, ...] | list[str]) -> None:
-    """Parse dataset specs (kind, shapes task and options) without building anything; DataError if bad."""
-    from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
-    from maskclip_bench.eval_data.spec import split_kind
-
-    for spec in specs:
-        kind, rest = split_kind(spec)
-        if kind == "shapes":
-            parse_shapes_spec(rest)
+        print_results(done.results, done.records, results_dir)
+    return done.results
 
 
 def _single(task: str, dataset: str, templates: Optional[str] = None,

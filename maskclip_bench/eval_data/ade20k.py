@@ -30,7 +30,7 @@ from maskclip_core.errors import DataError
 
 from .common import (IMAGE_EXTENSIONS, SkipBadImages, check_image, default_templates, filter_decodable,
                      mask_like_image, read_lines, require_dir, resolve_templates)
-from .spec import EvalDataset
+from .dataset import EvalDataset
 
 IGNORE_INDEX = 255
 SPLIT_FOLDERS: dict[str, str] = {"train": "training", "val": "validation", "test": "validation"}

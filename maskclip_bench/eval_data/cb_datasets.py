@@ -31,7 +31,7 @@ from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
 from .common import SkipBadImages, collate_for, filter_decodable, first_line, require_dir, resolve_templates
-from .spec import EvalDataset, root_path
+from .dataset import EvalDataset, root_path
 
 DEFAULT_ROOT = "root"
 

@@ -33,7 +33,7 @@ from maskclip_core.data.images import open_rgb
 from maskclip_core.errors import DataError
 
 from .common import SkipBadImages, check_inside_root, filter_decodable, first_line, require_dir
-from .spec import EvalDataset
+from .dataset import EvalDataset
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 

@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 from maskclip_core.errors import DataError
 
 from .common import LazySplits, collate_for, mask_like_image, resolve_templates
-from .spec import EvalDataset
+from .dataset import EvalDataset
 
 TASKS: tuple[str, ...] = ("shape", "color", "shape_color", "count", "compositional", "retrieval", "dense",
                           "shape_probe", "shape_single", "binding")

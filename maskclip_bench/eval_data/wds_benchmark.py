@@ -37,7 +37,7 @@ from maskclip_core.errors import DataError
 
 from .common import (SkipBadImages, default_templates, filter_decodable, first_line, read_lines, require_dir,
                      resolve_templates)
-from .spec import EvalDataset
+from .dataset import EvalDataset
 
 logger = logging.getLogger(__name__)
 

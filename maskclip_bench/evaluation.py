@@ -1,0 +1,123 @@
+"""Evaluate one checkpoint: the library call below every evaluation command, `ablate`, `check` and `demo`.
+
+`evaluate(ckpt, plan, settings)` loads the checkpoint, opens an `EvalSession`, runs the planned tasks (sharing
+features), writes one record per task as it finishes and returns the results. It never prints: the commands in
+`maskclip_bench.commands` turn flags into `EvalSettings` and show the results.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .eval_data.shapes_tasks import parse_shapes_spec
+from .eval_data.spec import split_kind
+from .feature_cache import FeatureCache
+from .loading import LoadedModel, load_model
+from .records import write_record
+from .suites import EvalSession, PlannedTask, TaskResult, result_record, run_suite
+
+Planner = Callable[[EvalSession], list[PlannedTask]]
+
+
+@dataclass
+class EvalSettings:
+    """How a checkpoint is evaluated: what every evaluation command shares."""
+
+    batch_size: int = 64
+    seed: int = 0  # probe initialisation, splits, shuffling
+    workers: int = 0  # DataLoader worker processes
+    device: str = "cpu"
+    cache_dir: Path | None = None  # feature cache folder (None: ~/.cache/maskclip-bench)
+    no_cache: bool = False
+    data_seed: int = 0  # seed of the built-in shapes data (fixes its test set)
+    threads: int = 0  # torch and BLAS threads (0: leave the defaults)
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` did: the results in plan order, the records written, the checkpoint evaluated."""
+
+    results: list[TaskResult]
+    records: list[Path]
+    loaded: LoadedModel
+
+
+def check_specs(specs: Sequence[str]) -> None:
+    """Parse dataset specs (kind, shapes task and options) without building anything; DataError if bad."""
+    for spec in specs:
+        kind, rest = split_kind(spec)
+        if kind == "shapes":
+            parse_shapes_spec(rest)
+
+
+@contextlib.contextmanager
+def limited_threads(threads: int) -> Iterator[None]:
+    """torch and BLAS (numpy, scikit-learn: the probes are BLAS-bound) limited to `threads`, restored after;
+    nothing changes for 0."""
+    if threads <= 0:
+        yield
+        return
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def evaluate(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str | os.PathLike[str], *,
+             model_name: str | None = None, specs: Sequence[str] = (),
+             log: Callable[[str], None] | None = None,
+             on_result: Callable[[TaskResult], None] | None = None) -> Evaluation:
+    """Check `specs`, load `ckpt`, plan, run (sharing features) and write a record per result into `results_dir`.
+
+    `log` receives progress lines (None: silent); `on_result` sees each result as its record is written.
+    """
+    check_specs(specs)  # a typo in a spec fails before the checkpoint is loaded
+    log = log or (lambda message: None)
+    loaded = load_model(ckpt, model_name)
+    session = EvalSession(loaded, batch_size=settings.batch_size, workers=settings.workers, seed=settings.seed,
+                          data_seed=settings.data_seed, device=settings.device,
+                          cache=FeatureCache(settings.cache_dir, enabled=not settings.no_cache), log=log)
+    planned = plan(session)
+    # Logged only once planning worked, so a user error stays the one line on stderr.
+    log(f"checkpoint {loaded.ckpt_path} ({loaded.kind}, {loaded.model_name}, sha256 {loaded.content_hash[:12]}); "
+        f"{len(planned)} evaluation(s)")
+    written: list[Path] = []
+
+    def save(result: TaskResult) -> None:
+        # Written as each task finishes, so a later failure keeps the earlier results.
+        written.append(write_record(result_record(result, session), results_dir))
+        log(f"{result.task} on {result.dataset}: done in {result.wall_time_s:.1f}s")
+        if on_result is not None:
+            on_result(result)
+
+    with limited_threads(settings.threads):
+        results = run_suite(session, planned, on_result=save)
+    return Evaluation(results, written, loaded)
+
+
+def evaluate_quietly(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str | os.PathLike[str],
+                     specs: Sequence[str] = ()) -> list[TaskResult]:
+    """`evaluate` without progress output (CLIP_benchmark's per-class bars off too): what `ablate`, `check` and
+    `demo` run on the checkpoints they train."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    return evaluate(ckpt, plan, settings, results_dir, specs=specs).results
+
+
+def metric_values(results: Sequence[TaskResult], name: Callable[[TaskResult, str], str]) -> dict[str, float]:
+    """{name(result, metric): value} over every numeric metric of `results`."""
+    out: dict[str, float] = {}
+    for r in results:
+        for metric, value in r.metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[name(r, metric)] = float(value)
+    return out
