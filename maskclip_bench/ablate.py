@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.config import TrainConfig, set_value, validate
 from maskclip_core.ema import default_momentum
 from maskclip_core.errors import ConfigError
 
-from .grid_status import CELL_ERROR, CELL_MARKER, record_attempt
+from .grid_status import CELL_ERROR, CELL_MARKER, record_attempt, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -295,12 +296,6 @@ def read_cell(folder: Path) -> dict[str, Any] | None:
         return None  # a half-written marker (it is written atomically, so only by hand) counts as unfinished
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    from maskclip_core.atomic_write import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")  # the marker appears whole or not at all
-
-
 def evaluate_cell(ckpt: Path, records_dir: Path, eval_spec: EvalSpec, seed: int) -> dict[str, float]:
     """Run the eval suite on a cell's checkpoint (one thread), write records; return {metric_key: value}."""
     from maskclip_bench.evaluation import EvalSettings, evaluate_quietly, metric_values
@@ -355,7 +350,7 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
             if last.get(key) is not None:
                 metrics[f"train/{key}"] = float(last[key])
         wall = time.time() - start
-        _write_json_atomic(folder / CELL_MARKER, {
+        write_json_atomic(folder / CELL_MARKER, {
             "values": job.values, "seed": job.seed, "config": job.config, "metrics": metrics,
             "steps": run.steps, "train_wall_time_s": run.wall_time_s, "wall_time_s": wall,
             # Training seconds alone (evaluations while training left out): the cost a compute-matched row matches.
@@ -365,7 +360,7 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
         return CellResult(str(folder), "done", job.values, job.seed, metrics, wall)
     except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
         if primary:
-            (folder / CELL_ERROR).write_text(traceback.format_exc())
+            write_text_atomic(folder / CELL_ERROR, traceback.format_exc())
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return CellResult(str(folder), "failed", job.values, job.seed, {}, time.time() - start, message)
     finally:
@@ -431,7 +426,7 @@ def reuse_cell(source: Path, marker: dict[str, Any], folder: Path, cell: Cell, c
     folder.mkdir(parents=True, exist_ok=True)
     if (source / "records").is_dir():
         shutil.copytree(source / "records", folder / "records", dirs_exist_ok=True)
-    _write_json_atomic(folder / CELL_MARKER, {**marker, "values": cell.values, "seed": cell.seed, "config": config,
+    write_json_atomic(folder / CELL_MARKER, {**marker, "values": cell.values, "seed": cell.seed, "config": config,
                                               "reused_from": str(source)})
 
 

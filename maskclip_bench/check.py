@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.errors import ConfigError
 
 from .significance import binomial_se
@@ -291,8 +292,6 @@ def settings_of(path: Path) -> CheckSettings:
 
 def write_baseline(path: Path, baseline: Mapping[str, Any]) -> None:
     """Write the baseline file (parents created)."""
-    from maskclip_core.atomic_write import write_text_atomic
-
     write_text_atomic(path, json.dumps(baseline, indent=2) + "\n")
 
 

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from maskclip_core.atomic_write import write_text_atomic
+
 EFFECTS = ("zero-shot", "retrieval", "linear probe", "finetune", "dense")
 # Which of our records speak to which effect: (task, metric names).
 OUR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -201,7 +203,5 @@ def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "comparison.md"
-    from maskclip_core.atomic_write import write_text_atomic
-
     write_text_atomic(path, comparison_markdown(records, record_dirs, command))
     return path

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maskclip_core.atomic_write import write_bytes_atomic, write_text_atomic
 from maskclip_core.errors import CheckpointError
 
 from .loading import CONFIG_NAME, EXPORT_META_KEY, LOCAL_DIR_PREFIX, LoadedModel, load_model
-from .records import default_file_mode
 
 WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_NAME
 
@@ -61,19 +61,6 @@ def model_config(loaded: LoadedModel) -> dict[str, Any]:
     return cfg
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600 files; an exported model is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_model(ckpt: str, out_dir: str | os.PathLike[str], model_name: str | None = None) -> ExportedModel:
     """Write `ckpt` (any kind `load_model` accepts) to `out_dir` as an open_clip local-dir model.
 
@@ -81,7 +68,7 @@ def export_model(ckpt: str, out_dir: str | os.PathLike[str], model_name: str | N
     ``open_clip_model.safetensors`` over any other weight file there). Raises `CheckpointError`.
     """
     from open_clip.push_to_hf_hub import save_config_for_hf
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     loaded = load_model(ckpt, model_name)
     out = Path(out_dir).expanduser().absolute()
@@ -98,18 +85,17 @@ def export_model(ckpt: str, out_dir: str | os.PathLike[str], model_name: str | N
         "step": loaded.step,
     }
 
-    def write_config(tmp: str) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
         # open_clip's own writer gives the layout; our provenance goes next to it.
-        save_config_for_hf(loaded.model, Path(tmp), model_config=cfg)
-        data = json.loads(Path(tmp).read_text(encoding="utf-8"))
-        data[EXPORT_META_KEY] = meta
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        drafted = Path(scratch) / CONFIG_NAME
+        save_config_for_hf(loaded.model, drafted, model_config=cfg)
+        data = json.loads(drafted.read_text(encoding="utf-8"))
+    data[EXPORT_META_KEY] = meta
 
     # safetensors wants contiguous, unshared tensors; a CLIP state dict has no tied weights.
     tensors = {k: v.detach().contiguous() for k, v in loaded.model.state_dict().items()}
     weights = out / WEIGHTS_NAME
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    config_path = out / CONFIG_NAME
-    _atomic_write(config_path, write_config)
+    write_bytes_atomic(weights, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+    config_path = write_text_atomic(out / CONFIG_NAME, json.dumps(data, indent=2) + "\n")
     return ExportedModel(out_dir=out, config_path=config_path, weights_path=weights,
                          model_name=loaded.model_name, source_hash=loaded.content_hash)

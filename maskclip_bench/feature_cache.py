@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
+
+from maskclip_core.atomic_write import write_bytes_atomic
 
 FORMAT = "maskclip-bench/features/2"  # 2: entries carry a checksum of their tensors
 # What `encode_images` can produce beyond the projected features, and the flag that asks for each.
@@ -194,20 +195,14 @@ class FeatureCache:
             return None
         folder = self._folder(key)
         path = folder / self._file_name(kinds)
-        tmp: str | None = None
+        entry = {"format": FORMAT, "key": key, "meta": _plain(meta), "features": dict(features),
+                 "checksum": features_checksum(features)}
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"format": FORMAT, "key": key, "meta": _plain(meta), "features": dict(features),
-                            "checksum": features_checksum(features)}, f)
-            os.replace(tmp, path)  # readers see the old entry or the whole new one, never half of it
+            # Readers see the old entry or the whole new one, never half of it.
+            return write_bytes_atomic(path, lambda f: torch.save(entry, f))
         except OSError as exc:  # a full or read-only cache must not fail the evaluation
             warnings.warn(f"cannot write feature cache entry {path}: {exc}", stacklevel=2)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
             return None
-        return path
 
     def get_or_compute(
         self,

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from maskclip_core.atomic_write import write_text_atomic
+
 JOB_FILE = "job.json"
 ATTEMPT_FILE = "attempt.json"
 CELL_MARKER = "cell.json"  # written last by a finished cell (maskclip_bench.ablate)
@@ -54,10 +56,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON so that a reader sees the old file or the new one, never half of one (cell markers too)."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def record_submission(folder: Path, job_id: str, cluster: str, submitit_folder: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.step import MAX_LOGIT_SCALE
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -592,8 +593,5 @@ def write_perf_md(path: Path, new: dict[str, str], device_type: str, models: lis
     """Merge the new sections into `path` (created if missing), written atomically; returns the text."""
     existing = path.read_text() if path.is_file() else ""
     text = merge_sections(existing, new, device_type, models)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, text)
     return text

@@ -22,10 +22,11 @@ import os
 import re
 import secrets
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from maskclip_core.atomic_write import written_temp
 
 if TYPE_CHECKING:  # pandas is imported when records are read, not when one is written
     import pandas as pd
@@ -176,28 +177,12 @@ def record_filename(record: Mapping[str, Any]) -> str:
             f"{str(record.get('checkpoint_hash') or 'nohash')[:8]}-{secrets.token_hex(4)}.json")
 
 
-def default_file_mode() -> int:
-    """Permissions a plainly created file gets (0666 minus the umask).
-
-    Reading the umask means setting it for an instant; the commands are single-threaded when they call this.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_record(record: Mapping[str, Any], results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR) -> Path:
     """Write `record` as a new JSON file in `results_dir` (created); return its path. Never overwrites."""
     out = Path(results_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(_json_safe(record), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=out)
-    try:
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600 files; records are shared reading
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    data = (json.dumps(_json_safe(record), indent=2, sort_keys=False) + "\n").encode("utf-8")
+    with written_temp(out, ".record-", lambda f: f.write(data)) as tmp:
         for _ in range(100):
             final = out / record_filename(record)
             try:
@@ -210,9 +195,7 @@ def write_record(record: Mapping[str, Any], results_dir: str | os.PathLike[str] 
                 if not final.exists():
                     os.replace(tmp, final)
                     return final
-        raise OSError(f"could not find a free record name in {out}")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    raise OSError(f"could not find a free record name in {out}")
 
 
 def _check(record: Any) -> str | None:

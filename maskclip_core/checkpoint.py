@@ -19,14 +19,13 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
 from . import faults
-from .atomic_write import write_text_atomic
+from .atomic_write import write_text_atomic, written_temp
 from .errors import CheckpointError
 
 FORMAT = "maskclip-bench/1"
@@ -38,8 +37,8 @@ logger = logging.getLogger(__name__)
 class _HashingWriter:
     """File wrapper that hashes every byte torch.save writes, so the digest costs no second read."""
 
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha = f, hashlib.sha256()
+    def __init__(self, f: BinaryIO, sha: Any) -> None:
+        self.f, self.sha = f, sha
 
     def write(self, data: bytes) -> int:
         self.sha.update(data)
@@ -49,10 +48,6 @@ class _HashingWriter:
         self.f.flush()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    write_text_atomic(path, text)  # a fresh temporary name: a planted symlink at a fixed one is never followed
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -60,25 +55,22 @@ def _sidecar(path: Path) -> Path:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> str:
     """Write `state` to `path` atomically (temp file, flush, fsync, rename) with its sidecar; return the digest."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = _HashingWriter(f)
-            torch.save({"format": FORMAT, **state}, writer)
-            f.flush()
-            faults.point("checkpoint_write", int(state.get("step", -1)))  # tests: a kill mid-write
-            os.fsync(f.fileno())
-        digest = writer.sha.hexdigest()
+    sha = hashlib.sha256()
+
+    def write(f: BinaryIO) -> None:
+        writer = _HashingWriter(f, sha)
+        torch.save({"format": FORMAT, **state}, writer)
+        f.flush()
+        faults.point("checkpoint_write", int(state.get("step", -1)))  # tests: a kill mid-write
+
+    with written_temp(path.parent, f".{path.name}.", write) as tmp:
         # Sidecar first: a checkpoint without one is still loadable (unverified), a stale sidecar of an older
         # file under the same name would make a good new file look corrupt.
         _sidecar(path).unlink(missing_ok=True)
         os.replace(tmp, path)
-        _atomic_write_text(_sidecar(path), f"{digest}  {path.name}\n")
-        return digest
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    digest = sha.hexdigest()
+    write_text_atomic(_sidecar(path), f"{digest}  {path.name}\n")
+    return digest
 
 
 def verify_checkpoint(path: str | Path) -> None:

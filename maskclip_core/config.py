@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Union, get_args, get_origin, get_typ
 
 import yaml
 
+from .atomic_write import write_text_atomic
 from .errors import ConfigError
 
 METHODS = ("clip", "maskclip")
@@ -160,8 +161,6 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the whole resolved config as JSON (atomically; a symlink at `path` is replaced, not followed)."""
-        from .atomic_write import write_text_atomic
-
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
     @classmethod
