@@ -5,13 +5,14 @@ groups by the axes; `write_tables` writes ``ablation_<grid>.md`` / ``.csv`` and 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from maskclip_core.atomic_write import write_bytes_atomic, write_text_atomic
+
+from .markdown import mean_std, signed, table_lines
 
 # Metric names (after the dataset) that make a headline: zero-shot, retrieval, probes, dense.
 HEADLINE_NAMES = ("acc1", "image_retrieval_recall@5", "text_retrieval_recall@5", "lp_acc1", "ft_acc1", "miou")
@@ -59,33 +60,19 @@ def summarize(frame: pd.DataFrame, axes: Sequence[str], reference: Mapping[str, 
     return table
 
 
-def _pm(mean: float, std: float, scale: float = 100.0) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return ""
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{scale * mean:.1f}"
-    return f"{scale * mean:.1f} ± {scale * std:.1f}"
-
-
-def _signed(value: float, scale: float = 100.0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{scale * value:+.1f}"
-
-
 def markdown_table(table: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) -> str:
     """Markdown: one row per value, each metric as ``mean ± std`` then ``Δ ref`` (numbers in percent)."""
     header = [*axes, "seeds"]
     for m in metrics:
         header += [m, "Δ ref"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    rows = []
     for _, row in table.iterrows():
         cells = [f"**{row[a]}** (ref)" if row["reference"] and a == axes[0] else str(row[a]) for a in axes]
         cells.append(str(int(row["n"])))
         for m in metrics:
-            cells += [_pm(row[f"{m} mean"], row[f"{m} std"]), "" if row["reference"] else _signed(row[f"{m} diff"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            cells += [mean_std(row[f"{m} mean"], row[f"{m} std"]), "" if row["reference"] else signed(row[f"{m} diff"])]
+        rows.append(cells)
+    return "\n".join(table_lines(header, rows)) + "\n"
 
 
 def _slug(metric: str) -> str:

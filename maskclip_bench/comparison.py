@@ -19,6 +19,8 @@ import pandas as pd
 
 from maskclip_core.atomic_write import write_text_atomic
 
+from .markdown import mean_std, table_lines
+
 EFFECTS = ("zero-shot", "retrieval", "linear probe", "finetune", "dense")
 # Which of our records speak to which effect: (task, metric names).
 OUR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -140,12 +142,6 @@ def verdict(row: pd.Series) -> str:
     return "within noise (|Δ| < 2 s.e.)"
 
 
-def _pm(mean: float, std: float) -> str:
-    if mean is None or math.isnan(mean):
-        return "-"
-    return f"{100 * mean:.1f}" + ("" if std is None or math.isnan(std) else f" ± {100 * std:.1f}")
-
-
 def comparison_markdown(records: pd.DataFrame, sources: Sequence[str], command: str = "maskclip-bench report") -> str:
     """The whole comparison.md text."""
     group = pick_group(records)
@@ -167,29 +163,30 @@ def comparison_markdown(records: pd.DataFrame, sources: Sequence[str], command: 
         lines += [f"Setting: model {cfg['model']['name']}, data `{cfg['data']['spec']}`, {cfg['run']['steps']} steps, "
                   f"batch {cfg['run']['batch_size']}, lr {cfg['optim']['lr']}; seeds clip {seeds['clip']}, maskclip "
                   f"{seeds['maskclip']}; mean ± sample std over seeds. 'Shows up' compares Δ with twice its standard "
-                  "error.", "",
-                  "| effect | dataset | metric | CLIP (ours) | MaskCLIP (ours) | Δ MaskCLIP - CLIP | shows up? |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for _, r in ours.iterrows():
-            lines.append(f"| {r['effect']} | {r['dataset']} | {r['metric']} | {_pm(r['clip_mean'], r['clip_std'])} | "
-                         f"{_pm(r['maskclip_mean'], r['maskclip_std'])} | {100 * r['diff']:+.1f} | {verdict(r)} |")
+                  "error.", ""]
+        lines += table_lines(
+            ["effect", "dataset", "metric", "CLIP (ours)", "MaskCLIP (ours)", "Δ MaskCLIP - CLIP", "shows up?"],
+            ([r["effect"], r["dataset"], r["metric"], mean_std(r["clip_mean"], r["clip_std"], missing="-"),
+              mean_std(r["maskclip_mean"], r["maskclip_std"], missing="-"), f"{100 * r['diff']:+.1f}", verdict(r)]
+             for _, r in ours.iterrows()))
         lines.append("")
-    lines += ["## Published reference (not measured here)", "",
-              "| effect | benchmark | CLIP | MaskCLIP | Δ MaskCLIP - CLIP | source | setting | note |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for p in PUBLISHED:
-        diff = f"{p.maskclip - p.clip:+.1f}" if p.maskclip is not None and p.clip is not None else "-"
-        lines.append(f"| {p.effect} | {p.benchmark} | {p.clip if p.clip is not None else '-'} | "
-                     f"{p.maskclip if p.maskclip is not None else '-'} | {diff} | {p.source} | {p.setting} | {p.note} |")
-    lines += ["", "## Per effect", "", "| effect | published Δ | Δ here | shows up here? |", "| --- | --- | --- | --- |"]
+    lines += ["## Published reference (not measured here)", ""]
+    lines += table_lines(
+        ["effect", "benchmark", "CLIP", "MaskCLIP", "Δ MaskCLIP - CLIP", "source", "setting", "note"],
+        ([p.effect, p.benchmark, "-" if p.clip is None else str(p.clip), "-" if p.maskclip is None else str(p.maskclip),
+          f"{p.maskclip - p.clip:+.1f}" if p.maskclip is not None and p.clip is not None else "-",
+          p.source, p.setting, p.note] for p in PUBLISHED))
+    lines += ["", "## Per effect", ""]
+    per_effect = []
     for effect in EFFECTS:
         pub = [f"{p.benchmark} {p.maskclip - p.clip:+.1f}" for p in PUBLISHED
                if p.effect == effect and p.maskclip is not None and p.clip is not None]
         here = ours[ours["effect"] == effect] if not ours.empty else ours
         ours_txt = "; ".join(f"{r['dataset']} {r['metric']} {100 * r['diff']:+.1f}" for _, r in here.iterrows())
         verdicts = "; ".join(verdict(r) for _, r in here.iterrows())
-        lines.append(f"| {effect} | {'; '.join(pub) or 'no published pair'} | {ours_txt or 'not measured'} | "
-                     f"{verdicts or 'not measured'} |")
+        per_effect.append([effect, "; ".join(pub) or "no published pair", ours_txt or "not measured",
+                           verdicts or "not measured"])
+    lines += table_lines(["effect", "published Δ", "Δ here", "shows up here?"], per_effect)
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from maskclip_core.distributed import pick_device
+
 from . import perf
 from .peak_memory import current_rss_bytes, peak_rss_bytes, read_peak, reset_peak, reset_peak_rss
 
@@ -102,7 +104,7 @@ def _probe_main(argv: list[str]) -> None:
     """Subprocess entry: build the variant at the batch, run two steps, print a Probe as JSON."""
     variant, model, batch, precision, device_name, budget = argv
     batch_size, budget_bytes = int(batch), int(budget)
-    device = perf.resolve_device(device_name)
+    device = pick_device(device_name)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)

@@ -73,19 +73,6 @@ TARGETS: tuple[tuple[str, str, str, Callable[[float], bool], str], ...] = (
 # ------------------------------------------------------------------------------------------------ devices / batch
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is a user error."""
-    from maskclip_core.errors import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but torch sees no CUDA device on this machine")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device '{name}' (choose auto, cpu or cuda)")
-    return torch.device(name)
-
-
 def device_name(device: torch.device) -> str:
     """A human name of the device: the GPU's name, or the CPU's model name."""
     if device.type == "cuda":

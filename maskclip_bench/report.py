@@ -24,6 +24,7 @@ import pandas as pd
 
 from maskclip_core.atomic_write import write_text_atomic
 
+from .markdown import table_lines
 from .records import DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_record_trees
 
 DEDUP_KEY = ["checkpoint_hash", "dataset", "split", "task", "variant"]
@@ -110,11 +111,8 @@ def _cell(value: Any) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table (pandas' own needs the optional `tabulate` package)."""
-    header = [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    rows = ([_cell(v) for v in row] for row in table.itertuples(index=False))
+    return "\n".join(table_lines([str(c) for c in table.columns], rows)) + "\n"
 
 
 @dataclass

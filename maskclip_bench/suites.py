@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from maskclip_core.distributed import pick_device
 from maskclip_core.errors import DataError
 
 from .feature_cache import BASE_KIND, FeatureCache, files_fingerprint, transform_description
@@ -80,13 +81,6 @@ def variant_of(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={params[k]}" for k in sorted(params) if k in defaults and params[k] != defaults[k])
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when available, else "cpu"; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 @functools.lru_cache(maxsize=1)
 def _shapes_renderer_hash() -> str:
     """Hash of the shapes renderer's source: a changed renderer draws other images, so cached features go stale."""
@@ -121,7 +115,7 @@ class EvalSession:
             raise DataError(f"workers must be >= 0, got {workers}")
         self.loaded = loaded
         self.batch_size, self.workers, self.seed, self.data_seed = batch_size, workers, seed, data_seed
-        self.device = resolve_device(device)
+        self.device = str(pick_device(device))
         if self.device.startswith("cuda"):
             # Exact fp32 like CLIP_benchmark with --no_amp: no TF32 in convolutions or matmuls.
             torch.backends.cudnn.allow_tf32 = False

@@ -9,6 +9,7 @@ process group and wraps the model in DDP even at world size 1 (benchmarks/gpu_ch
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -46,11 +47,19 @@ class DistEnv:
 
 
 def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` | `cpu` | `cuda` as the torch device of this process (the local rank's GPU)."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("device cuda asked for, but no GPU is visible")
-    return torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    """`auto` | `cpu` | `cuda` | `cuda:N` as this process's torch device; plain `cuda` is the local rank's GPU.
+
+    The one device resolver: training, evaluation and `bench` all call it, so a name means the same everywhere.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(f"unknown device '{device}' (choose auto, cpu, cuda or cuda:N)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device} asked for, but torch sees no CUDA device on this machine")
+    return torch.device(device if ":" in device else f"cuda:{local_rank}")
 
 
 def init_distributed(device: str = "auto") -> DistEnv:

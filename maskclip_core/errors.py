@@ -15,3 +15,11 @@ class DataError(MaskClipError, ValueError):
 
 class CheckpointError(MaskClipError, ValueError):
     """A checkpoint that cannot be read or does not match the model."""
+
+
+class BadDataError(DataError):
+    """More of the training data was unreadable than `run.max_bad_fraction` allows."""
+
+
+class NonFiniteLossError(MaskClipError):
+    """Too many consecutive non-finite losses or gradients."""

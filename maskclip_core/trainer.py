@@ -23,7 +23,7 @@ from .config import TrainConfig, validate
 from .data.spec import build_train_dataset, parse_data_spec
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed
 from .ema import Teacher, default_momentum
-from .errors import CheckpointError, DataError, MaskClipError
+from .errors import BadDataError, CheckpointError, NonFiniteLossError
 from .loader import BatchStream
 from .model import MaskCLIP
 from .optim import build_optimizer
@@ -71,14 +71,6 @@ class TrainResult:
     wall_time_s: float
     stopped_early: bool = False
     skipped_steps: int = 0
-
-
-class NonFiniteLossError(MaskClipError):
-    """Too many consecutive non-finite losses or gradients."""
-
-
-class BadDataError(DataError):
-    """More of the training data was unreadable than `run.max_bad_fraction` allows."""
 
 
 @dataclass

@@ -32,6 +32,29 @@ def pytest_collection_modifyitems(session, config, items):
 os.environ.setdefault("MASKCLIP_AUTO_PRECISION", "fp32")
 
 # ==================================================================================================
+# BEGIN training data (tests/test_data_sources.py, test_bad_data.py, test_fuzz_data.py)
+# ==================================================================================================
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """open_clip's tokenizer of the towers (CLIP's BPE, context 77)."""
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+@pytest.fixture(scope="module")
+def transform(request):
+    """open_clip's training transform at the test module's IMAGE_SIZE (random resized crop, normalisation)."""
+    import open_clip
+
+    return open_clip.image_transform(request.module.IMAGE_SIZE, is_train=True)
+
+# ==================================================================================================
+# END training data
+# ==================================================================================================
+
+# ==================================================================================================
 # BEGIN evaluation commands / records / tables (issue 3): one tiny trained checkpoint per session,
 # shared by tests/test_eval_cli.py and tests/test_clip_benchmark_agreement.py.
 # ==================================================================================================

@@ -26,16 +26,6 @@ from maskclip_core.errors import DataError
 IMAGE_SIZE = 64
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return open_clip.get_tokenizer("ViT-B-32")
-
-
-@pytest.fixture(scope="module")
-def transform():
-    return open_clip.image_transform(IMAGE_SIZE, is_train=True)
-
-
 def _image(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
     """A solid image: red for RGB/RGBA, mid-grey for L."""
     color = {"L": GREY[0], "RGBA": (*RED, 255)}.get(mode, RED)

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -30,16 +29,6 @@ from maskclip_core.errors import DataError
 IMAGE_SIZE = 32
 _MODES_FORMATS = [("RGB", "PNG"), ("RGB", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "GIF"),
                   ("CMYK", "JPEG"), ("I;16", "PNG"), ("LA", "PNG"), ("1", "BMP"), ("RGB", "WEBP")]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return open_clip.get_tokenizer("ViT-B-32")
-
-
-@pytest.fixture(scope="module")
-def transform():
-    return open_clip.image_transform(IMAGE_SIZE, is_train=True)
 
 
 @st.composite

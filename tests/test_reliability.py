@@ -238,7 +238,8 @@ def _small_csv_config(tmp_path, data: Path, **run):
 
 
 def test_bad_data_is_counted_and_too_much_of_it_stops_the_run(tmp_path, csv_data):
-    from maskclip_core.trainer import BadDataError, train
+    from maskclip_core.errors import BadDataError
+    from maskclip_core.trainer import train
 
     data = csv_data.parent / "some_bad.tsv"
     lines = csv_data.read_text().splitlines()

@@ -107,7 +107,7 @@ def test_corrupt_and_hostile_checkpoints_are_refused(tmp_path):
 
 def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
     from maskclip_core.model import MaskCLIP
-    from maskclip_core.trainer import NonFiniteLossError
+    from maskclip_core.errors import NonFiniteLossError
 
     cfg = small_config(tmp_path, "clip", steps=6)
     cfg.run.log_every = 1

@@ -51,9 +51,10 @@ def bench_command(
     from maskclip_core.errors import ConfigError, MaskClipError
     from maskclip_core.towers import check_model_name
 
+    from maskclip_core.distributed import pick_device
     from maskclip_core.precision import resolve_precision
 
-    dev = perf.resolve_device(device)
+    dev = pick_device(device)
     asked = split_list(precision) or ["auto"]
     chosen = split_list(variants) or list(perf.DEFAULT_VARIANTS)
     precisions = []

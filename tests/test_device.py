@@ -1,0 +1,32 @@
+"""The one device resolver (`maskclip_core.distributed.pick_device`), which training, evaluation and bench share."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskclip_core.distributed import pick_device
+from maskclip_core.errors import ConfigError
+
+
+def test_names_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only answers")
+    assert pick_device("auto") == pick_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"device {name} asked for, but torch sees no CUDA device"):
+            pick_device(name)
+
+
+@pytest.mark.parametrize("name", ["mps", "gpu", "cuda:", "cuda:x", "CPU", ""])
+def test_unknown_names_are_a_user_error(name):
+    with pytest.raises(ConfigError, match="unknown device"):
+        pick_device(name)
+
+
+def test_names_with_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda:0")
+    assert pick_device("cuda", local_rank=3) == torch.device("cuda:3")  # torchrun: the local rank's GPU
+    assert pick_device("auto", local_rank=2) == torch.device("cuda:2")
+    assert pick_device("cuda:1", local_rank=3) == torch.device("cuda:1")  # an explicit index wins
+    assert pick_device("cpu", local_rank=3) == torch.device("cpu")
