@@ -162,7 +162,8 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
 
 def _plan(session: Any, specs: Sequence[str]) -> list[Any]:
     """Zero-shot / retrieval only (no probes: they cost more than the training)."""
-    from maskclip_bench.suites import RETRIEVAL, ZEROSHOT, PlannedTask
+    from maskclip_bench.suites import PlannedTask
+    from maskclip_bench.tasks import RETRIEVAL, ZEROSHOT
 
     planned = []
     for spec in specs:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from maskclip_core.encoders import encode_image_tokens, encode_text_hidden, padding_positions, text_tower
+from maskclip_core.encoders import encode_text_hidden, padding_positions, text_tower
 from maskclip_core.losses import mlm_loss
 from maskclip_core.model import caption_length
 from maskclip_core.precision import attention_context, compute_context

@@ -23,7 +23,9 @@ from .feature_cache import FeatureCache
 from .loading import load_live
 from .records import write_record
 from .report import metric_column
-from .suites import SUITES, EvalSession, TaskResult, plan_suite, result_record, run_suite
+from .session import EvalSession
+from .suites import SUITES, plan_suite, run_suite
+from .tasks import TaskResult, result_record
 
 EVALS_FOLDER = "evals"
 

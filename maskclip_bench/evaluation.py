@@ -19,7 +19,9 @@ from .eval_data.spec import split_kind
 from .feature_cache import FeatureCache
 from .loading import LoadedModel, load_model
 from .records import write_record
-from .suites import EvalSession, PlannedTask, TaskResult, result_record, run_suite
+from .session import EvalSession
+from .suites import PlannedTask, run_suite
+from .tasks import TaskResult, result_record
 
 Planner = Callable[[EvalSession], list[PlannedTask]]
 

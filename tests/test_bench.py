@@ -185,8 +185,11 @@ def test_peak_rss_resets_per_variant():
 
     if not memory.reset_peak_rss():
         pytest.skip("this kernel does not let a process reset its peak RSS")
+    # Reset first: an earlier test in this worker may have left a peak far above today's resident set.
+    low = memory.peak_rss_bytes()
     block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB touched
     high = memory.peak_rss_bytes()
+    assert high > low + 48 * 2**20
     del block
     assert memory.reset_peak_rss()
     assert memory.peak_rss_bytes() < high - 32 * 2**20

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from maskclip_core.decoders import ImageDecoder, MaskedTokenHead, PrototypeHead, TextDecoder, decoder_dims
 from maskclip_core.losses import feature_distill_loss, mlm_loss, soft_distill_loss

@@ -242,7 +242,7 @@ def test_train_refuses_an_unknown_eval_suite_before_training(tmp_path, capsys):
 
 def test_headline_metrics_are_named_as_report_columns():
     from maskclip_bench.eval_hook import headline_metrics
-    from maskclip_bench.suites import TaskResult
+    from maskclip_bench.tasks import TaskResult
 
     results = [TaskResult("zeroshot_classification", "shapes/shape", {"acc1": 0.5, "note": "x"}, 10, 0, 1.0),
                TaskResult("linear_probe", "shapes/shape", {"lp_acc1": 0.25}, 10, 0, 1.0, variant="features=pre")]

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import typer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from maskclip_bench.suites import EvalSession, PlannedTask, TaskResult
+    from maskclip_bench.session import EvalSession
+    from maskclip_bench.suites import PlannedTask
+    from maskclip_bench.tasks import TaskResult
 
 # Options every evaluation command shares (typer reads these defaults).
 CKPT = typer.Option(..., "--ckpt", help="trainer checkpoint, open_clip checkpoint (with --model) or local-dir:DIR")
@@ -117,7 +119,8 @@ def _single(task: str, dataset: str, templates: Optional[str] = None,
 
     def plan(session: "EvalSession") -> list["PlannedTask"]:
         from maskclip_core.errors import DataError
-        from maskclip_bench.suites import DATASET_TASK, FINETUNE, LINEAR_PROBE, PlannedTask, fits
+        from maskclip_bench.suites import PlannedTask
+        from maskclip_bench.tasks import DATASET_TASK, FINETUNE, LINEAR_PROBE, fits
 
         built = session.build(dataset, templates=templates)
         fitting = [ds for ds in built if fits(ds, task)]

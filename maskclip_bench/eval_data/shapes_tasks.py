@@ -37,9 +37,12 @@ cap probe accuracy at about 90 % for reasons unrelated to the features.
 """
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
+import torch
 from torch.utils.data import Dataset
 
 from maskclip_core.errors import DataError
@@ -55,9 +58,48 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {"test": int, "train": int, "val": i
                                              "scale": float, "max_objects": int}
 _GENERATOR_OPTIONS = ("scale", "max_objects")  # passed on to ShapesOptions
 
-# Label key of a ShapesDataset item for each classification task ("count" is 1..3, its label 0..2); suites reads it.
+# Label key of a ShapesDataset item for each classification task ("count" is 1..3, its label 0..2).
 LABEL_KEY = {"shape": "shape", "color": "color", "shape_color": "shape_color", "count": "count_label",
               "compositional": "shape_color", "shape_probe": "shape", "shape_single": "shape"}
+# Labels a shapes image carries; the shared encoding pass keeps all of them next to the features.
+_LABELS = ("shape", "color", "shape_color", "count_label")
+
+
+@lru_cache(maxsize=1)
+def renderer_hash() -> str:
+    """Hash of the shapes renderer's source: a changed renderer draws other images, so cached features go stale."""
+    from maskclip_core.data import shapes
+
+    return hashlib.sha256(Path(shapes.__file__).read_bytes()).hexdigest()[:16]
+
+
+class SharedPassLabels:
+    """Every label of the rendered images, gathered while one pass encodes them for all the tasks that show them."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, list[torch.Tensor]] = {k: [] for k in (*_LABELS, "seg")}
+        self.captions: list[str] = []
+        self.swapped: list[str] = []  # binding sets: each caption with its colours swapped ("" elsewhere)
+
+    def images(self, batches: Iterable[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, None]]:
+        """(images, None) of each collated batch of the base dataset, keeping its labels."""
+        for batch in batches:
+            for key in _LABELS:
+                self.labels[key].append(torch.as_tensor(batch[key]))
+            seg = batch["seg"]
+            if tuple(seg.shape[-2:]) != tuple(batch["image"].shape[-2:]):
+                seg = torch.stack([mask_like_image(m, img) for m, img in zip(seg, batch["image"])])
+            self.labels["seg"].append(seg.to(torch.uint8))  # labels 0..10: a quarter of the cache space
+            self.captions.extend(batch["caption"])
+            self.swapped.extend(batch["swapped_caption"])
+            yield batch["image"], None
+
+    def add_to(self, features: dict[str, Any]) -> dict[str, Any]:
+        """`features` of the pass with every label added."""
+        features.update({k: torch.cat(v) for k, v in self.labels.items()})
+        features["captions"] = self.captions
+        features["swapped_captions"] = self.swapped
+        return features
 
 # Prompts without a fixed article ("a orange star" would be wrong), phrased per label kind.
 OBJECT_TEMPLATES = [
@@ -110,6 +152,37 @@ class ShapesTaskDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    # The shared image set (what `EvalSession` asks a dataset view for): every task on these rendered images
+    # shares one encoding pass, cached under the images' identity, and picks its own rows and labels from it.
+
+    def shared_image_set(self) -> tuple[dict[str, Any], Dataset]:
+        """(identity, dataset to encode) of the rendered images this view shows a subset of."""
+        base = self.base
+        identity = {"kind": "shapes", "split": base.split, "size": len(base), "image_size": base.image_size,
+                    "seed": base.seed, "difficulty": base.difficulty, "generator": base.options.identity(),
+                    "renderer": renderer_hash()}
+        return identity, base
+
+    @staticmethod
+    def shared_pass_labels() -> SharedPassLabels:
+        """The label collector of one encoding pass over the shared image set."""
+        return SharedPassLabels()
+
+    def select_features(self, shared: dict[str, Any], kinds: Iterable[str]) -> dict[str, Any]:
+        """This task's rows of the shared features, with its "targets" (labels, masks) or "captions"."""
+        index = torch.as_tensor(list(self.indices), dtype=torch.long)
+        out: dict[str, Any] = {k: shared[k][index] for k in kinds}
+        rows = index.tolist()
+        if self.task in ("retrieval", "binding"):
+            out["captions"] = [[shared["captions"][i]] for i in rows]
+            if self.task == "binding":
+                out["swapped_captions"] = [shared["swapped_captions"][i] for i in rows]
+        elif self.task == "dense":
+            out["targets"] = shared["seg"][index].long()
+        else:
+            out["targets"] = shared[LABEL_KEY[self.task]][index]
+        return out
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         item = self.base[self.indices[i]]
@@ -197,7 +270,7 @@ def build_shapes(
     sizes = {k: int(options.get(k, v)) for k, v in DEFAULT_SIZES.items()}
     difficulty = float(options.get("difficulty", 1.0))
     n = sizes.get(split, sizes["test"])
-    # Each new task shows its own image set; the classic tasks share one (see suites.EvalSession).
+    # Each new task shows its own image set; the classic tasks share one (see session.EvalSession).
     fixed: dict[str, Any] = {"shape_probe": {"balanced": True}, "shape_single": {"balanced": True, "max_objects": 1},
                              "binding": {"binding": True, "max_objects": 2}}.get(task, {})
     gen = generator_options(options, **fixed)
