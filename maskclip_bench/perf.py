@@ -206,10 +206,8 @@ class OurStep(TrainStep):
                  method: dict[str, Any] | None = None):
         from maskclip_core.config import TrainConfig
         from maskclip_core.distributed import DistEnv
-        from maskclip_core.ema import Teacher
-        from maskclip_core.optim import build_optimizer
-        from maskclip_core.step import MaskSampler, Stepper
-        from maskclip_core.trainer import build_model
+        from maskclip_core.step import Stepper
+        from maskclip_core.training_setup import build_training_setup
 
         self.variant = variant
         self.device, self.precision = images.device, precision
@@ -217,23 +215,18 @@ class OurStep(TrainStep):
         self.total_steps = total_steps
         cfg = TrainConfig()
         cfg.model.name = model_name
-        cfg.run.precision = precision
+        cfg.run.precision, cfg.run.seed, cfg.run.fused_optimizer = precision, seed, fused
         for key, value in {**(method or {}), **VARIANTS[variant]}.items():  # `method`: a run's own settings
             setattr(cfg.method, key, value)
         self.cfg = cfg
-        torch.manual_seed(seed)  # model.clip gets the same initial weights as the open_clip reference
-        self.model, _ = build_model(cfg)
-        self.model.to(self.device).train()
-        m = cfg.method
-        teacher = (Teacher(self.model, m.distill_target, m.soft_teacher_temp, m.soft_center_momentum)
-                   .to(self.device) if self.model.needs_teacher else None)
-        cfg.run.fused_optimizer = fused
-        self.optimizer = build_optimizer(self.model, cfg.optim, fused=fused)
         self.env = DistEnv(device=self.device)
-        self.masks = MaskSampler(self.model, seed)
+        # The trainer's own set-up; the seed gives model.clip the open_clip reference's initial weights.
+        setup = build_training_setup(cfg, self.env)
+        self.model, self.optimizer, self.masks = setup.model, setup.optimizer, setup.masks
+        self.model.train()
         # --torchcompile: the trainer's `run.torchcompile` (the forward compiled, inductor)
         forward = torch.compile(self.model, backend=cfg.run.compile_backend) if compile else None
-        self.stepper = Stepper(cfg, self.model, self.optimizer, self.env, teacher, forward)
+        self.stepper = Stepper(cfg, self.model, self.optimizer, self.env, setup.teacher, forward, setup.scaler)
         self.steps_done = 0
 
     def __call__(self) -> torch.Tensor:

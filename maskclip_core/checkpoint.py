@@ -17,8 +17,10 @@ import hashlib
 import logging
 import os
 import pickle
+import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +28,7 @@ import torch
 
 from . import faults
 from .atomic_write import write_text_atomic, written_temp
-from .errors import CheckpointError
+from .errors import BadDataError, CheckpointError
 
 FORMAT = "maskclip-bench/1"
 LAST = "last.pt"
@@ -145,6 +147,95 @@ def check_resume_state(state: dict[str, Any], path: Path) -> None:
     data = state.get("data", {})
     if set(data) - {"samples", "bad"} or not all(isinstance(v, int) and v >= 0 for v in data.values()):
         raise CheckpointError(f"checkpoint {path}: field 'data' must hold non-negative 'samples' and 'bad' counts")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands besides its weights: what a checkpoint holds next to the trained objects' state dicts.
+
+    The loop updates it in place; `to_checkpoint` writes it with the objects in this module's checkpoint layout
+    and `from_checkpoint` / `restore_objects` read that layout back.
+    """
+
+    step: int = 0
+    epoch: int = 0  # the data stream's position: epoch and batch within it
+    batch_in_epoch: int = 0
+    samples: int = 0  # training samples read, bad ones included
+    bad: int = 0  # unreadable or empty samples skipped
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    consecutive: int = 0  # ... of them in a row, up to the last step
+    scaler_skipped: int = 0  # steps the fp16 GradScaler skipped (an overflow, not a fault)
+    train_s: float = 0.0  # training seconds so far, evaluation excluded
+    eval_s: float = 0.0  # evaluation seconds so far
+
+    def count_batch(self, good: int, bad: int) -> None:
+        """Count one global batch: `good` samples used, `bad` skipped to fill it."""
+        self.samples += good + bad
+        self.bad += bad
+
+    def check_bad_fraction(self, max_fraction: float) -> None:
+        """Raise BadDataError when the bad fraction so far exceeds `max_fraction`. Checked only once enough
+        samples were read for one bad sample not to exceed it by itself (1 of 10 is not yet 10 %)."""
+        if self.bad == 0:
+            return
+        enough = self.samples >= (1.0 / max_fraction if max_fraction > 0 else 0)
+        if enough and self.bad / self.samples > max_fraction:
+            raise BadDataError(
+                f"{self.bad} of {self.samples} training samples read so far were unreadable or empty "
+                f"({100 * self.bad / self.samples:.1f}% > max_bad_fraction {100 * max_fraction:g}%); fix the data "
+                f"or raise --set max_bad_fraction=..."
+            )
+
+    def to_checkpoint(self, config: dict[str, Any], model: torch.nn.Module, teacher: torch.nn.Module | None,
+                      optimizer: torch.optim.Optimizer, scaler: Any) -> dict[str, Any]:
+        """The checkpoint dict (see the module docstring) of this state, the objects and the random streams."""
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "config": config,
+            "clip": model.clip.state_dict(),
+            "extras": {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")},
+            "teacher": teacher.state_dict() if teacher is not None else None,
+            "optimizer": optimizer.state_dict(), "rng": rng_state(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "data": {"samples": self.samples, "bad": self.bad},
+            "elapsed": {"train_s": self.train_s, "eval_s": self.eval_s},
+            "nonfinite": {"skipped": self.skipped, "consecutive": self.consecutive,
+                          "scaler_skipped": self.scaler_skipped},
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> "TrainState":
+        """The counters of a checkpoint (fields added later default to zero)."""
+        data, elapsed, nonfinite = (ckpt.get(k, {}) for k in ("data", "elapsed", "nonfinite"))
+        return cls(step=ckpt["step"], epoch=ckpt["epoch"], batch_in_epoch=ckpt["batch_in_epoch"], **data,
+                   **{k: v for k, v in elapsed.items() if k in ("train_s", "eval_s")},
+                   **{k: v for k, v in nonfinite.items() if k in ("skipped", "consecutive", "scaler_skipped")})
+
+
+def restore_objects(ckpt: dict[str, Any], path: Path, model: torch.nn.Module, teacher: torch.nn.Module | None,
+                    optimizer: torch.optim.Optimizer, scaler: Any) -> None:
+    """Load a checkpoint's weights, teacher, optimizer, GradScaler and random streams into the live objects."""
+    try:
+        model.load_state_dict({**{f"clip.{k}": v for k, v in ckpt["clip"].items()}, **ckpt["extras"]})
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not match this config's model: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
+    if teacher is not None:
+        teacher.load_state_dict(ckpt["teacher"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    """The process's torch and Python random streams (what a resume restores)."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore streams saved by `rng_state`."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -1,12 +1,12 @@
-"""The training loop shared by `clip` and `maskclip`: set-up (ranks, model, teacher, optimizer, data, resume),
-then per step: micro-batches + masks -> `Stepper` (losses dict -> summed loss -> backward -> AdamW -> logit-scale
-clamp -> EMA update) -> data and fault bookkeeping -> metrics.jsonl (rank 0) -> checkpoint (rank 0).
+"""The training loop shared by `clip` and `maskclip`: set-up (`training_setup`: model, teacher, optimizer; the
+data) -> restore (`checkpoint.TrainState` and the objects, on resume) -> the loop, per step: micro-batches + masks
+-> `Stepper` (losses dict -> summed loss -> backward -> AdamW -> logit-scale clamp -> EMA update) -> data and fault
+bookkeeping in the TrainState -> metrics.jsonl (rank 0) -> checkpoint (rank 0).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import signal
 import threading
 import time
@@ -15,50 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 
-from .checkpoint import CheckpointDir
+from .checkpoint import CheckpointDir, TrainState, restore_objects
 from .config import TrainConfig, validate
-from .data.spec import build_train_dataset, parse_data_spec
+from .data.spec import build_train_dataset
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed
-from .ema import Teacher, default_momentum
-from .errors import BadDataError, CheckpointError, NonFiniteLossError
+from .ema import default_momentum
+from .errors import NonFiniteLossError
 from .loader import BatchStream
-from .model import MaskCLIP
-from .optim import build_optimizer
 from .periodic_eval import EvalHook, eval_due, run_eval
-from .precision import PrecisionChoice, grad_scaler, resolve_precision
+from .precision import PrecisionChoice, resolve_precision
 from .reporting import Reporter, build_reporters, report
 from .runlog import LOSS_KEYS, MetricsLog
-from .step import MaskSampler, Stepper, make_step_batch
-from .towers import create_clip, get_tokenizer, image_size_of
+from .step import Stepper, make_step_batch
+from .towers import image_size_of
+from .training_setup import build_training_setup, train_transform, wrap_forward
 
 logger = logging.getLogger(__name__)
-
-
-def special_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], int]:
-    """(ids never masked by MLM, padding id) of an open_clip tokenizer."""
-    ids = tuple(i for i in (getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None))
-                if i is not None)
-    return ids, int(getattr(tokenizer, "pad_token_id", 0) or 0)
-
-
-def build_model(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> tuple[MaskCLIP, Any]:
-    """Student model and tokenizer for a config (random init; nothing is downloaded)."""
-    clip = create_clip(cfg.model.name)
-    tokenizer = get_tokenizer(cfg.model.name)
-    special, pad = special_token_ids(tokenizer)
-    return MaskCLIP(clip, cfg.method, special, pad, rank=rank, world_size=world_size), tokenizer
-
-
-def train_transform(cfg: TrainConfig, clip: torch.nn.Module) -> Callable:
-    """open_clip's transforms. `shapes` is rendered at the model's size and never cropped: its captions name
-    positions ("top left"), which a random crop would falsify."""
-    size = image_size_of(clip)
-    if parse_data_spec(cfg.data.spec).kind == "shapes":
-        return open_clip.image_transform(size, is_train=False)
-    return open_clip.image_transform(size, is_train=True, aug_cfg={"scale": (cfg.data.aug_scale_min, 1.0)})
 
 
 @dataclass
@@ -71,32 +45,6 @@ class TrainResult:
     wall_time_s: float
     stopped_early: bool = False
     skipped_steps: int = 0
-
-
-@dataclass
-class DataHealth:
-    """Counts of samples read and of bad ones skipped (unreadable image, empty caption, ...), over the whole run."""
-
-    samples: int = 0
-    bad: int = 0
-
-    def add(self, good: int, bad: int) -> None:
-        """Count one batch: `good` samples used, `bad` skipped to fill it."""
-        self.samples += good + bad
-        self.bad += bad
-
-    def check(self, max_fraction: float) -> None:
-        """Raise BadDataError when the bad fraction so far exceeds `max_fraction`. Checked only once enough
-        samples were read for one bad sample not to exceed it by itself (1 of 10 is not yet 10 %)."""
-        if self.bad == 0:
-            return
-        enough = self.samples >= (1.0 / max_fraction if max_fraction > 0 else 0)
-        if enough and self.bad / self.samples > max_fraction:
-            raise BadDataError(
-                f"{self.bad} of {self.samples} training samples read so far were unreadable or empty "
-                f"({100 * self.bad / self.samples:.1f}% > max_bad_fraction {100 * max_fraction:g}%); fix the data "
-                f"or raise --set max_bad_fraction=..."
-            )
 
 
 @contextlib.contextmanager
@@ -119,24 +67,6 @@ def resolve_total_steps(cfg: TrainConfig, stream: BatchStream) -> int:
     if cfg.run.epochs > 0 and stream.batches_per_epoch:
         return max(1, int(round(cfg.run.epochs * stream.batches_per_epoch)))
     return cfg.run.steps
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-
-
-def _set_grad_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute every open_clip transformer (both towers, the decoders) in the backward pass."""
-    from open_clip.transformer import Transformer
-
-    for module in model.modules():
-        if isinstance(module, Transformer):
-            module.grad_checkpointing = True
 
 
 def train(
@@ -186,111 +116,82 @@ def resolve_for_device(cfg: TrainConfig, env: DistEnv) -> TrainConfig:
     return cfg
 
 
+class _Clock:
+    """Training seconds, evaluation excluded, accumulated in the run's state (so they carry over resumes)."""
+
+    def __init__(self, state: TrainState) -> None:
+        self.state, self.mark = state, time.perf_counter()
+
+    def training_seconds(self) -> float:
+        """`state.train_s` brought up to now."""
+        now = time.perf_counter()
+        self.state.train_s += now - self.mark
+        self.mark = now
+        return self.state.train_s
+
+    def exclude(self, seconds: float) -> None:
+        """An evaluation of `seconds` just ran: count it as evaluation, not training."""
+        self.state.eval_s += seconds
+        self.mark += seconds
+
+
 def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[str, Any]], None] | None,
            on_step: Callable[[int, int], None] | None, on_eval: EvalHook | None) -> TrainResult:
     run, k = cfg.run, cfg.run.accum_freq
     out = Path(run.out)
     ckpts = CheckpointDir(out / "checkpoints", run.keep_checkpoints)
-    state = None
+    ckpt = None
     if resume:  # every rank reads the same newest good checkpoint
-        state, ckpt_path = ckpts.load_latest()
-        logger.info("resuming from %s (step %d)", ckpt_path, state["step"])
+        ckpt, ckpt_path = ckpts.load_latest()
+        logger.info("resuming from %s (step %d)", ckpt_path, ckpt["step"])
     if env.is_primary:
         ckpts.clean_temporaries()
         out.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(run.seed)  # the same initial weights on every rank
-    random.seed(run.seed)
-    device = env.device
-    model, tokenizer = build_model(cfg, env.rank, env.world_size)
-    model.to(device)
-    if run.grad_checkpointing:
-        _set_grad_checkpointing(model)
-    teacher = Teacher(model, cfg.method.distill_target, cfg.method.soft_teacher_temp,
-                      cfg.method.soft_center_momentum).to(device) if model.needs_teacher else None
-    optimizer = build_optimizer(model, cfg.optim, fused=run.fused_optimizer)
-    scaler = grad_scaler(device, run.precision)
+    # Set-up: the step's objects, the data.
+    setup = build_training_setup(cfg, env)
+    model, teacher, optimizer, scaler = setup.model, setup.teacher, setup.optimizer, setup.scaler
     dataset = build_train_dataset(
-        cfg.data.spec, transform=train_transform(cfg, model.clip), tokenizer=tokenizer, seed=run.seed,
+        cfg.data.spec, transform=train_transform(cfg, model.clip), tokenizer=setup.tokenizer, seed=run.seed,
         image_size=image_size_of(model.clip), csv_img_key=cfg.data.csv_img_key,
         csv_caption_key=cfg.data.csv_caption_key, shuffle_buffer=cfg.data.shuffle_buffer,
         resampled=cfg.data.resampled, csv_root=cfg.data.csv_root, allow_outside_root=cfg.data.allow_outside_root,
     )
-    health = DataHealth()
-
-    step, epoch, batch_in_epoch = 0, 0, 0
-    if state is not None:
-        try:
-            model.load_state_dict({**{f"clip.{k_}": v for k_, v in state["clip"].items()}, **state["extras"]})
-        except RuntimeError as exc:
-            raise CheckpointError(f"{ckpt_path} does not match this config's model: "
-                                  f"{str(exc).splitlines()[0][:200]}") from None
-        if teacher is not None:
-            teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        _set_rng_state(state["rng"])
-        health = DataHealth(**state.get("data", {}))
-    # The teacher and the optimizer see the plain module; DDP (and torch.compile) only wrap the forward.
-    forward: torch.nn.Module = model
-    if env.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # distill_start / mlm_start leave the decoders out of the first steps' graphs: DDP must look for them.
-        phased = cfg.method.distill_start > 0 or cfg.method.mlm_start > 0
-        forward = DistributedDataParallel(model, device_ids=[env.local_rank] if device.type == "cuda" else None,
-                                          find_unused_parameters=phased)
-    if run.torchcompile:
-        forward = torch.compile(forward, backend=run.compile_backend)
-    stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, epoch, batch_in_epoch,
+    # Restore: weights, optimizer, random streams and counters of the newest good checkpoint.
+    state = TrainState()
+    if ckpt is not None:
+        restore_objects(ckpt, ckpt_path, model, teacher, optimizer, scaler)
+        state = TrainState.from_checkpoint(ckpt)
+    forward = wrap_forward(model, cfg, env)
+    stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, state.epoch, state.batch_in_epoch,
                          rank=env.rank, world_size=env.world_size)
     total = resolve_total_steps(cfg, stream)
     if cfg.method.ema_momentum is None:  # "auto": run-length aware (ema.default_momentum)
         cfg.method.ema_momentum = default_momentum(total)
     if env.is_primary:
         cfg.save(out / "config.json")  # resolved: the precision and momentum this run actually uses
-    log = MetricsLog(out / "metrics.jsonl", resume_step=step if state is not None else None) if env.is_primary \
-        else None
+    log = MetricsLog(out / "metrics.jsonl", resume_step=state.step if ckpt is not None else None) \
+        if env.is_primary else None
     reporters: list[Reporter] = build_reporters(run.report_to, out, run.wandb_project, cfg.to_dict(),
-                                                resume=state is not None) if env.is_primary else []
+                                                resume=ckpt is not None) if env.is_primary else []
     if run.eval_every > 0 and on_eval is None and env.is_primary:
         logger.warning("eval_every=%d but no evaluator was given (maskclip_core.trainer.train's on_eval): "
                        "no evaluation while training", run.eval_every)
-    masks = MaskSampler(model, run.seed)
     stepper = Stepper(cfg, model, optimizer, env, teacher, forward, scaler)
     global_batch = run.batch_size * env.world_size * k
+    clock = _Clock(state)
 
     def checkpoint() -> None:
         if env.is_primary:
-            extras = {k_: v for k_, v in model.state_dict().items() if not k_.startswith("clip.")}
-            ckpts.save({
-                "step": step, "epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch,
-                "config": cfg.to_dict(), "clip": model.clip.state_dict(), "extras": extras,
-                "teacher": teacher.state_dict() if teacher is not None else None,
-                "optimizer": optimizer.state_dict(), "rng": _rng_state(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "data": {"samples": health.samples, "bad": health.bad},
-                "elapsed": {"train_s": train_seconds(time.perf_counter()), "eval_s": prior_eval_s + session_eval_s},
-                "nonfinite": {"skipped": skipped, "consecutive": consecutive, "scaler_skipped": scaler_skipped},
-            })
+            clock.training_seconds()
+            ckpts.save(state.to_checkpoint(cfg.to_dict(), model, teacher, optimizer, scaler))
         barrier(env)  # no rank runs ahead of a checkpoint it might have to resume from
-
-    # Wall seconds of training (evaluation excluded), carried across resumes so curves against time join up.
-    elapsed = state.get("elapsed", {}) if state is not None else {}
-    prior_train_s, prior_eval_s = elapsed.get("train_s", 0.0), elapsed.get("eval_s", 0.0)
-    session_start, session_eval_s = time.perf_counter(), 0.0
-
-    def train_seconds(now: float) -> float:
-        return prior_train_s + (now - session_start) - session_eval_s
 
     def evaluate(line: dict[str, Any]) -> None:
         """Evaluate on rank 0 (the others wait) and add the metrics and seconds to `line`."""
-        nonlocal session_eval_s
         if env.is_primary:
-            metrics, seconds = run_eval(on_eval, step, model)
-            session_eval_s += seconds
+            metrics, seconds = run_eval(on_eval, state.step, model)
+            clock.exclude(seconds)
             line.update(metrics, eval_s=seconds)
         barrier(env)
 
@@ -299,45 +200,45 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
             log.write(line)
         report(reporters, line)
 
+    # The loop.
     evaluating = on_eval is not None and run.eval_every > 0
     model.train()
     start_time = time.time()
     with stop_on_sigterm() as stop, contextlib.ExitStack() as closing:  # SIGTERM: finish the step, checkpoint
         for reporter in reporters:
             closing.callback(reporter.close)
-        if evaluating and state is None and eval_due(0, total, run.eval_every, fresh_start=True):
+        if evaluating and ckpt is None and eval_due(0, total, run.eval_every, fresh_start=True):
             first: dict[str, Any] = {"step": 0, "epoch": 0, "samples_seen": 0, "wall_s": 0.0}
             evaluate(first)
             write_line(first)
         window_start, window_samples, window_data = time.perf_counter(), 0, 0.0
         last: dict[str, Any] = {}
-        counters = state.get("nonfinite", {}) if state is not None else {}
-        skipped, consecutive = counters.get("skipped", 0), counters.get("consecutive", 0)
-        scaler_skipped = counters.get("scaler_skipped", 0)
-        while step < total:
+        while state.step < total:
+            step = state.step
             fetch_start = time.perf_counter()
-            batch = make_step_batch([next(stream) for _ in range(k)], masks, step, env, total)
+            batch = make_step_batch([next(stream) for _ in range(k)], setup.masks, step, env, total)
             window_data += time.perf_counter() - fetch_start  # waiting for the loader, masks, host-to-device copy
             outcome = stepper(batch, step, total, stop_requested=stop.is_set())
             flags, logged, lr, momentum = outcome.flags, outcome.losses, outcome.lr, outcome.momentum
-            health.add(global_batch, int(flags[1]))
-            health.check(run.max_bad_fraction)
+            state.count_batch(global_batch, int(flags[1]))
+            state.check_bad_fraction(run.max_bad_fraction)
             if outcome.applied:
-                consecutive = 0
+                state.consecutive = 0
             elif not outcome.fault:
                 # fp16 overflow: the GradScaler skipped the update and lowered its scale; not a data fault.
-                scaler_skipped += 1
+                state.scaler_skipped += 1
             else:
                 # Skipped: neither the optimizer nor the teacher moved; the step still counts (the batch is
                 # consumed), so the schedule and data position stay those of an uninterrupted run.
-                skipped, consecutive = skipped + 1, consecutive + 1
+                state.skipped, state.consecutive = state.skipped + 1, state.consecutive + 1
                 logger.warning("step %d: non-finite loss or gradient, step skipped", step + 1)
-                if consecutive >= run.max_nonfinite:
+                if state.consecutive >= run.max_nonfinite:
                     raise NonFiniteLossError(
-                        f"{consecutive} consecutive non-finite losses/gradients at step {step + 1}; stopped, the last "
-                        f"good checkpoint is {ckpts.last}"
+                        f"{state.consecutive} consecutive non-finite losses/gradients at step {step + 1}; stopped, "
+                        f"the last good checkpoint is {ckpts.last}"
                     )
-            step += 1
+            state.step = step = step + 1
+            state.epoch, state.batch_in_epoch = stream.epoch, stream.batch_in_epoch
             window_samples += global_batch
             if on_step is not None and env.is_primary:
                 on_step(step, total)
@@ -350,7 +251,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                 now = time.perf_counter()
                 last = {
                     "step": step, "epoch": stream.epoch, "samples_seen": step * global_batch,
-                    "wall_s": train_seconds(now),
+                    "wall_s": clock.training_seconds(),
                     "loss": float(sum(model.loss_weights[n] * terms[n] for n in names)),
                     **{key: terms.get(key) for key in LOSS_KEYS},
                     "lr": lr, "logit_scale": float(model.clip.logit_scale.detach().exp()),
@@ -358,8 +259,9 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                     "samples_per_s": window_samples / max(now - window_start, 1e-9),
                     # Share of the window's wall time spent getting the batch ready (data, masks, copies).
                     "data_wait_fraction": window_data / max(now - window_start, 1e-9),
-                    "grad_norm": outcome.grad_norm, "nonfinite_skipped": skipped, "bad_samples": health.bad,
-                    "samples_read": health.samples, "scaler_skipped": scaler_skipped if scaler is not None else None,
+                    "grad_norm": outcome.grad_norm, "nonfinite_skipped": state.skipped, "bad_samples": state.bad,
+                    "samples_read": state.samples,
+                    "scaler_skipped": state.scaler_skipped if scaler is not None else None,
                     # How far the teacher is from its random start and from the student (relative L2): a teacher
                     # that teaches has left its start (near 1 and more) and trails the student (well below 1).
                     **(teacher.distances(model) if teacher is not None else
@@ -376,5 +278,6 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
             if step % run.checkpoint_every == 0 or step == total or stopping:
                 checkpoint()
             if stopping:
-                return TrainResult(out, step, last, time.time() - start_time, stopped_early=True, skipped_steps=skipped)
-        return TrainResult(out, step, last, time.time() - start_time, skipped_steps=skipped)
+                return TrainResult(out, step, last, time.time() - start_time, stopped_early=True,
+                                   skipped_steps=state.skipped)
+        return TrainResult(out, state.step, last, time.time() - start_time, skipped_steps=state.skipped)

@@ -59,10 +59,10 @@ def test_grad_checkpointing_changes_memory_not_results(tmp_path):
 def test_grad_checkpointing_reaches_every_transformer():
     from open_clip.transformer import Transformer
 
-    from maskclip_core.trainer import _set_grad_checkpointing, build_model
+    from maskclip_core.training_setup import build_model, set_grad_checkpointing
 
     model, _ = build_model(TrainConfig())
-    _set_grad_checkpointing(model)
+    set_grad_checkpointing(model)
     blocks = [m for m in model.modules() if isinstance(m, Transformer)]
     assert len(blocks) >= 3 and all(m.grad_checkpointing for m in blocks)  # both towers and the decoders
 
