@@ -13,19 +13,30 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
+import shutil
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
+
 from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.config import TrainConfig, set_value, validate
+from maskclip_core.distributed import world_info_from_env
 from maskclip_core.ema import default_momentum
 from maskclip_core.errors import ConfigError
+from maskclip_core.trainer import train
 
+from . import perf
+from .eval_hook import make_eval_hook
+from .evaluation import EvalSettings, evaluate_quietly, metric_values
 from .grid_status import CELL_ERROR, CELL_MARKER, record_attempt, write_json_atomic
+from .suites import plan_suite
 
 
 @dataclass(frozen=True)
@@ -70,9 +81,6 @@ def apply_budget(cfg: TrainConfig, value: str) -> None:
 def flop_ratio(base: TrainConfig) -> float:
     """FLOPs of one `maskclip` training step over one `clip` step for the base run's model, batch and method
     settings, counted by torch's FlopCounterMode on one real step each (the same count as `bench`)."""
-    import torch
-
-    from . import perf
 
     images, text = perf.make_batch(base.model.name, base.run.batch_size, torch.device("cpu"))
     counts = {}
@@ -298,9 +306,6 @@ def read_cell(folder: Path) -> dict[str, Any] | None:
 
 def evaluate_cell(ckpt: Path, records_dir: Path, eval_spec: EvalSpec, seed: int) -> dict[str, float]:
     """Run the eval suite on a cell's checkpoint (one thread), write records; return {metric_key: value}."""
-    from maskclip_bench.evaluation import EvalSettings, evaluate_quietly, metric_values
-    from maskclip_bench.suites import plan_suite
-
     results = evaluate_quietly(str(ckpt), lambda session: plan_suite(session, eval_spec.suite,
                                                                      list(eval_spec.datasets)),
                                EvalSettings(batch_size=eval_spec.batch_size, no_cache=True, threads=1), records_dir,
@@ -314,11 +319,7 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
     Under a data-parallel launch (a SLURM job with one task per GPU) every rank trains; rank 0 alone evaluates
     and writes the cell's files. `job_id` is the scheduler's, noted in ``attempt.json`` for ``--status``.
     """
-    import shutil
 
-    import torch
-
-    from maskclip_core.distributed import world_info_from_env
 
     folder = Path(job.folder)
     primary = world_info_from_env()[1] == 0
@@ -326,10 +327,6 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
     threads_before = torch.get_num_threads()
     try:
         os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's per-class progress bars
-        from maskclip_core.trainer import train
-
-        from .eval_hook import make_eval_hook
-
         folder.mkdir(parents=True, exist_ok=True)
         if primary:
             (folder / CELL_ERROR).unlink(missing_ok=True)
@@ -389,8 +386,6 @@ def _last_logged(folder: Path) -> dict[str, Any]:
 
 
 def _worker_init(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -421,8 +416,6 @@ def finished_cells(roots: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
 def reuse_cell(source: Path, marker: dict[str, Any], folder: Path, cell: Cell, config: dict[str, Any]) -> None:
     """Copy a finished cell with the same config and evaluation into `folder` (marker and records, not the
     checkpoint): the same run under another grid's name. The marker says where it came from."""
-    import shutil
-
     folder.mkdir(parents=True, exist_ok=True)
     if (source / "records").is_dir():
         shutil.copytree(source / "records", folder / "records", dirs_exist_ok=True)
@@ -489,9 +482,6 @@ def run_grid(jobs: Sequence[CellJob], finished: Sequence[CellResult], workers: i
             if result.error.startswith("InterruptedError"):
                 break  # the grid was asked to stop (SIGTERM): leave the other cells for the rerun
     else:
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
         # spawn, not fork: forking a process that already ran torch threads can deadlock.
         context = multiprocessing.get_context("spawn")
         threads = jobs[0].threads if jobs else 1

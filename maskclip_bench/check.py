@@ -21,10 +21,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from maskclip_core.atomic_write import write_text_atomic
-from maskclip_core.errors import ConfigError
+import torch
 
+from maskclip_core.atomic_write import write_text_atomic
+from maskclip_core.config import TrainConfig, apply_overrides, validate
+from maskclip_core.data.shapes import classnames
+from maskclip_core.errors import ConfigError
+from maskclip_core.towers import available_models
+from maskclip_core.trainer import train
+
+from .chance import recall_at_k_chance, topk_accuracy_chance
+from .evaluation import EvalSettings, evaluate_quietly
 from .significance import binomial_se
+from .suites import PlannedTask
+from .tasks import RETRIEVAL, ZEROSHOT
 
 BASELINE_FORMAT = "maskclip-bench/ci-baseline/2"  # 2: chance levels, two-sided losses
 TOLERANCE_K = 3.0  # tolerance = max(K * std over seeds, floor)
@@ -75,8 +85,6 @@ class CheckSettings:
             if not ok:
                 raise ConfigError(f"baseline setting '{key}' must be a {want.__name__}, got {value!r}")
         if "model" in values:
-            from maskclip_core.towers import available_models
-
             if values["model"] not in available_models():
                 raise ConfigError(f"baseline setting 'model' is {values['model']!r}, not a built-in open_clip or "
                                   "maskclip-bench config; a baseline file never makes the check download a model")
@@ -89,8 +97,6 @@ class CheckSettings:
 
 def train_config(settings: CheckSettings, seed: int, out: Path, overrides: Sequence[str] = ()) -> Any:
     """The TrainConfig of one check run; `overrides` (``key=value``, as ``train --set``) perturb it on purpose."""
-    from maskclip_core.config import TrainConfig, apply_overrides, validate
-
     cfg = TrainConfig.from_dict({
         "model": {"name": settings.model}, "method": {"name": settings.method},
         "data": {"spec": settings.data, "workers": 0},
@@ -112,9 +118,6 @@ def eval_specs(settings: CheckSettings) -> list[str]:
 
 def chance_levels(settings: CheckSettings) -> dict[str, float]:
     """Chance level of every evaluation metric the check measures (shapes' class counts; one caption per image)."""
-    from maskclip_core.data.shapes import classnames
-
-    from .chance import recall_at_k_chance, topk_accuracy_chance
 
     levels = {f"shapes/{t}/acc1": topk_accuracy_chance(len(classnames(t))) for t in settings.zeroshot_tasks}
     if settings.retrieval:
@@ -131,10 +134,7 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
     wanted. `overrides` change the training config (to show what the check catches, never for a baseline).
     """
     os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm's import: CLIP_benchmark's per-class bars
-    import torch
 
-    from maskclip_bench.evaluation import EvalSettings, evaluate_quietly
-    from maskclip_core.trainer import train
 
     seed = settings.seed if seed is None else seed
     threads = torch.get_num_threads()
@@ -162,9 +162,6 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
 
 def _plan(session: Any, specs: Sequence[str]) -> list[Any]:
     """Zero-shot / retrieval only (no probes: they cost more than the training)."""
-    from maskclip_bench.suites import PlannedTask
-    from maskclip_bench.tasks import RETRIEVAL, ZEROSHOT
-
     planned = []
     for spec in specs:
         for ds in session.build(spec):

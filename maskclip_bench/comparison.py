@@ -20,6 +20,8 @@ import pandas as pd
 from maskclip_core.atomic_write import write_text_atomic
 
 from .markdown import mean_std, table_lines
+from .records import load_record_trees
+from .report import latest_records
 
 EFFECTS = ("zero-shot", "retrieval", "linear probe", "finetune", "dense")
 # Which of our records speak to which effect: (task, metric names).
@@ -83,8 +85,6 @@ def setting_key(train_config: Any) -> str | None:
 
 def pick_group(records: pd.DataFrame) -> pd.DataFrame:
     """The records of the setting with both methods and the most checkpoints (ties: more steps); may be empty."""
-    from .report import latest_records
-
     if records.empty:
         return records
     latest = latest_records(records).copy()
@@ -193,8 +193,6 @@ def comparison_markdown(records: pd.DataFrame, sources: Sequence[str], command: 
 def write_comparison(record_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
                      command: str = "maskclip-bench report") -> Path:
     """Read the records of every folder in `record_dirs` (missing ones are empty) and write comparison.md."""
-    from .records import load_record_trees
-
     record_dirs = list(dict.fromkeys(str(d) for d in record_dirs))  # a folder named twice is named once
     records = load_record_trees(record_dirs)
     out = Path(out_dir).expanduser()

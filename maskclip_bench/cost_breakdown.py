@@ -19,11 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from maskclip_core.config import TrainConfig
+from maskclip_core.decoders import MaskedTokenHead
 from maskclip_core.encoders import encode_text_hidden, padding_positions, text_tower
 from maskclip_core.losses import mlm_loss
 from maskclip_core.model import caption_length
 from maskclip_core.precision import attention_context, compute_context
+from maskclip_core.step import make_step_batch
+from maskclip_core.trainer import train
 
 from . import perf
 
@@ -49,8 +54,6 @@ def _median(values: list[float]) -> float:
 
 def time_and_count(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[int, float]:
     """(FLOPs of one call, median wall seconds of `repeats` calls after one warm-up), CUDA synchronised."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     fn()
     perf.synchronize(device)
     times = []
@@ -74,9 +77,6 @@ def _backward(*outputs: torch.Tensor) -> None:
 
 def step_parts(step: perf.OurStep) -> dict[str, Callable[[], Any]]:
     """The parts of one `Stepper` step of `step`'s variant, as callables (only the parts the variant has)."""
-    from maskclip_core.decoders import MaskedTokenHead
-    from maskclip_core.step import make_step_batch
-
     model, device, precision = step.model, step.device, step.precision
     teacher, optimizer = step.stepper.teacher, step.optimizer
     images, text = step.batch["image"], step.batch["text"].to(device)
@@ -179,9 +179,6 @@ def measure_training_loop(variant: str, model_name: str, batch_size: int, precis
                           window: int = 6, workers: int = 1) -> LoopResult:
     """Run `maskclip_core.trainer.train` on the synthetic `shapes` data for `steps` steps (logged every `window`
     steps, no checkpoint before the end) and return the last window's figures (the first window holds warm-up)."""
-    from maskclip_core.config import TrainConfig
-    from maskclip_core.trainer import train
-
     cfg = TrainConfig()
     cfg.model.name = model_name
     for key, value in perf.VARIANTS[variant].items():

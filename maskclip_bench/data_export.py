@@ -37,15 +37,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+import webdataset
 from PIL import Image
+from torchvision.transforms.functional import to_pil_image
 
 from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.data.images import to_rgb
 from maskclip_core.errors import DataError
 
-from maskclip_bench.eval_data import EvalDataset, build_eval_dataset
-from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
-from maskclip_bench.eval_data.spec import split_kind
+from .eval_data import EvalDataset, build_eval_dataset
+from .eval_data.shapes_tasks import parse_shapes_spec
+from .eval_data.spec import split_kind
 
 FORMATS: tuple[str, ...] = ("wds", "csv", "imagefolder")
 IMAGE_FORMATS: tuple[str, ...] = ("png", "webp", "jpg")
@@ -68,7 +70,6 @@ def _as_pil(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         # The training and evaluation readers' conversion (16-bit scaled, alpha composited).
         return to_rgb(image) if image.mode != "RGB" else image
-    from torchvision.transforms.functional import to_pil_image
 
     return to_pil_image(image).convert("RGB")  # a dataset that gives tensors even without a transform
 
@@ -131,7 +132,6 @@ def _slug(name: str) -> str:
 def export_wds(ds: EvalDataset, split: str, out_dir: Path, *, samples_per_shard: int, image_format: str,
                overwrite: bool) -> tuple[int, list[Path]]:
     """Write CLIP_benchmark's wds layout; return (written, files)."""
-    import webdataset
     from clip_benchmark.webdataset_builder import PIL_to_bytes
 
     split_dir = out_dir / split

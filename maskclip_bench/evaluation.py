@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from .eval_data.shapes_tasks import parse_shapes_spec
 from .eval_data.spec import split_kind
@@ -64,7 +65,6 @@ def limited_threads(threads: int) -> Iterator[None]:
     if threads <= 0:
         yield
         return
-    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -21,8 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import open_clip
+from open_clip.push_to_hf_hub import save_config_for_hf
+from safetensors.torch import save
+
 from maskclip_core.atomic_write import write_bytes_atomic, write_text_atomic
 from maskclip_core.errors import CheckpointError
+from maskclip_core.towers import register_model_configs
 
 from .loading import CONFIG_NAME, EXPORT_META_KEY, LOCAL_DIR_PREFIX, LoadedModel, load_model
 
@@ -47,9 +52,6 @@ class ExportedModel:
 
 def model_config(loaded: LoadedModel) -> dict[str, Any]:
     """The open_clip model config (``model_cfg``) that rebuilds `loaded.model`."""
-    import open_clip
-
-    from maskclip_core.towers import register_model_configs
 
     if loaded.kind == "local-dir":
         path = Path(loaded.ckpt_path[len(LOCAL_DIR_PREFIX):]) / CONFIG_NAME
@@ -67,9 +69,6 @@ def export_model(ckpt: str, out_dir: str | os.PathLike[str], model_name: str | N
     The two files are replaced if present; other files in `out_dir` are left alone (open_clip prefers
     ``open_clip_model.safetensors`` over any other weight file there). Raises `CheckpointError`.
     """
-    from open_clip.push_to_hf_hub import save_config_for_hf
-    from safetensors.torch import save
-
     loaded = load_model(ckpt, model_name)
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():

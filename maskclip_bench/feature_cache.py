@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import open_clip
 import torch
 
 from maskclip_core.atomic_write import write_bytes_atomic
@@ -54,8 +55,6 @@ def _plain(value: Any) -> Any:
 
 def transform_description(model: torch.nn.Module) -> dict[str, Any]:
     """The eval transform as data: open_clip's preprocess config of the model (what `eval_transform` builds)."""
-    import open_clip
-
     return {"open_clip_eval_transform": _plain(open_clip.get_model_preprocess_cfg(model))}
 
 

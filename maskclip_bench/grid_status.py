@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import time
 from dataclasses import dataclass
@@ -115,8 +116,6 @@ def pid_alive(pid: int) -> bool:
 
 def submitit_result(job: dict[str, Any]) -> tuple[str, str] | None:
     """(outcome, message) from submitit's result pickle of the job's rank 0, or None while it has none."""
-    import pickle
-
     path = Path(job["submitit_folder"].replace("%j", job["job_id"])) / f"{job['job_id']}_0_result.pkl"
     if not path.is_file():
         return None

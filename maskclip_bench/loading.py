@@ -16,15 +16,21 @@ Every file is read with ``weights_only=True``. Anything wrong raises a one-line 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import open_clip
 import torch
+from safetensors.torch import load_file
 
+from maskclip_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from maskclip_core.checkpoint import load_checkpoint, verify_checkpoint
 from maskclip_core.errors import CheckpointError, MaskClipError
+from maskclip_core.towers import available_models, create_clip, get_tokenizer, image_size_of
 
 LOCAL_DIR_PREFIX = "local-dir:"
 CONFIG_NAME = "open_clip_config.json"
@@ -50,8 +56,6 @@ class LoadedModel:
     @property
     def image_size(self) -> int:
         """Square input size of the image tower."""
-        from maskclip_core.towers import image_size_of
-
         return image_size_of(self.model)
 
 
@@ -76,9 +80,6 @@ def sha256_dir(path: Path) -> str:
 
 def eval_transform(model: torch.nn.Module) -> Callable[[Any], torch.Tensor]:
     """open_clip's validation transform for the model's own preprocess config (size, mean/std, resize)."""
-    import open_clip
-
-    from maskclip_core.towers import image_size_of
 
     cfg = open_clip.get_model_preprocess_cfg(model)
     return open_clip.image_transform(
@@ -120,17 +121,12 @@ def _plain_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
 def _read_file(path: Path) -> tuple[dict[str, Any], bool]:
     """(content, is_trainer_checkpoint). Our format goes through `load_checkpoint`; other files are
     tried as open_clip checkpoints only when that refuses them for their layout, not for being unreadable."""
-    from maskclip_core.checkpoint import FORMAT as CHECKPOINT_FORMAT
-    from maskclip_core.checkpoint import load_checkpoint, verify_checkpoint
-
     if path.is_file():
         # A sidecar mismatch is named as such for every kind of file, before any reader guesses at the layout.
         verify_checkpoint(path)
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path)), False
         except Exception as exc:  # safetensors raises its own error types for bad headers
@@ -148,8 +144,6 @@ def _read_file(path: Path) -> tuple[dict[str, Any], bool]:
 
 
 def _create(model_name: str) -> torch.nn.Module:
-    from maskclip_core.towers import create_clip
-
     try:
         return create_clip(model_name)
     except MaskClipError:
@@ -185,8 +179,6 @@ def check_builtin_model(name: str, where: str) -> None:
     Names such as ``hf-hub:ORG/MODEL`` make open_clip download a config and weights; a checkpoint or saved config
     must not be able to send the evaluation to the network. An explicit ``--model`` is the user's own choice.
     """
-    from maskclip_core.towers import available_models
-
     if name not in available_models():
         raise CheckpointError(f"{where} names model '{name}', which is not a built-in open_clip or maskclip-bench "
                               "config; loading it could download code or weights, so it is refused (pass --model "
@@ -194,8 +186,6 @@ def check_builtin_model(name: str, where: str) -> None:
 
 
 def _load_local_dir(spec: str, model_name: str | None) -> LoadedModel:
-    import open_clip
-
     directory = Path(spec[len(LOCAL_DIR_PREFIX):]).expanduser()
     if not str(directory):
         raise CheckpointError("empty path after 'local-dir:'")
@@ -250,9 +240,6 @@ def load_live(model: torch.nn.Module, *, model_name: str, train_config: dict[str
               step: int) -> LoadedModel:
     """A `LoadedModel` around a copy of a live open_clip model (the training student at `step`): evaluating
     it cannot touch the original's weights, modes or device. `where` names it in records (run folder + step)."""
-    import copy
-
-    from maskclip_core.towers import get_tokenizer
 
     clip = copy.deepcopy(model).float()
     return _finish(clip, model_name=model_name, tokenizer=get_tokenizer(model_name), train_config=train_config,
@@ -266,8 +253,6 @@ def load_model(ckpt: str, model_name: str | None = None) -> LoadedModel:
     trainer checkpoint's own model when both are given. Raises `CheckpointError` (one line) for a
     missing, unreadable, refused or mismatching checkpoint.
     """
-    from maskclip_core.towers import get_tokenizer
-
     if ckpt.startswith(LOCAL_DIR_PREFIX):
         return _load_local_dir(ckpt, model_name)
     path = Path(ckpt).expanduser().absolute()

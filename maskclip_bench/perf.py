@@ -26,10 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import open_clip
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from maskclip_core.atomic_write import write_text_atomic
-from maskclip_core.step import MAX_LOGIT_SCALE
+from maskclip_core.config import TrainConfig
+from maskclip_core.distributed import DistEnv
+from maskclip_core.errors import ConfigError
+from maskclip_core.precision import compute_context
+from maskclip_core.schedule import cosine_lr
+from maskclip_core.step import MAX_LOGIT_SCALE, Stepper, make_step_batch
+from maskclip_core.towers import check_model_name, create_clip, get_tokenizer
+from maskclip_core.training_setup import build_training_setup
+
+from .peak_memory import read_peak, reset_peak
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "open_clip": {},
@@ -103,9 +114,6 @@ def make_batch(model_name: str, batch_size: int, device: torch.device, seed: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed (images, tokens) batch for the model config: normal-noise images at the model's input size and
     distinct shapes-like captions, already on `device`."""
-    import open_clip
-
-    from maskclip_core.towers import check_model_name, get_tokenizer
 
     check_model_name(model_name)
     size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
@@ -146,10 +154,6 @@ class OpenClipStep(TrainStep):
 
     def __init__(self, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
                  clip_state: dict[str, torch.Tensor] | None = None, seed: int = 0):
-        import open_clip
-
-        from maskclip_core.config import TrainConfig
-        from maskclip_core.towers import create_clip
 
         self.variant = "open_clip"
         self.device, self.precision = images.device, precision
@@ -176,9 +180,6 @@ class OpenClipStep(TrainStep):
         self.steps_done = 0
 
     def __call__(self) -> torch.Tensor:
-        from maskclip_core.precision import compute_context
-        from maskclip_core.schedule import cosine_lr
-
         cfg = self.optim_cfg
         lr = cosine_lr(self.steps_done, cfg.lr, cfg.warmup, 1000)  # open_clip: scheduler(step) every step
         for group in self.optimizer.param_groups:
@@ -204,11 +205,6 @@ class OurStep(TrainStep):
     def __init__(self, variant: str, model_name: str, images: torch.Tensor, text: torch.Tensor, precision: str,
                  seed: int = 0, total_steps: int = 1000, compile: bool = False, fused: bool = False,
                  method: dict[str, Any] | None = None):
-        from maskclip_core.config import TrainConfig
-        from maskclip_core.distributed import DistEnv
-        from maskclip_core.step import Stepper
-        from maskclip_core.training_setup import build_training_setup
-
         self.variant = variant
         self.device, self.precision = images.device, precision
         self.batch = {"image": images, "text": text.cpu()}  # as the loader hands it over (tokens on the CPU)
@@ -230,8 +226,6 @@ class OurStep(TrainStep):
         self.steps_done = 0
 
     def __call__(self) -> torch.Tensor:
-        from maskclip_core.step import make_step_batch
-
         s = self.steps_done
         outcome = self.stepper(make_step_batch([self.batch], self.masks, s, self.env), s, self.total_steps)
         self.steps_done += 1
@@ -245,8 +239,6 @@ def build_step(variant: str, model_name: str, images: torch.Tensor, text: torch.
     initial weights of the reference model, e.g. our clip step's `model.clip.state_dict()`. `compile`: our
     variants' forward through torch.compile, as `--torchcompile` trains; `fused`: our variants' AdamW fused
     (`run.fused_optimizer`). open_clip's loop stays as its main.py builds it."""
-    from maskclip_core.errors import ConfigError
-
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant '{variant}' (choose {', '.join(VARIANTS)})")
     if precision not in PRECISIONS:
@@ -296,8 +288,6 @@ class VariantResult:
 def count_flops(step: Callable[[], Any]) -> int:
     """FLOPs of one call of `step` (forward + backward matmuls, convolutions, attention), by
     `torch.utils.flop_counter.FlopCounterMode`. The call is a real training step (the optimizer moves)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -316,7 +306,6 @@ def measure_variant(variant: str, model_name: str, images: torch.Tensor, text: t
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    from .peak_memory import read_peak, reset_peak
 
     result.peak_is_own = reset_peak(device)  # before the build: the peak holds the model, optimizer and teacher
     step = build_step(variant, model_name, images, text, precision, seed=seed, compile=compile, fused=fused)
@@ -359,8 +348,6 @@ class RunInfo:
 
     def __post_init__(self) -> None:
         if not self.open_clip_version:
-            import open_clip
-
             self.open_clip_version = getattr(open_clip, "__version__", "?")
         if not self.date:
             self.date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

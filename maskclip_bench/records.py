@@ -23,13 +23,13 @@ import re
 import secrets
 import subprocess
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
 
 from maskclip_core.atomic_write import written_temp
-
-if TYPE_CHECKING:  # pandas is imported when records are read, not when one is written
-    import pandas as pd
 
 RECORD_FORMAT = "maskclip-bench/eval-record/1"
 DEFAULT_RESULTS_DIR = "results/runs"
@@ -74,8 +74,6 @@ def key_config_fields(train_config: Mapping[str, Any] | None) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def package_version() -> str | None:
     """Installed version of maskclip-bench (None when it is not installed as a distribution)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("maskclip-bench")
     except PackageNotFoundError:
@@ -230,8 +228,6 @@ def load_records(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR) -> p
     plus `record_file`. Malformed files are skipped with a warning naming them. A missing folder
     gives an empty frame.
     """
-    import pandas as pd
-
     rows = []
     for path in iter_record_files(results_dir):
         try:
@@ -270,8 +266,6 @@ def record_folders(root: Path) -> list[Path]:
 def load_record_trees(roots: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """The records of every root (an ablation tree or a plain records folder) in one frame; a root named twice is
     read once."""
-    import pandas as pd
-
     unique = dict.fromkeys(Path(r).expanduser() for r in roots)
     frames = [f for root in unique for f in (load_records(d) for d in record_folders(root)) if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_record_columns())

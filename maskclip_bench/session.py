@@ -20,8 +20,11 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from maskclip_core.distributed import pick_device
 from maskclip_core.errors import DataError
 
+from .eval_data import build_eval_dataset
+from .evaluators import encode_images
 from .feature_cache import BASE_KIND, FeatureCache, files_fingerprint, transform_description
 from .loading import LoadedModel
+
 
 class EvalSession:
     """A checkpoint plus settings shared by every task of one command, and the feature store.
@@ -68,8 +71,6 @@ class EvalSession:
 
     def build(self, spec: str, *, split: str = "test", templates: str | None = None) -> list[Any]:
         """EvalDatasets of a spec (a bare ``shapes`` gives every shapes task), at the model's image size."""
-        from .eval_data import build_eval_dataset
-
         built = build_eval_dataset(spec, transform=self.loaded.preprocess, split=split, seed=self.data_seed,
                                    image_size=self.loaded.image_size, templates=templates)
         return built if isinstance(built, list) else [built]
@@ -118,8 +119,6 @@ class EvalSession:
     def _encode(self, data: Dataset, collate_fn: Callable | None, kinds: frozenset[str],
                 shared_view: Any) -> dict[str, Any]:
         """One pass of the image tower over `data` (see `features`)."""
-        from .evaluators import encode_images
-
         flags = {"pooled_pre_projection": "pooled_features" in kinds, "with_patch_tokens": "patch_tokens" in kinds}
         if shared_view is None:
             return encode_images(self.loaded.model, self.loader(data, collate_fn), self.device, **flags)

@@ -28,8 +28,8 @@ from typing import Any, Callable, Sequence
 
 from maskclip_core.errors import ConfigError
 
-from maskclip_bench import grid_status
-from maskclip_bench.ablate import CellJob, CellResult, run_cell
+from . import grid_status
+from .ablate import CellJob, CellResult, run_cell
 
 
 @dataclass

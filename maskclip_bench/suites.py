@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from maskclip_core.errors import DataError
 
+from .eval_data.shapes_tasks import parse_shapes_spec
 from .feature_cache import BASE_KIND
 from .session import EvalSession
 from .tasks import (DEFAULT_LP_FEATURES, DENSE, FINETUNE, LINEAR_PROBE, LP_FEATURES, RETRIEVAL, RUNNERS, TASK_KINDS,
@@ -78,8 +79,6 @@ _SHAPES_OPTIONS_USED = {ZEROSHOT: ("test", "difficulty", "scale", "max_objects")
 
 def _shapes_spec(shapes_task: str, task: str, options: str) -> str:
     """``shapes/<task>[:options]`` with only the options `task` depends on."""
-    from .eval_data.shapes_tasks import parse_shapes_spec
-
     _, parsed = parse_shapes_spec(f"shapes:{options}")
     keep = _SHAPES_OPTIONS_USED.get(task)
     kept = [f"{k}={v}" for k, v in sorted(parsed.items()) if keep is None or k in keep]

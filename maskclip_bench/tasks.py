@@ -15,7 +15,11 @@ import torch
 
 from maskclip_core.errors import DataError
 
+from .evaluators import evaluate_dense_probe, evaluate_linear_probe, evaluate_retrieval, evaluate_zeroshot, finetune
+from .evaluators.features import encode_texts
+from .evaluators.retrieval import recall_from_scores
 from .feature_cache import BASE_KIND
+from .records import make_record
 from .session import EvalSession
 
 ZEROSHOT, RETRIEVAL, LINEAR_PROBE, FINETUNE, DENSE = (
@@ -81,8 +85,6 @@ def _result(session: EvalSession, ds: Any, task: str, metrics: dict[str, float],
 
 def run_zeroshot(session: EvalSession, ds: Any, *, templates: str | None = None) -> TaskResult:
     """Zero-shot classification (fp32, eval mode): acc1, acc5, mean_per_class_recall."""
-    from .evaluators import evaluate_zeroshot
-
     _require(ds, ZEROSHOT)
     start = time.perf_counter()
     session.take_status()
@@ -102,8 +104,6 @@ def run_zeroshot(session: EvalSession, ds: Any, *, templates: str | None = None)
 
 def run_retrieval(session: EvalSession, ds: Any, *, recall_k: Sequence[int] = (1, 5, 10)) -> TaskResult:
     """Image-text retrieval: image_retrieval_recall@k and text_retrieval_recall@k."""
-    from .evaluators import evaluate_retrieval
-
     _require(ds, RETRIEVAL)
     start = time.perf_counter()
     session.take_status()
@@ -119,8 +119,6 @@ def run_retrieval(session: EvalSession, ds: Any, *, recall_k: Sequence[int] = (1
 
 def _binding_scores(session: EvalSession, feats: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Image-by-text similarities [n, n] to the true captions and [n, n] to the colour-swapped ones."""
-    from .evaluators.features import encode_texts
-
     model, tokenizer = session.loaded.model, session.loaded.tokenizer
     true = encode_texts(model, tokenizer, [c[0] for c in feats["captions"]], session.device)
     swapped = encode_texts(model, tokenizer, list(feats["swapped_captions"]), session.device)
@@ -137,8 +135,6 @@ def _binding_zeroshot(session: EvalSession, feats: Mapping[str, Any]) -> dict[st
 
 def _binding_retrieval(session: EvalSession, feats: Mapping[str, Any], recall_k: Sequence[int]) -> dict[str, float]:
     """Recall@k with every true and every swapped caption as candidates; only an image's own caption is positive."""
-    from .evaluators.retrieval import recall_from_scores
-
     to_true, to_swapped = _binding_scores(session, feats)
     n = to_true.shape[0]
     scores = torch.cat([to_true, to_swapped], dim=1).t()  # [2n texts, n images]
@@ -167,8 +163,6 @@ def _probe_splits(session: EvalSession, ds: Any, kind: str) -> tuple[Any, Any, A
 def run_linear_probe(session: EvalSession, ds: Any, *, features: str = DEFAULT_LP_FEATURES) -> TaskResult:
     """Logistic-regression probe on frozen `features` ("pre": pooled before the projection, "post":
     the normalised projected embedding): lp_acc1, lp_acc5, lp_mean_per_class_recall, lp_C."""
-    from .evaluators import evaluate_linear_probe
-
     if features not in LP_FEATURES:
         raise DataError(f"--features must be one of {', '.join(LP_FEATURES)}, got '{features}'")
     _require(ds, LINEAR_PROBE)
@@ -190,8 +184,6 @@ def run_linear_probe(session: EvalSession, ds: Any, *, features: str = DEFAULT_L
 def run_finetune(session: EvalSession, ds: Any, *, epochs: int = DEFAULT_FT["epochs"],
                  lr: float = DEFAULT_FT["lr"]) -> TaskResult:
     """Fine-tune a copy of the image tower with a linear head on the train split: ft_acc1, ft_acc5."""
-    from .evaluators import finetune
-
     _require(ds, FINETUNE)
     if "train" not in ds.splits:
         raise DataError(f"'{ds.name}' has no train split to fine-tune on")
@@ -220,8 +212,6 @@ def _dense_train(session: EvalSession, ds: Any) -> tuple[Any, str]:
 
 def run_dense(session: EvalSession, ds: Any, *, epochs: int = DEFAULT_DENSE["epochs"]) -> TaskResult:
     """Linear probe on frozen patch tokens against segmentation masks: miou, pixel_acc."""
-    from .evaluators import evaluate_dense_probe
-
     _require(ds, DENSE)
     start = time.perf_counter()
     session.take_status()
@@ -238,8 +228,6 @@ def run_dense(session: EvalSession, ds: Any, *, epochs: int = DEFAULT_DENSE["epo
 
 def result_record(result: TaskResult, session: EvalSession) -> dict[str, Any]:
     """The run record (see `records`) of one task result."""
-    from .records import make_record
-
     loaded = session.loaded
     return make_record(
         task=result.task, dataset=result.dataset, metrics=result.metrics, checkpoint=loaded.ckpt_path,

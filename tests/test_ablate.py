@@ -190,7 +190,7 @@ def test_resume_skips_finished_and_resumes_interrupted(tiny_grid, monkeypatch):
     (interrupted / "cell.json").unlink()
     shutil.rmtree(interrupted / "records")
     calls = []
-    import maskclip_core.trainer as trainer
+    import maskclip_bench.ablate as trainer  # the trainer's `train` as the ablation calls it
 
     real_train = trainer.train
 
@@ -210,7 +210,7 @@ def test_resume_skips_finished_and_resumes_interrupted(tiny_grid, monkeypatch):
 
 def test_identical_cell_of_a_sibling_grid_is_copied_not_retrained(tiny_grid, monkeypatch):
     root, _ = tiny_grid
-    import maskclip_core.trainer as trainer
+    import maskclip_bench.ablate as trainer  # the trainer's `train` as the ablation calls it
 
     def no_training(*a, **kw):
         raise AssertionError("a reusable cell was trained again")
@@ -234,7 +234,7 @@ def test_identical_cell_of_a_sibling_grid_is_copied_not_retrained(tiny_grid, mon
 
 def test_tables_only_trains_nothing_and_counts_seeds_per_row(tiny_grid, monkeypatch, tmp_path):
     root, args = tiny_grid
-    import maskclip_core.trainer as trainer
+    import maskclip_bench.ablate as trainer  # the trainer's `train` as the ablation calls it
 
     monkeypatch.setattr(trainer, "train", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("trained")))
     more_seeds = [a for a in args if a not in ("--tables", str(root / "tables"))]
@@ -246,7 +246,7 @@ def test_tables_only_trains_nothing_and_counts_seeds_per_row(tiny_grid, monkeypa
 
 
 def test_a_cell_stopped_by_sigterm_is_not_scored(tmp_path, monkeypatch):
-    import maskclip_core.trainer as trainer
+    import maskclip_bench.ablate as trainer  # the trainer's `train` as the ablation calls it
     from maskclip_core.trainer import TrainResult
 
     monkeypatch.setattr(trainer, "train", lambda cfg, resume=False, **kw: TrainResult(

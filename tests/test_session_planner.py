@@ -13,6 +13,7 @@ from maskclip_core.data.shapes import HELD_OUT_PAIRS
 from maskclip_core.errors import DataError
 from maskclip_core.towers import create_clip
 from maskclip_bench import evaluators
+from maskclip_bench import session as session_module
 from maskclip_bench.feature_cache import BASE_KIND
 from maskclip_bench.loading import load_live
 from maskclip_bench.session import EvalSession
@@ -39,7 +40,7 @@ def passes(monkeypatch):
         seen.append(flags)
         return real(model, loader, device, **flags)
 
-    monkeypatch.setattr(evaluators, "encode_images", counting)
+    monkeypatch.setattr(session_module, "encode_images", counting)
     return seen
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 from torch.utils.data import Dataset, IterableDataset
 
 from maskclip_core.data.images import open_rgb
+from maskclip_core.data.shell_specs import has_shell_metacharacters
 from maskclip_core.errors import DataError
 
 from .common import SkipBadImages, collate_for, filter_decodable, first_line, require_dir, resolve_templates
@@ -52,8 +53,6 @@ def safe_root(root: Path, name: str) -> Path:
     such as ``x;touch y;#`` would run code; such a root is refused rather than quoted, since nothing here may
     start a download or a command anyway.
     """
-    from maskclip_core.data.shell_specs import has_shell_metacharacters
-
     real = Path(os.path.realpath(root))
     if has_shell_metacharacters(str(real)) or has_shell_metacharacters(str(root)):
         raise DataError(f"clip_benchmark root {str(root)!r} holds shell metacharacters (quotes, ;, $, spaces, ...); "

@@ -35,6 +35,8 @@ from torch.utils.data import Dataset, default_collate
 from maskclip_core.data.images import BadImageError, open_rgb
 from maskclip_core.errors import DataError
 
+from ..evaluators.templates import get_templates
+
 logger = logging.getLogger(__name__)
 
 # Errors an unreadable image raises at load time: open_rgb's BadImageError, and what PIL (and file
@@ -66,7 +68,6 @@ def resolve_templates(templates: str | None, fallback: list[str] | None) -> list
     if templates is None:
         return fallback
     # The evaluators own the named template sets; reuse them so names mean the same everywhere.
-    from maskclip_bench.evaluators.templates import get_templates
 
     return get_templates(templates)
 

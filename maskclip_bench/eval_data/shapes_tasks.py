@@ -45,6 +45,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch.utils.data import Dataset
 
+from maskclip_core.data import shapes
+from maskclip_core.data import shapes as sh
+from maskclip_core.data.shapes import HELD_OUT_PAIRS, ShapesOptions, render
 from maskclip_core.errors import DataError
 
 from .common import LazySplits, collate_for, mask_like_image, resolve_templates
@@ -68,8 +71,6 @@ _LABELS = ("shape", "color", "shape_color", "count_label")
 @lru_cache(maxsize=1)
 def renderer_hash() -> str:
     """Hash of the shapes renderer's source: a changed renderer draws other images, so cached features go stale."""
-    from maskclip_core.data import shapes
-
     return hashlib.sha256(Path(shapes.__file__).read_bytes()).hexdigest()[:16]
 
 
@@ -223,8 +224,6 @@ def parse_shapes_spec(spec: str) -> tuple[str | None, dict[str, Any]]:
 
 def generator_options(options: dict[str, Any], **fixed: Any) -> Any:
     """ShapesOptions from a parsed spec's generator options plus `fixed` fields (a task's own)."""
-    from maskclip_core.data.shapes import ShapesOptions
-
     values = {k: options[k] for k in _GENERATOR_OPTIONS if k in options}
     if "max_objects" in fixed:
         values.pop("max_objects", None)
@@ -239,8 +238,6 @@ def held_out_indices(split: str, size: int, seed: int, image_size: int, difficul
     Uses the public ``render`` (labels need the whole sample); cached, as it renders ``size`` images.
     `options` is the set's ShapesOptions (hashable; None: the defaults).
     """
-    from maskclip_core.data.shapes import HELD_OUT_PAIRS, render
-
     found = []
     for i in range(size):
         sample = render(i, split, seed, image_size, difficulty, options)
@@ -265,7 +262,6 @@ def build_shapes(
         return [build_shapes(f"shapes/{t}" + (f":{suffix}" if suffix else ""), transform=transform, split=split,
                              seed=seed, image_size=image_size, templates=templates) for t in TASKS]
 
-    from maskclip_core.data import shapes as sh
 
     sizes = {k: int(options.get(k, v)) for k, v in DEFAULT_SIZES.items()}
     difficulty = float(options.get("difficulty", 1.0))

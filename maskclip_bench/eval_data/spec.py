@@ -21,13 +21,68 @@ skipped and counted in ``bad_samples`` (see ``common`` for how).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from maskclip_core.errors import DataError
 
+from .ade20k import build_ade20k
+from .cb_datasets import build_clip_benchmark
 from .dataset import EvalDataset, root_path
+from .folders import build_imagefolder
+from .karpathy import build_karpathy
+from .shapes_tasks import build_shapes
+from .wds_benchmark import build_wds
 
-KINDS: tuple[str, ...] = ("shapes", "wds", "imagefolder", "flickr30k", "mscoco", "ade20k", "clip_benchmark")
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a reader may use besides its spec: the caller's transform, split and options."""
+
+    transform: Callable[[Any], Any] | None
+    split: str
+    seed: int
+    image_size: int
+    templates: str | None
+    verify_images: bool
+
+
+def _shapes(kind: str, rest: str, r: BuildRequest) -> EvalDataset | list[EvalDataset]:
+    return build_shapes(rest, transform=r.transform, split=r.split, seed=r.seed, image_size=r.image_size,
+                        templates=r.templates)
+
+
+def _wds(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
+    return build_wds(root_path(rest), transform=r.transform, split=r.split, templates=r.templates,
+                     verify_images=r.verify_images)
+
+
+def _imagefolder(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
+    return build_imagefolder(root_path(rest), transform=r.transform, split=r.split, templates=r.templates,
+                             verify_images=r.verify_images)
+
+
+def _karpathy(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
+    return build_karpathy(kind, root_path(rest), transform=r.transform, split=r.split,
+                          verify_images=r.verify_images)
+
+
+def _ade20k(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
+    return build_ade20k(root_path(rest), transform=r.transform, split=r.split, templates=r.templates,
+                        verify_images=r.verify_images)
+
+
+def _clip_benchmark(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
+    return build_clip_benchmark(rest, transform=r.transform, split=r.split, templates=r.templates,
+                                verify_images=r.verify_images)
+
+
+# The dispatcher: spec kind -> reader (a new layout is one reader module and one entry here).
+BUILDERS: dict[str, Callable[[str, str, BuildRequest], EvalDataset | list[EvalDataset]]] = {
+    "shapes": _shapes, "wds": _wds, "imagefolder": _imagefolder, "flickr30k": _karpathy, "mscoco": _karpathy,
+    "ade20k": _ade20k, "clip_benchmark": _clip_benchmark,
+}
+KINDS: tuple[str, ...] = tuple(BUILDERS)
 TASKS: tuple[str, ...] = ("classification", "retrieval", "segmentation")
 
 
@@ -78,31 +133,5 @@ def build_eval_dataset(
         DataError: one line naming the spec or path, for anything the user can fix.
     """
     kind, rest = split_kind(spec)
-    if kind == "shapes":
-        from .shapes_tasks import build_shapes
-
-        return build_shapes(rest, transform=transform, split=split, seed=seed, image_size=image_size,
-                            templates=templates)
-    if kind == "wds":
-        from .wds_benchmark import build_wds
-
-        return build_wds(root_path(rest), transform=transform, split=split, templates=templates,
-                         verify_images=verify_images)
-    if kind == "imagefolder":
-        from .folders import build_imagefolder
-
-        return build_imagefolder(root_path(rest), transform=transform, split=split, templates=templates,
-                                 verify_images=verify_images)
-    if kind in ("flickr30k", "mscoco"):
-        from .karpathy import build_karpathy
-
-        return build_karpathy(kind, root_path(rest), transform=transform, split=split, verify_images=verify_images)
-    if kind == "ade20k":
-        from .ade20k import build_ade20k
-
-        return build_ade20k(root_path(rest), transform=transform, split=split, templates=templates,
-                            verify_images=verify_images)
-    from .cb_datasets import build_clip_benchmark
-
-    return build_clip_benchmark(rest, transform=transform, split=split, templates=templates,
-                                verify_images=verify_images)
+    request = BuildRequest(transform, split, seed, image_size, templates, verify_images)
+    return BUILDERS[kind](kind, rest, request)
