@@ -51,7 +51,7 @@ def test_pipe_spec_from_a_config_file_is_refused_without_opt_in(tmp_path, capsys
 
 def test_pipe_spec_is_trusted_from_the_command_line_or_with_allow_pipe_only(tmp_path, no_shell_trust):
     """The gate itself, without running anything: which origins make expand_shards accept a pipe: shard."""
-    from maskclip_bench.commands.train import build_config, trust_typed_data_spec
+    from maskclip_bench.commands.run_config import build_config, trust_typed_data_spec
     from maskclip_core.data.wds_dataset import expand_shards
 
     spec = _pipe_spec(tmp_path / "ran")
@@ -240,7 +240,7 @@ def test_cache_entry_of_the_wrong_shape_is_recomputed(tmp_path):
     ("decoder_heads=7", "method.decoder_heads"),
 ])
 def test_bad_config_values_are_one_line_naming_the_field(override, field):
-    from maskclip_bench.commands.train import build_config, check_model_and_data
+    from maskclip_bench.commands.run_config import build_config, check_model_and_data
 
     with pytest.raises(ConfigError) as info:
         check_model_and_data(build_config(None, [override], {}))

@@ -93,7 +93,7 @@ def test_cycle_finder_by_hand():
 
 def test_the_graph_sees_lazy_and_relative_imports():
     graph = _graph()
-    assert "maskclip_core.trainer" in graph["maskclip_bench.commands.train"]  # imported inside the command
+    assert "maskclip_core.trainer" in graph["maskclip_bench.commands.train_cmd"]  # imported inside the command
     assert "maskclip_bench.grid_status" in graph["maskclip_bench.ablate"]  # `from .grid_status import ...`
 
 
@@ -112,3 +112,12 @@ def test_only_the_cli_layer_imports_the_commands():
     offenders = {name: sorted(m for m in deps if m.startswith(cli))
                  for name, deps in _graph().items() if not name.startswith(cli)}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_command_imports_another_command():
+    # Shared CLI plumbing (console, run_config) is not a command: a command module is one that registers commands.
+    commands = {name for name, path in _modules().items()
+                if name.startswith("maskclip_bench.commands.") and "def register(" in path.read_text()}
+    graph = _graph()
+    offenders = {name: sorted(graph[name] & commands) for name in commands if graph[name] & commands}
+    assert offenders == {}

@@ -5,7 +5,7 @@ import importlib
 
 import typer
 
-_MODULES = ["train", "evaluate", "export_cmds", "report_cmd", "demo", "ablate_cmd", "check_cmd", "bench_cmd"]
+_MODULES = ["train_cmd", "evaluate_cmd", "export_cmd", "report_cmd", "demo_cmd", "ablate_cmd", "check_cmd", "bench_cmd"]
 
 
 def register_all(app: typer.Typer) -> None:

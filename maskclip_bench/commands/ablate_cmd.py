@@ -117,8 +117,8 @@ def ablate_command(
 
     from maskclip_bench import ablate, grid_status
     from maskclip_bench.evaluation import check_specs
-    from maskclip_bench.commands.train import (announce_precision, build_config, check_model_and_data,
-                                               trust_typed_data_spec)
+    from maskclip_bench.commands.run_config import (announce_precision, build_config, check_model_and_data,
+                                                    trust_typed_data_spec)
     from maskclip_bench.suites import SUITES
     from maskclip_core.errors import ConfigError, DataError
 

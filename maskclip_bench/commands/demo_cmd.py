@@ -32,7 +32,7 @@ def demo_command(
     from rich.table import Table
 
     from maskclip_bench.evaluation import EvalSettings, evaluate_quietly
-    from maskclip_bench.commands.train import announce_precision
+    from maskclip_bench.commands.run_config import announce_precision
     from maskclip_bench.progress import TrainProgress
     from maskclip_bench.significance import difference_se
     from maskclip_bench.suites import plan_suite
