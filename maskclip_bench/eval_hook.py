@@ -20,7 +20,7 @@ from maskclip_core.periodic_eval import EvalHook
 from .eval_data.shapes_tasks import parse_shapes_spec
 from .evaluation import metric_values
 from .feature_cache import FeatureCache
-from .loading import load_live
+from .model_loading import load_live
 from .records import write_record
 from .report import metric_column
 from .session import EvalSession

@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 from .eval_data.shapes_tasks import parse_shapes_spec
 from .eval_data.spec import split_kind
 from .feature_cache import FeatureCache
-from .loading import LoadedModel, load_model
+from .model_loading import LoadedModel, load_model
 from .records import write_record
 from .session import EvalSession
 from .suites import PlannedTask, run_suite

@@ -23,7 +23,7 @@ from maskclip_core.errors import DataError
 from .eval_data import build_eval_dataset
 from .evaluators import encode_images
 from .feature_cache import BASE_KIND, FeatureCache, files_fingerprint, transform_description
-from .loading import LoadedModel
+from .model_loading import LoadedModel
 
 
 class EvalSession:

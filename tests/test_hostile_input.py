@@ -146,7 +146,7 @@ def _tiny_state(**config: object) -> dict:
 def test_saved_hf_hub_model_name_is_refused_without_network(tmp_path, monkeypatch):
     import socket
 
-    from maskclip_bench.loading import load_model
+    from maskclip_bench.model_loading import load_model
     from maskclip_core.checkpoint import save_checkpoint
 
     def no_network(*args, **kwargs):
@@ -173,7 +173,7 @@ def test_resume_from_a_run_folder_naming_a_hub_model_is_refused(tmp_path, capsys
 # Row: a `local-dir:` folder with a config and no weights -------------------------------------------------------
 
 def test_local_dir_without_weights_is_an_error_not_a_random_model(tmp_path):
-    from maskclip_bench.loading import CONFIG_NAME, load_model
+    from maskclip_bench.model_loading import CONFIG_NAME, load_model
 
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"model_cfg": {"embed_dim": 32}}))
     with pytest.raises(CheckpointError, match="no weight file"):
@@ -388,7 +388,7 @@ def test_a_good_resume_state_passes_the_check(tmp_path):
 
 
 def test_clip_stored_as_a_list_is_one_line(tmp_path):
-    from maskclip_bench.loading import load_model
+    from maskclip_bench.model_loading import load_model
     from maskclip_core.checkpoint import save_checkpoint
 
     state = _tiny_state()
@@ -431,7 +431,7 @@ def test_flipped_bit_is_named_as_a_sidecar_mismatch_on_export(tmp_path, capsys):
 
 
 def test_plain_state_dict_with_a_mismatching_sidecar_is_refused(tmp_path):
-    from maskclip_bench.loading import load_model
+    from maskclip_bench.model_loading import load_model
     from maskclip_core.towers import create_clip
 
     path = tmp_path / "plain.pt"

@@ -15,7 +15,7 @@ from maskclip_core.towers import create_clip
 from maskclip_bench import evaluators
 from maskclip_bench import session as session_module
 from maskclip_bench.feature_cache import BASE_KIND
-from maskclip_bench.loading import load_live
+from maskclip_bench.model_loading import load_live
 from maskclip_bench.session import EvalSession
 from maskclip_bench.suites import plan_suite
 from maskclip_bench.tasks import LINEAR_PROBE, RETRIEVAL, ZEROSHOT

@@ -24,7 +24,7 @@ def test_round_trip_through_the_checkpoint_layout():
     state = TrainState(step=7, epoch=1, batch_in_epoch=3, samples=300, bad=4, skipped=2, consecutive=1,
                        scaler_skipped=5, train_s=12.5, eval_s=3.25)
     ckpt = state.to_checkpoint(cfg.to_dict(), setup.model, setup.teacher, setup.optimizer, setup.scaler)
-    # The layout loading.py and resume read, field by field.
+    # The layout model_loading.py and resume read, field by field.
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (7, 1, 3)
     assert ckpt["data"] == {"samples": 300, "bad": 4}
     assert ckpt["nonfinite"] == {"skipped": 2, "consecutive": 1, "scaler_skipped": 5}

@@ -75,7 +75,7 @@ def train_command(
         config = Path(out) / "config.json"  # resume continues the saved run unless flags change it
     cfg = build_config(config, set_, flags)
     if config is not None and explicit_config is None and model is None:
-        from maskclip_bench.loading import check_builtin_model
+        from maskclip_bench.model_loading import check_builtin_model
 
         check_builtin_model(cfg.model.name, f"{config}")  # a saved run folder never sends training to the network
     trust_typed_data_spec(cfg, flags, set_, allow_pipe and explicit_config is not None)
