@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
-import os
 import shutil
 import time
 import traceback
@@ -326,7 +325,6 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
     start = time.time()
     threads_before = torch.get_num_threads()
     try:
-        os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's per-class progress bars
         folder.mkdir(parents=True, exist_ok=True)
         if primary:
             (folder / CELL_ERROR).unlink(missing_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import tempfile
 import time
@@ -133,7 +132,6 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
     `wanted` (metric names) limits the evaluation to the datasets they need: none at all when only losses are
     wanted. `overrides` change the training config (to show what the check catches, never for a baseline).
     """
-    os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm's import: CLIP_benchmark's per-class bars
 
 
     seed = settings.seed if seed is None else seed

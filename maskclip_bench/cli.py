@@ -5,6 +5,7 @@ User errors (`MaskClipError`) are printed as one line and exit with status 2, ne
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -37,8 +38,21 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+# Commands whose output is a table or a log line per cell, not CLIP_benchmark's per-class progress bars.
+QUIET_COMMANDS = ("ablate", "check", "demo")
+
+
+def quiet_progress(argv: list[str]) -> None:
+    """Turn tqdm's bars off for a quiet command (`QUIET_COMMANDS`, or any with --quiet). Process-wide and once, at
+    the entry point: tqdm reads TQDM_DISABLE when it is imported, and the evaluators import it with
+    CLIP_benchmark, so a setting made later inside the library would not reach it."""
+    if (argv and argv[0] in QUIET_COMMANDS) or "--quiet" in argv:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    quiet_progress(list(sys.argv[1:] if argv is None else argv))
     _register_commands()
     try:
         app(args=argv, standalone_mode=True)

@@ -109,9 +109,8 @@ def evaluate(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str 
 
 def evaluate_quietly(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str | os.PathLike[str],
                      specs: Sequence[str] = ()) -> list[TaskResult]:
-    """`evaluate` without progress output (CLIP_benchmark's per-class bars off too): what `ablate`, `check` and
-    `demo` run on the checkpoints they train."""
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    """`evaluate` without progress lines: what `ablate`, `check` and `demo` run on the checkpoints they train
+    (their commands also turn CLIP_benchmark's tqdm bars off, see `maskclip_bench.cli.quiet_progress`)."""
     return evaluate(ckpt, plan, settings, results_dir, specs=specs).results
 
 

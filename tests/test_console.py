@@ -1,4 +1,6 @@
 """Command tables piped into a log are printed whole, not wrapped at rich's 80-column default."""
+import os
+
 from rich.table import Table
 
 from maskclip_bench.commands.console import LOG_WIDTH, command_console
@@ -21,3 +23,24 @@ def test_an_explicit_columns_setting_wins(monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     assert command_console().width == 100
     assert command_console(stderr=True).width == 100
+
+
+def _bars_disabled(argv: list[str]) -> bool:
+    """Whether CLIP_benchmark's tqdm bars are off after the entry point saw `argv` (a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from maskclip_bench.cli import quiet_progress; quiet_progress(sys.argv[1:]); "
+            "import maskclip_bench.tasks; from clip_benchmark.metrics import zeroshot_classification as z; "
+            "print(z.tqdm([1]).disable)")
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=True)
+    return out.stdout.strip() == "True"
+
+
+def test_quiet_commands_turn_clip_benchmarks_bars_off_at_the_entry_point():
+    from maskclip_bench.cli import QUIET_COMMANDS
+
+    assert QUIET_COMMANDS == ("ablate", "check", "demo")  # each also quiet, by the same branch as --quiet
+    assert _bars_disabled(["zeroshot", "--ckpt", "x", "--quiet"])
+    assert not _bars_disabled(["zeroshot", "--ckpt", "x"])

@@ -112,7 +112,6 @@ def ablate_command(
                                          "cluster) or a submitit plugin's executor name"),
 ) -> None:
     """Train and evaluate every cell of a grid (values x seeds), resumably; write mean ± std tables and plots."""
-    os.environ.setdefault("TQDM_DISABLE", "1")
     from maskclip_bench.commands.console import command_console
 
     from maskclip_bench import ablate, grid_status

@@ -25,9 +25,6 @@ def demo_command(
                                                     "test=200,train=400,val=100 (default: the suite's sizes)"),
 ) -> None:
     """Train clip and maskclip on `shapes`, evaluate both, print the comparison."""
-    import os
-
-    os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: CLIP_benchmark's per-class bars
     from maskclip_bench.commands.console import command_console
     from rich.table import Table
 

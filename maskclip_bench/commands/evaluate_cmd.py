@@ -8,7 +8,6 @@ commands so `maskclip-bench --help` stays fast.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -101,8 +100,6 @@ def execute(
 
     from maskclip_bench.evaluation import EvalSettings, evaluate
 
-    if quiet:
-        os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's per-class progress bar
     err = command_console(stderr=True)
     log = None if quiet else (lambda message: err.print(f"[dim]{escape(message)}[/dim]"))
     settings = EvalSettings(batch_size=batch_size, seed=seed, workers=workers, device=device, cache_dir=cache_dir,
