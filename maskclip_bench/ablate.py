@@ -29,6 +29,7 @@ from maskclip_core.config import TrainConfig, set_value, validate
 from maskclip_core.distributed import world_info_from_env
 from maskclip_core.ema import default_momentum
 from maskclip_core.errors import ConfigError
+from maskclip_core.thread_limit import thread_limit
 from maskclip_core.trainer import train
 
 from . import perf
@@ -318,48 +319,45 @@ def run_cell(job: CellJob, job_id: str = "") -> CellResult:
     Under a data-parallel launch (a SLURM job with one task per GPU) every rank trains; rank 0 alone evaluates
     and writes the cell's files. `job_id` is the scheduler's, noted in ``attempt.json`` for ``--status``.
     """
-
-
     folder = Path(job.folder)
     primary = world_info_from_env()[1] == 0
     start = time.time()
-    threads_before = torch.get_num_threads()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if primary:
-            (folder / CELL_ERROR).unlink(missing_ok=True)
-            record_attempt(folder, job_id)
-        torch.set_num_threads(job.threads)
-        cfg = TrainConfig.from_dict(job.config)
-        ckpt = folder / "checkpoints" / "last.pt"
-        run = train(cfg, resume=ckpt.is_file(), on_eval=make_eval_hook(cfg) if cfg.run.eval_every > 0 else None)
-        if run.stopped_early:  # SIGTERM: the checkpoint is saved; a rerun resumes the cell, never scores it half-trained
-            raise InterruptedError(f"training stopped at step {run.steps} by SIGTERM; rerun the grid to resume")
-        if not primary:
-            return CellResult(str(folder), "done", job.values, job.seed, {}, time.time() - start)
-        records = folder / "records"
-        shutil.rmtree(records, ignore_errors=True)  # records of an interrupted evaluation would double count
-        metrics = evaluate_cell(ckpt, records, job.eval_spec, job.seed)
-        last = run.last_metrics or _last_logged(folder)
-        for key in ("loss", "loss_contrastive", "loss_distill", "loss_mlm"):
-            if last.get(key) is not None:
-                metrics[f"train/{key}"] = float(last[key])
-        wall = time.time() - start
-        write_json_atomic(folder / CELL_MARKER, {
-            "values": job.values, "seed": job.seed, "config": job.config, "metrics": metrics,
-            "steps": run.steps, "train_wall_time_s": run.wall_time_s, "wall_time_s": wall,
-            # Training seconds alone (evaluations while training left out): the cost a compute-matched row matches.
-            "train_seconds": last.get("wall_s"),
-            "eval": {"suite": job.eval_spec.suite, "datasets": list(job.eval_spec.datasets)},
-        })
-        return CellResult(str(folder), "done", job.values, job.seed, metrics, wall)
-    except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
-        if primary:
-            write_text_atomic(folder / CELL_ERROR, traceback.format_exc())
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        return CellResult(str(folder), "failed", job.values, job.seed, {}, time.time() - start, message)
-    finally:
-        torch.set_num_threads(threads_before)
+    with thread_limit(job.threads):  # the cell's own count for its training and evaluation, restored after
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if primary:
+                (folder / CELL_ERROR).unlink(missing_ok=True)
+                record_attempt(folder, job_id)
+            cfg = TrainConfig.from_dict(job.config)
+            ckpt = folder / "checkpoints" / "last.pt"
+            hook = make_eval_hook(cfg) if cfg.run.eval_every > 0 else None
+            run = train(cfg, resume=ckpt.is_file(), on_eval=hook)
+            # SIGTERM: the checkpoint is saved; a rerun resumes the cell, never scores it half-trained.
+            if run.stopped_early:
+                raise InterruptedError(f"training stopped at step {run.steps} by SIGTERM; rerun the grid to resume")
+            if not primary:
+                return CellResult(str(folder), "done", job.values, job.seed, {}, time.time() - start)
+            records = folder / "records"
+            shutil.rmtree(records, ignore_errors=True)  # records of an interrupted evaluation would double count
+            metrics = evaluate_cell(ckpt, records, job.eval_spec, job.seed)
+            last = run.last_metrics or _last_logged(folder)
+            for key in ("loss", "loss_contrastive", "loss_distill", "loss_mlm"):
+                if last.get(key) is not None:
+                    metrics[f"train/{key}"] = float(last[key])
+            wall = time.time() - start
+            write_json_atomic(folder / CELL_MARKER, {
+                "values": job.values, "seed": job.seed, "config": job.config, "metrics": metrics,
+                "steps": run.steps, "train_wall_time_s": run.wall_time_s, "wall_time_s": wall,
+                # Training seconds alone (evaluations while training left out): what a compute-matched row matches.
+                "train_seconds": last.get("wall_s"),
+                "eval": {"suite": job.eval_spec.suite, "datasets": list(job.eval_spec.datasets)},
+            })
+            return CellResult(str(folder), "done", job.values, job.seed, metrics, wall)
+        except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
+            if primary:
+                write_text_atomic(folder / CELL_ERROR, traceback.format_exc())
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return CellResult(str(folder), "failed", job.values, job.seed, {}, time.time() - start, message)
 
 
 def cost_line(cells: Sequence[Mapping[str, Any]], axis: str) -> str:

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
 
 from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.config import TrainConfig, apply_overrides, validate
@@ -131,22 +130,17 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
 
     `wanted` (metric names) limits the evaluation to the datasets they need: none at all when only losses are
     wanted. `overrides` change the training config (to show what the check catches, never for a baseline).
+    Training and evaluation each set the check's thread count for themselves and restore the caller's.
     """
-
-
     seed = settings.seed if seed is None else seed
-    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="maskclip-check-", dir=workdir) as tmp:
-        try:
-            run = train(train_config(settings, seed, Path(tmp), overrides))
-            specs = [s for s in eval_specs(settings)
-                     if wanted is None or any(m.startswith(s.split(":", 1)[0] + "/") for m in wanted)]
-            results = [] if not specs else evaluate_quietly(
-                str(Path(tmp) / "checkpoints" / "last.pt"), lambda session: _plan(session, specs),
-                EvalSettings(batch_size=max(settings.test_size, 1), no_cache=True, threads=settings.threads),
-                Path(tmp) / "records", specs=specs)
-        finally:
-            torch.set_num_threads(threads)
+        run = train(train_config(settings, seed, Path(tmp), overrides))
+        specs = [s for s in eval_specs(settings)
+                 if wanted is None or any(m.startswith(s.split(":", 1)[0] + "/") for m in wanted)]
+        results = [] if not specs else evaluate_quietly(
+            str(Path(tmp) / "checkpoints" / "last.pt"), lambda session: _plan(session, specs),
+            EvalSettings(batch_size=max(settings.test_size, 1), no_cache=True, threads=settings.threads),
+            Path(tmp) / "records", specs=specs)
     # The final losses learn visibly within the short budget, before zero-shot accuracy leaves chance.
     metrics = {f"train/{k}": float(run.last_metrics[k]) for k in ("loss", "loss_contrastive", "loss_distill",
                                                                     "loss_mlm") if run.last_metrics.get(k) is not None}

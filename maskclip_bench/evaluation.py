@@ -6,14 +6,12 @@ features), writes one record per task as it finishes and returns the results. It
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-import torch
-from threadpoolctl import threadpool_limits
+from maskclip_core.thread_limit import thread_limit
 
 from .eval_data.shapes_tasks import parse_shapes_spec
 from .eval_data.spec import split_kind
@@ -58,23 +56,6 @@ def check_specs(specs: Sequence[str]) -> None:
             parse_shapes_spec(rest)
 
 
-@contextlib.contextmanager
-def limited_threads(threads: int) -> Iterator[None]:
-    """torch and BLAS (numpy, scikit-learn: the probes are BLAS-bound) limited to `threads`, restored after;
-    nothing changes for 0."""
-    if threads <= 0:
-        yield
-        return
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def evaluate(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str | os.PathLike[str], *,
              model_name: str | None = None, specs: Sequence[str] = (),
              log: Callable[[str], None] | None = None,
@@ -102,7 +83,7 @@ def evaluate(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str 
         if on_result is not None:
             on_result(result)
 
-    with limited_threads(settings.threads):
+    with thread_limit(settings.threads, blas=True):
         results = run_suite(session, planned, on_result=save)
     return Evaluation(results, written, loaded)
 

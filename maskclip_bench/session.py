@@ -6,9 +6,9 @@ probe share the test features. A dataset view may also say that it shows part of
 tasks show too (the shapes tasks ``shape``, ``color``, ``shape_color``, ``count``, ``compositional``,
 ``retrieval`` and ``dense`` all show the same rendered test images): it offers ``shared_image_set()``,
 ``shared_pass_labels()`` and ``select_features()``, and the session runs one pass for all of them that also keeps
-every label. The session itself knows no dataset by name. Features come from memory within a session and from the on-disk `FeatureCache`
-across sessions. Before running, a suite announces every (image set, feature kinds) it will ask for (`plan`), so
-the single pass computes the union of kinds (e.g. projected + pooled + patch tokens).
+every label. The session itself knows no dataset by name. Features come from memory within a session and from
+the on-disk `FeatureCache` across sessions. Before running, a suite announces every (image set, feature kinds) it
+will ask for (`plan`), so the single pass computes the union of kinds (e.g. projected + pooled + patch tokens).
 """
 from __future__ import annotations
 

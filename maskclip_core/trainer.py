@@ -29,6 +29,7 @@ from .precision import PrecisionChoice, resolve_precision
 from .reporting import Reporter, build_reporters, report
 from .runlog import LOSS_KEYS, MetricsLog
 from .step import Stepper, make_step_batch
+from .thread_limit import thread_limit
 from .towers import image_size_of
 from .training_setup import build_training_setup, train_transform, wrap_forward
 
@@ -86,15 +87,14 @@ def train(
     loss over the global batch, rank 0 alone writing; the result equals one process with the global batch.
     """
     validate(cfg)
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    env = init_distributed(cfg.run.device)
-    try:
-        cfg = resolve_for_device(cfg, env)
-        return _train(cfg, env, resume, on_log, on_step, on_eval)
-    finally:
-        if env.distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    with thread_limit(cfg.run.threads):
+        env = init_distributed(cfg.run.device)
+        try:
+            cfg = resolve_for_device(cfg, env)
+            return _train(cfg, env, resume, on_log, on_step, on_eval)
+        finally:
+            if env.distributed and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
 
 def resolve_for_device(cfg: TrainConfig, env: DistEnv) -> TrainConfig:

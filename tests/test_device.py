@@ -1,4 +1,4 @@
-"""The one device resolver (`maskclip_core.distributed.pick_device`), which training, evaluation and bench share."""
+"""The one device resolver (`maskclip_core.distributed.pick_device`) and the one thread limit (`thread_limit`)."""
 from __future__ import annotations
 
 import pytest
@@ -30,3 +30,21 @@ def test_names_with_gpus(monkeypatch):
     assert pick_device("auto", local_rank=2) == torch.device("cuda:2")
     assert pick_device("cuda:1", local_rank=3) == torch.device("cuda:1")  # an explicit index wins
     assert pick_device("cpu", local_rank=3) == torch.device("cpu")
+
+
+def test_thread_limit_sets_and_restores():
+    from threadpoolctl import threadpool_info
+
+    from maskclip_core.thread_limit import thread_limit
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with thread_limit(target, blas=True):
+        assert torch.get_num_threads() == target
+        assert all(pool["num_threads"] <= target for pool in threadpool_info())
+    assert torch.get_num_threads() == before
+    with thread_limit(0):  # 0: leave everything alone
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), thread_limit(target):
+        raise RuntimeError("a failing block")
+    assert torch.get_num_threads() == before  # restored on the way out of a failure too
