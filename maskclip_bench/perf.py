@@ -38,7 +38,7 @@ from maskclip_core.precision import compute_context
 from maskclip_core.schedule import cosine_lr
 from maskclip_core.step import MAX_LOGIT_SCALE, Stepper, make_step_batch
 from maskclip_core.towers import check_model_name, create_clip, get_tokenizer
-from maskclip_core.training_setup import build_training_setup
+from maskclip_core.training_setup import build_training_setup, wrap_forward
 
 from .peak_memory import read_peak, reset_peak
 
@@ -212,6 +212,7 @@ class OurStep(TrainStep):
         cfg = TrainConfig()
         cfg.model.name = model_name
         cfg.run.precision, cfg.run.seed, cfg.run.fused_optimizer = precision, seed, fused
+        cfg.run.torchcompile = compile  # --torchcompile: the trainer's `run.torchcompile` (inductor)
         for key, value in {**(method or {}), **VARIANTS[variant]}.items():  # `method`: a run's own settings
             setattr(cfg.method, key, value)
         self.cfg = cfg
@@ -220,9 +221,8 @@ class OurStep(TrainStep):
         setup = build_training_setup(cfg, self.env)
         self.model, self.optimizer, self.masks = setup.model, setup.optimizer, setup.masks
         self.model.train()
-        # --torchcompile: the trainer's `run.torchcompile` (the forward compiled, inductor)
-        forward = torch.compile(self.model, backend=cfg.run.compile_backend) if compile else None
-        self.stepper = Stepper(cfg, self.model, self.optimizer, self.env, setup.teacher, forward, setup.scaler)
+        self.stepper = Stepper(cfg, self.model, self.optimizer, self.env, setup.teacher,
+                               wrap_forward(self.model, cfg, self.env), setup.scaler)
         self.steps_done = 0
 
     def __call__(self) -> torch.Tensor:

@@ -158,7 +158,7 @@ class TrainState:
     """
 
     step: int = 0
-    epoch: int = 0  # the data stream's position: epoch and batch within it
+    epoch: int = 0  # the data stream's position (epoch, batch within it), taken from the stream at each checkpoint
     batch_in_epoch: int = 0
     samples: int = 0  # training samples read, bad ones included
     bad: int = 0  # unreadable or empty samples skipped

@@ -184,6 +184,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
     def checkpoint() -> None:
         if env.is_primary:
             clock.training_seconds()
+            state.epoch, state.batch_in_epoch = stream.epoch, stream.batch_in_epoch  # the stream owns its position
             ckpts.save(state.to_checkpoint(cfg.to_dict(), model, teacher, optimizer, scaler))
         barrier(env)  # no rank runs ahead of a checkpoint it might have to resume from
 
@@ -238,7 +239,6 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
                         f"the last good checkpoint is {ckpts.last}"
                     )
             state.step = step = step + 1
-            state.epoch, state.batch_in_epoch = stream.epoch, stream.batch_in_epoch
             window_samples += global_batch
             if on_step is not None and env.is_primary:
                 on_step(step, total)
