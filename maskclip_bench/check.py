@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.config import TrainConfig, apply_overrides, validate
 from maskclip_core.data.shapes import classnames
+from maskclip_core.data.spec_syntax import split_spec
 from maskclip_core.errors import ConfigError
 from maskclip_core.towers import available_models
 from maskclip_core.trainer import train
@@ -136,7 +137,7 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
     with tempfile.TemporaryDirectory(prefix="maskclip-check-", dir=workdir) as tmp:
         run = train(train_config(settings, seed, Path(tmp), overrides))
         specs = [s for s in eval_specs(settings)
-                 if wanted is None or any(m.startswith(s.split(":", 1)[0] + "/") for m in wanted)]
+                 if wanted is None or any(m.startswith(split_spec(s).kind + "/") for m in wanted)]
         results = [] if not specs else evaluate_quietly(
             str(Path(tmp) / "checkpoints" / "last.pt"), lambda session: _plan(session, specs),
             EvalSettings(batch_size=max(settings.test_size, 1), no_cache=True, threads=settings.threads),
@@ -145,7 +146,7 @@ def measure(settings: CheckSettings, seed: int | None = None, workdir: Path | No
     metrics = {f"train/{k}": float(run.last_metrics[k]) for k in ("loss", "loss_contrastive", "loss_distill",
                                                                     "loss_mlm") if run.last_metrics.get(k) is not None}
     for r in results:
-        name = r.dataset.split(":", 1)[0]
+        name = split_spec(r.dataset).kind
         for key, value in r.metrics.items():
             if key in ("acc1", "image_retrieval_recall@5", "text_retrieval_recall@5"):
                 metrics[f"{name}/{key}"] = float(value)

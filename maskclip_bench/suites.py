@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from maskclip_core.data.spec_syntax import split_spec
 from maskclip_core.errors import DataError
 
 from .eval_data.shapes_tasks import parse_shapes_spec
@@ -66,8 +67,7 @@ class PlannedTask:
 
 
 def _is_bare_shapes(spec: str) -> bool:
-    head = spec.strip().partition(":")[0].strip().lower()
-    return head == "shapes"
+    return split_spec(spec).kind == "shapes"
 
 
 # Shapes options each kind of task depends on; the others are left out of its dataset name, so a suite's
@@ -95,7 +95,7 @@ def plan_suite(session: EvalSession, suite: str | None, datasets: Sequence[str] 
     extra: list[str] = []
     for spec in datasets:
         if chosen is not None and _is_bare_shapes(spec):
-            shapes_opts = spec.strip().partition(":")[2].strip()
+            shapes_opts = split_spec(spec).rest
         else:
             extra.append(spec)
     kinds = chosen.kinds if chosen else frozenset({ZEROSHOT, RETRIEVAL, LINEAR_PROBE, DENSE})

@@ -281,8 +281,8 @@ def test_wds_partly_missing_shards_warn(shards, tokenizer, transform, caplog):
     [
         ("shapes", DataSpec("shapes", None, {})),
         ("shapes:", DataSpec("shapes", None, {})),
-        ("shapes:difficulty=0.5", DataSpec("shapes", None, {"difficulty": "0.5"})),
-        (" shapes: difficulty = 0.25 , size=100 ", DataSpec("shapes", None, {"difficulty": "0.25", "size": "100"})),
+        ("shapes:difficulty=0.5", DataSpec("shapes", None, {"difficulty": 0.5})),
+        (" shapes: difficulty = 0.25 , size=100 ", DataSpec("shapes", None, {"difficulty": 0.25, "size": 100})),
         ("csv:/data/train.csv", DataSpec("csv", "/data/train.csv", {})),
         ("csv:rel/pairs.tsv", DataSpec("csv", "rel/pairs.tsv", {})),
         ("wds:/d/shard-{00000..00009}.tar", DataSpec("wds", "/d/shard-{00000..00009}.tar", {})),

@@ -329,7 +329,7 @@ def test_empty_folder_names_the_path(tmp_path):
     ("nosuchkind:/x", "unknown dataset spec"),
     ("wds:", "needs a location"),
     ("shapes/nosuchtask", "unknown shapes task"),
-    ("shapes/shape:bogus=1", "bad option"),
+    ("shapes/shape:bogus=1", "unknown option"),
     ("", "empty"),
 ])
 def test_bad_specs(spec, match):

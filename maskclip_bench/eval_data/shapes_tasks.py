@@ -46,8 +46,8 @@ import torch
 from torch.utils.data import Dataset
 
 from maskclip_core.data import shapes
-from maskclip_core.data import shapes as sh
 from maskclip_core.data.shapes import HELD_OUT_PAIRS, ShapesOptions, render
+from maskclip_core.data.spec_syntax import parse_options, split_spec
 from maskclip_core.errors import DataError
 
 from .common import LazySplits, collate_for, mask_like_image, resolve_templates
@@ -199,22 +199,15 @@ class ShapesTaskDataset(Dataset):
 
 def parse_shapes_spec(spec: str) -> tuple[str | None, dict[str, Any]]:
     """Split ``shapes[/task][:k=v,...]`` into (task or None, parsed options)."""
-    head, _, opts = spec.strip().partition(":")
-    _, slash, task = head.partition("/")
-    task_name = task.strip().lower() if slash else None
+    parts = split_spec(spec)
+    _, slash, task = parts.kind.partition("/")
+    task_name = task.strip() if slash else None
     if task_name is not None and task_name not in TASKS:
         raise DataError(f"unknown shapes task '{task_name}' in '{spec}' (choose {', '.join(TASKS)})")
-    options: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in opts.split(","))):
-        key, eq, value = (p.strip() for p in item.partition("="))
-        if not eq or key not in _OPTIONS:
-            raise DataError(f"bad option '{item}' in '{spec}' (shapes options: {', '.join(_OPTIONS)}, as key=value)")
-        try:
-            options[key] = _OPTIONS[key](value)
-        except ValueError:
-            raise DataError(f"option {key}={value!r} in '{spec}' is not a valid {_OPTIONS[key].__name__}") from None
-        if key in DEFAULT_SIZES and options[key] <= 0:
-            raise DataError(f"option {key}={value} in '{spec}' must be a positive size")
+    options = parse_options(parts.rest, spec, _OPTIONS)
+    for key in DEFAULT_SIZES:
+        if key in options and options[key] <= 0:
+            raise DataError(f"option {key}={options[key]} in '{spec}' must be a positive size")
     try:
         generator_options(options).check()
     except DataError as exc:
@@ -258,7 +251,7 @@ def build_shapes(
     """Build one shapes task, or every task (a list) for a bare ``shapes`` spec."""
     task, options = parse_shapes_spec(spec)
     if task is None:
-        suffix = spec.strip().partition(":")[2]
+        suffix = split_spec(spec).rest
         return [build_shapes(f"shapes/{t}" + (f":{suffix}" if suffix else ""), transform=transform, split=split,
                              seed=seed, image_size=image_size, templates=templates) for t in TASKS]
 
@@ -274,7 +267,7 @@ def build_shapes(
         raise DataError(f"'{spec}' has no train split to evaluate on; use val or test")
 
     def make(split_name: str, size: int) -> Dataset:
-        return sh.ShapesDataset(split=split_name, size=size, image_size=image_size, seed=seed,
+        return shapes.ShapesDataset(split=split_name, size=size, image_size=image_size, seed=seed,
                                 difficulty=difficulty, transform=transform, options=gen)
 
     base = make(split, n)
@@ -290,11 +283,11 @@ def build_shapes(
     if kind == "retrieval":
         classnames, task_templates = None, None
     elif kind == "segmentation":
-        classnames = ["background", *sh.SHAPES]
+        classnames = ["background", *shapes.SHAPES]
         task_templates = resolve_templates(templates, templates_for("shape"))
     else:
         label = {"compositional": "shape_color", "shape_probe": "shape", "shape_single": "shape"}.get(task, task)
-        classnames = sh.classnames(label)
+        classnames = shapes.classnames(label)
         task_templates = resolve_templates(templates, templates_for(label))
 
     splits: dict[str, Dataset] | LazySplits = {}

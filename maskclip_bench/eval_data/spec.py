@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from maskclip_core.data.spec_syntax import split_spec
 from maskclip_core.errors import DataError
 
 from .ade20k import build_ade20k
@@ -88,17 +89,15 @@ TASKS: tuple[str, ...] = ("classification", "retrieval", "segmentation")
 
 def split_kind(spec: str) -> tuple[str, str]:
     """``"kind:rest"`` -> (kind, rest); shapes specs keep their task and options in ``rest``."""
-    text = spec.strip()
-    if not text:
+    if not spec.strip():
         raise DataError("empty dataset spec")
-    head, sep, rest = text.partition(":")
-    kind = head.strip().lower()
+    parts = split_spec(spec)
+    kind, rest = parts.kind, parts.rest
     if kind == "shapes" or kind.startswith("shapes/"):
-        return "shapes", text
+        return "shapes", spec.strip()
     if kind not in KINDS:
         raise DataError(f"unknown dataset spec '{spec}' (kinds: {', '.join(KINDS)})")
-    rest = rest.strip()
-    if not sep or not rest:
+    if not rest:
         where = "NAME[@ROOT]" if kind == "clip_benchmark" else "DIR"
         raise DataError(f"dataset spec '{spec}' needs a location: {kind}:{where}")
     return kind, rest

@@ -10,7 +10,8 @@ Forms:
 * ``csv:PATH`` - a CSV or TSV file in open_clip's format (see :mod:`.csv_dataset`).
 * ``wds:PATTERN`` - WebDataset shards, e.g. ``wds:/data/shard-{00000..00009}.tar``.
 
-Only the first colon separates the kind, so paths and URLs may contain colons.
+Only the first colon separates the kind, so paths and URLs may contain colons (the grammar, shared with the
+evaluation specs, is in :mod:`.spec_syntax`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any, Callable
 import torch
 
 from maskclip_core.errors import DataError
+
+from .spec_syntax import parse_options, split_spec
 
 KINDS = ("shapes", "csv", "wds")
 # Option name -> parser; these map onto ShapesDataset's constructor arguments.
@@ -38,22 +41,7 @@ class DataSpec:
 
     kind: str  # "shapes" | "csv" | "wds"
     path: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
-
-
-def _parse_options(text: str, spec: str) -> dict[str, str]:
-    """Parse ``k=v,k2=v2`` (whitespace around items ignored) into a dict."""
-    options: dict[str, str] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key:
-            raise DataError(f"bad option {item!r} in data spec {spec!r} (use key=value)")
-        options[key] = value
-    return options
+    options: dict[str, Any] = field(default_factory=dict)  # typed values of the shapes options
 
 
 def parse_data_spec(spec: str) -> DataSpec:
@@ -62,38 +50,27 @@ def parse_data_spec(spec: str) -> DataSpec:
     Raises:
         DataError: for an unknown kind, a missing path, or malformed/unknown shapes options.
     """
-    text = spec.strip()
-    head, sep, rest = text.partition(":")
-    kind = head.strip().lower()
+    parts = split_spec(spec)
+    kind, rest = parts.kind, parts.rest
     if kind not in KINDS:
         raise DataError(f"unknown data spec {spec!r} ({_USAGE})")
 
     if kind == "shapes":
-        options = _parse_options(rest, spec) if sep else {}
-        unknown = sorted(set(options) - set(_SHAPES_OPTIONS))
-        if unknown:
-            raise DataError(f"unknown option {unknown[0]!r} in data spec {spec!r} "
-                            f"(shapes takes {', '.join(_SHAPES_OPTIONS)})")
-        for key, value in options.items():
-            try:
-                _SHAPES_OPTIONS[key](value)
-            except ValueError:
-                raise DataError(f"option {key}={value!r} in data spec {spec!r} is not a valid "
-                                f"{_SHAPES_OPTIONS[key].__name__}") from None
+        options = parse_options(rest, spec, _SHAPES_OPTIONS)
         try:
             shapes_options(options).check()
         except DataError as exc:
             raise DataError(f"{exc} (data spec {spec!r})") from None
         return DataSpec(kind="shapes", path=None, options=options)
 
-    path = rest.strip()
+    path = rest
     if not path:
         placeholder = "PATH" if kind == "csv" else "PATTERN"
         raise DataError(f"data spec {spec!r} needs a location: {kind}:{placeholder}")
     return DataSpec(kind=kind, path=path, options={})
 
 
-def shapes_options(options: dict[str, str]) -> Any:
+def shapes_options(options: dict[str, Any]) -> Any:
     """The ShapesOptions of a parsed ``shapes:`` spec: its generator options over ShapesOptions' defaults."""
     from maskclip_core.data.shapes import ShapesOptions
 
