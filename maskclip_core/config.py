@@ -82,7 +82,7 @@ class MethodConfig:
 
 @dataclass
 class DataConfig:
-    """Where training pairs come from: `shapes`, `csv:PATH` or `wds:PATTERN`."""
+    """Where training pairs come from: `shapes`, `csv:PATH` or `shards:PATTERN` (also spelled `wds:PATTERN`)."""
 
     spec: str = "shapes"
     csv_img_key: str = "filepath"

@@ -266,6 +266,26 @@ def test_wds_no_matching_shards(tmp_path, tokenizer, transform):
     assert pattern in str(info.value)
 
 
+def test_shards_is_the_training_name_of_wds(shards):
+    folder, _ = shards
+    pattern = str(folder / "shard-{00000..00001}.tar")
+    assert parse_data_spec(f"shards:{pattern}") == parse_data_spec(f"wds:{pattern}") == DataSpec("wds", pattern, {})
+
+
+def test_a_folder_as_training_shards_is_refused_with_the_layout_hint(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(DataError) as info:
+        parse_data_spec(f"shards:{plain}")
+    assert f"names a folder; training reads shard files, e.g. shards:{plain}/{{00000..00009}}.tar" in str(info.value)
+    assert "clip_benchmark_wds" not in str(info.value)
+    benchmark = tmp_path / "bench"
+    (benchmark / "test").mkdir(parents=True)
+    (benchmark / "test" / "nshards.txt").write_text("1\n")
+    with pytest.raises(DataError, match=f"evaluate on it with --dataset clip_benchmark_wds:{benchmark}"):
+        parse_data_spec(f"wds:{benchmark}")
+
+
 def test_wds_partly_missing_shards_warn(shards, tokenizer, transform, caplog):
     folder, _ = shards
     with caplog.at_level(logging.WARNING, logger="maskclip_core.data.wds_dataset"):
@@ -296,7 +316,7 @@ def test_parse_data_spec(text, expected):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("imagenet", "unknown data spec 'imagenet' (use shapes, csv:PATH or wds:PATTERN)"),
+        ("imagenet", "unknown data spec 'imagenet' (use shapes, csv:PATH or shards:PATTERN (also spelled wds:PATTERN))"),
         ("/data/train.csv", "unknown data spec"),
         ("csv", "needs a location: csv:PATH"),
         ("wds:  ", "needs a location: wds:PATTERN"),

@@ -449,3 +449,17 @@ def test_export_errors(tmp_path):
     with pytest.raises(DataError, match="not empty"):
         export_dataset("shapes/shape:test=2", "test", "wds", tmp_path / "e")
     assert export_dataset("shapes/shape:test=3", "test", "wds", tmp_path / "e", overwrite=True).num_samples == 3
+
+
+def test_clip_benchmark_wds_is_the_new_name_of_wds_and_reads_the_same(tmp_path):
+    out = tmp_path / "wds_cls"
+    export_dataset("shapes/shape_color:test=4", "test", "wds", out, samples_per_shard=3)
+    old, new = (build_eval_dataset(f"{kind}:{out}", transform=TF) for kind in ("wds", "clip_benchmark_wds"))
+    assert new.name == old.name  # records and cache keys do not depend on the spelling
+    assert [new.dataset[i][1] for i in range(4)] == [old.dataset[i][1] for i in range(4)]
+
+
+@pytest.mark.parametrize("location", ["/data/shard-{00000..00009}.tar", "/data/one.tar"])
+def test_training_shards_given_to_evaluation_name_the_layout_it_reads(location):
+    with pytest.raises(DataError, match="names webdataset shards .* clip_benchmark_wds:DIR"):
+        build_eval_dataset(f"wds:{location}", transform=TF)

@@ -75,7 +75,7 @@ def ablate_command(
     steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps per cell"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="per GPU (per rank), as in `train`"),
     model: Optional[str] = typer.Option(None, "--model", help="open_clip model config name"),
-    data: Optional[str] = typer.Option(None, "--data", help="training data spec (shapes | csv:PATH | wds:PATTERN)"),
+    data: Optional[str] = typer.Option(None, "--data", help="training data spec (shapes | csv:PATH | shards:PATTERN)"),
     suite: str = typer.Option("quick", "--suite", help="evaluation suite of each cell (quick | shapes | full)"),
     eval_dataset: list[str] = typer.Option([], "--eval-dataset", help="extra eval dataset (repeatable); a bare "
                                            "shapes:test=N,train=N,val=N sets the suite's shapes sizes"),

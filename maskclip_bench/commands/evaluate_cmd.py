@@ -32,7 +32,7 @@ DATA_SEED = typer.Option(0, "--data-seed", help="seed of the built-in shapes dat
 TEMPLATES = typer.Option(None, "--templates", help="zero-shot prompts: openai_imagenet, slip, simple or a file")
 QUIET = typer.Option(False, "--quiet", help="no progress lines")
 THREADS = typer.Option(0, "--threads", help="torch and BLAS CPU threads (0: default; 1 is fastest on a busy machine)")
-DATASET = typer.Option(..., "--dataset", help="dataset spec: shapes/shape_color, wds:DIR, imagefolder:DIR, ...")
+DATASET = typer.Option(..., "--dataset", help="dataset spec: shapes/shape_color, clip_benchmark_wds:DIR, imagefolder:DIR, ...")
 
 
 

@@ -13,7 +13,7 @@ from maskclip_bench.commands.run_config import (announce_precision, build_config
 def train_command(
     method: Optional[str] = typer.Option(None, help="clip or maskclip"),
     model: Optional[str] = typer.Option(None, help="open_clip model config name, e.g. MaskCLIP-Tiny-8"),
-    data: Optional[str] = typer.Option(None, help="shapes | csv:PATH | wds:PATTERN"),
+    data: Optional[str] = typer.Option(None, help="shapes | csv:PATH | shards:PATTERN (webdataset shards; old spelling wds:PATTERN)"),
     steps: Optional[int] = typer.Option(None, help="optimizer steps"),
     epochs: Optional[float] = typer.Option(None, help="epochs (overrides --steps for data with a length)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),

@@ -104,7 +104,7 @@ def _build(name: str, root: Path, split: str, transform: Callable[[Any], Any] | 
                         f"{first_line(exc) if str(exc) else exc.__class__.__name__}") from None
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         raise DataError(f"clip_benchmark dataset '{name}' is a stream without a length; "
-                        "export it to the wds layout and use wds:DIR")
+                        "export it to the wds layout and use clip_benchmark_wds:DIR")
     bad = 0
     samples = getattr(dataset, "samples", None)
     if isinstance(samples, list) and samples and isinstance(samples[0], tuple):

@@ -7,7 +7,8 @@ selects the kind, so paths may contain colons:
 ``shapes``                     every task of the built-in shapes dataset (a list)
 ``shapes/<task>[:k=v,...]``    one task: shape, color, shape_color, count, compositional,
                                retrieval, dense (see ``shapes_tasks``)
-``wds:DIR``                    CLIP_benchmark's webdataset layout (``DIR/<split>/{0..n-1}.tar``)
+``clip_benchmark_wds:DIR``     CLIP_benchmark's webdataset layout (``DIR/<split>/{0..n-1}.tar``); the old
+                               spelling ``wds:DIR`` still works (training's ``wds:``/``shards:`` are shards)
 ``imagefolder:DIR``            a torchvision ImageFolder tree, optionally with train/val/test
 ``flickr30k:ROOT``             CLIP_benchmark's Flickr30k Karpathy layout
 ``mscoco:ROOT``                CLIP_benchmark's MS-COCO Karpathy layout (``mscoco_captions``)
@@ -54,6 +55,11 @@ def _shapes(kind: str, rest: str, r: BuildRequest) -> EvalDataset | list[EvalDat
 
 
 def _wds(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
+    if not root_path(rest).is_dir() and ("{" in rest or "::" in rest or rest.endswith(".tar")):
+        # The training layout's form: say which layout evaluation reads instead of "not a folder".
+        raise DataError(f"dataset spec '{kind}:{rest}' names webdataset shards (training's layout); evaluation "
+                        f"reads CLIP_benchmark's layout, a folder: clip_benchmark_wds:DIR with DIR/test/nshards.txt "
+                        f"and DIR/test/0.tar ... (write one with `maskclip-bench data export --format wds`)")
     return build_wds(root_path(rest), transform=r.transform, split=r.split, templates=r.templates,
                      verify_images=r.verify_images)
 
@@ -80,7 +86,7 @@ def _clip_benchmark(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
 
 # The dispatcher: spec kind -> reader (a new layout is one reader module and one entry here).
 BUILDERS: dict[str, Callable[[str, str, BuildRequest], EvalDataset | list[EvalDataset]]] = {
-    "shapes": _shapes, "wds": _wds, "imagefolder": _imagefolder, "flickr30k": _karpathy, "mscoco": _karpathy,
+    "shapes": _shapes, "clip_benchmark_wds": _wds, "wds": _wds, "imagefolder": _imagefolder, "flickr30k": _karpathy, "mscoco": _karpathy,
     "ade20k": _ade20k, "clip_benchmark": _clip_benchmark,
 }
 KINDS: tuple[str, ...] = tuple(BUILDERS)

@@ -8,7 +8,9 @@ Forms:
   group size, 1 = off) and ``shape_only`` (fraction of captions naming shapes without colour or position).
   Defaults: ``ShapesOptions``' (the same for training and the evaluation sets).
 * ``csv:PATH`` - a CSV or TSV file in open_clip's format (see :mod:`.csv_dataset`).
-* ``wds:PATTERN`` - WebDataset shards, e.g. ``wds:/data/shard-{00000..00009}.tar``.
+* ``shards:PATTERN`` (or, as before, ``wds:PATTERN``) - WebDataset shards of image-caption pairs as img2dataset
+  writes them, e.g. ``shards:/data/shard-{00000..00009}.tar``. Evaluation reads another webdataset layout,
+  CLIP_benchmark's folders (``clip_benchmark_wds:DIR`` there); a folder given here is refused with that hint.
 
 Only the first colon separates the kind, so paths and URLs may contain colons (the grammar, shared with the
 evaluation specs, is in :mod:`.spec_syntax`).
@@ -16,7 +18,9 @@ evaluation specs, is in :mod:`.spec_syntax`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -26,13 +30,16 @@ from maskclip_core.errors import DataError
 from .spec_syntax import parse_options, split_spec
 
 KINDS = ("shapes", "csv", "wds")
+# `shards` names the training layout unambiguously (`wds` also means CLIP_benchmark's layout to the evaluation
+# specs); both parse to kind "wds", so configs and runs written before read the same.
+ALIASES = {"shards": "wds"}
 # Option name -> parser; these map onto ShapesDataset's constructor arguments.
 _SHAPES_OPTIONS: dict[str, Callable[[str], Any]] = {
     "difficulty": float, "size": int, "scale": float, "min_objects": int, "max_objects": int, "group": int,
     "shape_only": float,
 }
 _GENERATOR_OPTIONS = ("scale", "min_objects", "max_objects", "group", "shape_only")
-_USAGE = "use shapes, csv:PATH or wds:PATTERN"
+_USAGE = "use shapes, csv:PATH or shards:PATTERN (also spelled wds:PATTERN)"
 
 
 @dataclass
@@ -51,7 +58,7 @@ def parse_data_spec(spec: str) -> DataSpec:
         DataError: for an unknown kind, a missing path, or malformed/unknown shapes options.
     """
     parts = split_spec(spec)
-    kind, rest = parts.kind, parts.rest
+    kind, rest = ALIASES.get(parts.kind, parts.kind), parts.rest
     if kind not in KINDS:
         raise DataError(f"unknown data spec {spec!r} ({_USAGE})")
 
@@ -66,8 +73,21 @@ def parse_data_spec(spec: str) -> DataSpec:
     path = rest
     if not path:
         placeholder = "PATH" if kind == "csv" else "PATTERN"
-        raise DataError(f"data spec {spec!r} needs a location: {kind}:{placeholder}")
+        raise DataError(f"data spec {spec!r} needs a location: {parts.kind}:{placeholder}")
+    if kind == "wds" and os.path.isdir(os.path.expanduser(path)):
+        raise DataError(_folder_given(spec, path))
     return DataSpec(kind=kind, path=path, options={})
+
+
+def _folder_given(spec: str, path: str) -> str:
+    """The one line for a training shard spec that names a folder (the evaluation layout's form)."""
+    folder = Path(path).expanduser()
+    benchmark = (folder / "nshards.txt").is_file() or any((folder / s / "nshards.txt").is_file()
+                                                          for s in ("test", "train", "val"))
+    hint = (" (it holds CLIP_benchmark's evaluation layout: evaluate on it with --dataset "
+            f"clip_benchmark_wds:{path})" if benchmark else "")
+    return (f"data spec {spec!r} names a folder; training reads shard files, e.g. "
+            f"shards:{path.rstrip('/')}/{{00000..00009}}.tar{hint}")
 
 
 def shapes_options(options: dict[str, Any]) -> Any:
