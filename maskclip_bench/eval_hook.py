@@ -16,6 +16,7 @@ import torch
 from maskclip_core.config import TrainConfig
 from maskclip_core.errors import ConfigError, DataError
 from maskclip_core.periodic_eval import EvalHook
+from maskclip_core.precision import exact_fp32
 
 from .eval_data.shapes_tasks import parse_shapes_spec
 from .evaluation import metric_values
@@ -58,8 +59,9 @@ def make_eval_hook(cfg: TrainConfig, *, batch_size: int = 64, data_seed: int = 0
         session = EvalSession(loaded, batch_size=batch_size, seed=seed, data_seed=data_seed, device=device,
                               cache=FeatureCache(enabled=False))
         planned = plan_suite(session, suite, datasets=(f"shapes:{cfg.run.eval_shapes}",))
-        results = run_suite(session, planned,
-                            on_result=lambda r: write_record(result_record(r, session), out / EVALS_FOLDER))
+        with exact_fp32(session.device):
+            results = run_suite(session, planned,
+                                on_result=lambda r: write_record(result_record(r, session), out / EVALS_FOLDER))
         return headline_metrics(results)
 
     return hook

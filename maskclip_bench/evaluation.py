@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from maskclip_core.precision import exact_fp32
 from maskclip_core.thread_limit import thread_limit
 
 from .eval_data.shapes_tasks import parse_shapes_spec
@@ -83,7 +84,7 @@ def evaluate(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str 
         if on_result is not None:
             on_result(result)
 
-    with thread_limit(settings.threads, blas=True):
+    with thread_limit(settings.threads, blas=True), exact_fp32(session.device):
         results = run_suite(session, planned, on_result=save)
     return Evaluation(results, written, loaded)
 

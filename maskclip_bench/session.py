@@ -52,11 +52,8 @@ class EvalSession:
             raise DataError(f"workers must be >= 0, got {workers}")
         self.loaded = loaded
         self.batch_size, self.workers, self.seed, self.data_seed = batch_size, workers, seed, data_seed
+        # Callers run the session inside maskclip_core.precision.exact_fp32(device): no TF32 on CUDA, restored after.
         self.device = str(pick_device(device))
-        if self.device.startswith("cuda"):
-            # Exact fp32 like CLIP_benchmark with --no_amp: no TF32 in convolutions or matmuls.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
         self.cache = cache if cache is not None else FeatureCache(enabled=False)
         self.log = log or (lambda message: None)
         self.transform = transform_description(loaded.model)

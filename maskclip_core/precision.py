@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -133,3 +133,18 @@ def attention_context(device: torch.device) -> ContextManager:
     if device.type != "cpu" or os.environ.get(CPU_ATTENTION_ENV, "math") == "auto":
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.MATH])
+
+
+@contextlib.contextmanager
+def exact_fp32(device: str | torch.device) -> Iterator[None]:
+    """No TF32 in CUDA matmuls and convolutions for the block (CLIP_benchmark's fp32 with ``--no_amp``), the
+    switches restored after it, also on failure; on other devices nothing changes."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -1,5 +1,7 @@
-"""The one device resolver (`maskclip_core.distributed.pick_device`) and the one thread limit (`thread_limit`)."""
+"""The one device resolver (`pick_device`), the one thread limit (`thread_limit`) and the fp32 switch (`exact_fp32`)."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -48,3 +50,25 @@ def test_thread_limit_sets_and_restores():
     with pytest.raises(RuntimeError), thread_limit(target):
         raise RuntimeError("a failing block")
     assert torch.get_num_threads() == before  # restored on the way out of a failure too
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_exact_fp32_turns_tf32_off_on_cuda_and_restores_it(fails):
+    from maskclip_core.precision import exact_fp32
+
+    switches = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = [s.allow_tf32 for s in switches]
+    try:
+        for s in switches:
+            s.allow_tf32 = True  # the flags are plain settings: they can be set without a GPU
+        with contextlib.suppress(RuntimeError):
+            with exact_fp32("cuda:0"):
+                assert [s.allow_tf32 for s in switches] == [False, False]
+                if fails:
+                    raise RuntimeError("evaluation failed")
+        assert [s.allow_tf32 for s in switches] == [True, True]
+        with exact_fp32("cpu"):
+            assert [s.allow_tf32 for s in switches] == [True, True]  # CPU evaluation changes nothing
+    finally:
+        for s, value in zip(switches, before):
+            s.allow_tf32 = value

@@ -13,6 +13,9 @@ from typing import Any, Optional
 
 import typer
 
+from maskclip_bench.commands.options import (QUIET, SET, TRAIN_BATCH, TRAIN_DATA, TRAIN_MODEL, TRAIN_STEPS,
+                                             allow_pipe_option)
+
 
 class GridProgress:
     """Rich progress line: cells done / running / left / failed, elapsed time and an ETA from the mean cell time."""
@@ -68,14 +71,13 @@ def ablate_command(
     values: Optional[str] = typer.Option(None, "--values", help="comma-separated values replacing the grid's "
                                          "defaults (one --grid only)"),
     base_config: Optional[Path] = typer.Option(None, "--base-config", help="YAML/JSON config every cell starts from"),
-    allow_pipe: bool = typer.Option(False, "--allow-pipe", help="let the --base-config file's data spec run a "
-                                    "wds:pipe:COMMAND shell command (--data on the command line needs no flag)"),
-    set_: list[str] = typer.Option([], "--set", help="any other config field: key=value (repeatable)"),
+    allow_pipe: bool = allow_pipe_option("--base-config"),
+    set_: list[str] = SET,
     seeds: int = typer.Option(1, "--seeds", help="seeds per value (0 .. N-1)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps per cell"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="per GPU (per rank), as in `train`"),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip model config name"),
-    data: Optional[str] = typer.Option(None, "--data", help="training data spec (shapes | csv:PATH | shards:PATTERN)"),
+    steps: Optional[int] = TRAIN_STEPS,
+    batch_size: Optional[int] = TRAIN_BATCH,
+    model: Optional[str] = TRAIN_MODEL,
+    data: Optional[str] = TRAIN_DATA,
     suite: str = typer.Option("quick", "--suite", help="evaluation suite of each cell (quick | shapes | full)"),
     eval_dataset: list[str] = typer.Option([], "--eval-dataset", help="extra eval dataset (repeatable); a bare "
                                            "shapes:test=N,train=N,val=N sets the suite's shapes sizes"),
@@ -85,7 +87,7 @@ def ablate_command(
     workers: int = typer.Option(1, "--workers", help="cells run in parallel processes (--launcher local)"),
     threads: int = typer.Option(0, "--threads", help="torch threads per cell (0: cores // workers; with "
                                 "--launcher slurm, the job's CPUs per task, which --threads N also requests)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress display"),
+    quiet: bool = QUIET,
     tables_only: bool = typer.Option(False, "--tables-only", help="train nothing: write the tables from the cells "
                                      "finished so far (each row says how many seeds it has)"),
     reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="copy a cell whose config and eval equal a finished "

@@ -13,26 +13,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
+from maskclip_bench.commands.options import (CKPT, MODEL, BATCH, RESULTS, SEED, WORKERS, DEVICE, CACHE_DIR, NO_CACHE, DATA_SEED, TEMPLATES, QUIET, THREADS, DATASET)
+
 if TYPE_CHECKING:  # pragma: no cover
     from maskclip_bench.session import EvalSession
     from maskclip_bench.suites import PlannedTask
     from maskclip_bench.tasks import TaskResult
 
-# Options every evaluation command shares (typer reads these defaults).
-CKPT = typer.Option(..., "--ckpt", help="trainer checkpoint, open_clip checkpoint (with --model) or local-dir:DIR")
-MODEL = typer.Option(None, "--model", help="open_clip model name, required for a plain open_clip checkpoint")
-BATCH = typer.Option(64, "--batch-size", help="images per batch")
-RESULTS = typer.Option("results/runs", "--results-dir", help="folder receiving one JSON record per evaluation")
-SEED = typer.Option(0, "--seed", help="evaluation seed (probe init, splits, shuffling)")
-WORKERS = typer.Option(0, "--workers", help="DataLoader worker processes")
-DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (always fp32, no autocast)")
-CACHE_DIR = typer.Option(None, "--cache-dir", help="feature cache folder (default ~/.cache/maskclip-bench)")
-NO_CACHE = typer.Option(False, "--no-cache", help="do not read or write the feature cache")
-DATA_SEED = typer.Option(0, "--data-seed", help="seed of the built-in shapes data (fixes the test set)")
-TEMPLATES = typer.Option(None, "--templates", help="zero-shot prompts: openai_imagenet, slip, simple or a file")
-QUIET = typer.Option(False, "--quiet", help="no progress lines")
-THREADS = typer.Option(0, "--threads", help="torch and BLAS CPU threads (0: default; 1 is fastest on a busy machine)")
-DATASET = typer.Option(..., "--dataset", help="dataset spec: shapes/shape_color, clip_benchmark_wds:DIR, imagefolder:DIR, ...")
 
 
 

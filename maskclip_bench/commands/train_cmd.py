@@ -6,17 +6,19 @@ from typing import Optional
 
 import typer
 
+from maskclip_bench.commands.options import (QUIET, SET, TRAIN_BATCH, TRAIN_DATA, TRAIN_MODEL, TRAIN_STEPS,
+                                             allow_pipe_option)
 from maskclip_bench.commands.run_config import (announce_precision, build_config, check_model_and_data,
                                                 trust_typed_data_spec)
 
 
 def train_command(
     method: Optional[str] = typer.Option(None, help="clip or maskclip"),
-    model: Optional[str] = typer.Option(None, help="open_clip model config name, e.g. MaskCLIP-Tiny-8"),
-    data: Optional[str] = typer.Option(None, help="shapes | csv:PATH | shards:PATTERN (webdataset shards; old spelling wds:PATTERN)"),
-    steps: Optional[int] = typer.Option(None, help="optimizer steps"),
+    model: Optional[str] = TRAIN_MODEL,
+    data: Optional[str] = TRAIN_DATA,
+    steps: Optional[int] = TRAIN_STEPS,
     epochs: Optional[float] = typer.Option(None, help="epochs (overrides --steps for data with a length)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    batch_size: Optional[int] = TRAIN_BATCH,
     lr: Optional[float] = typer.Option(None),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio"),
     decoder_depth: Optional[int] = typer.Option(None, "--decoder-depth"),
@@ -53,10 +55,9 @@ def train_command(
     report_to: Optional[str] = typer.Option(None, "--report-to", help="also log scalars to tensorboard, wandb "
                                             "(offline unless WANDB_MODE is set) or tensorboard,wandb"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON config file"),
-    allow_pipe: bool = typer.Option(False, "--allow-pipe", help="let the --config file's data spec run a "
-                                    "wds:pipe:COMMAND shell command (--data on the command line needs no flag)"),
-    set_: list[str] = typer.Option([], "--set", help="any config field: key=value (repeatable)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    allow_pipe: bool = allow_pipe_option("--config"),
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
 ) -> None:
     """Train CLIP or MaskCLIP (same code, same data) and write config.json, metrics.jsonl and checkpoints."""
     flags = {
