@@ -29,7 +29,7 @@ bench: install
 
 # Mutation testing (not part of `make test`; CPU-heavy): mutmut over the modules and fast tests named in
 # pyproject.toml's [tool.mutmut], then the score per module. MUTANTS narrows the run to mutant-name globs,
-# e.g. MUTANTS='maskclip_bench.check.*'; MUTATE_JOBS sets the parallel workers. See results/mutation.md.
+# e.g. MUTANTS='maskclip_bench.experiments.regression.*'; MUTATE_JOBS sets the parallel workers. See results/mutation.md.
 MUTANTS     ?=
 MUTATE_JOBS ?= 1
 mutate: install

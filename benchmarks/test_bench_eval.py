@@ -43,7 +43,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def zeroshot_setup():
     from maskclip_bench.eval_data import build_eval_dataset
-    from maskclip_bench.model_loading import eval_transform
+    from maskclip_bench.evaluation.model_loading import eval_transform
     from maskclip_core.towers import create_clip, get_tokenizer
 
     torch.manual_seed(0)

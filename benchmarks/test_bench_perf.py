@@ -1,7 +1,7 @@
 """pytest-benchmark: one training step of each `maskclip-bench bench` variant (open_clip's loop, our clip,
 maskclip, maskclip with the masked contrastive view), tiny config, CPU, fp32 and bf16, on one fixed batch.
 
-The steps are `maskclip_bench.perf.build_step`, the same code the `bench` command times. Run with `make bench` or
+The steps are `maskclip_bench.perf.throughput.build_step`, the same code the `bench` command times. Run with `make bench` or
 `pytest benchmarks/test_bench_perf.py --benchmark-only`; MASKCLIP_BENCH_BATCH sets the batch (default 64).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from maskclip_bench import perf
+from maskclip_bench.perf import throughput as perf
 
 MODEL = "MaskCLIP-Tiny-8"
 BATCH = int(os.environ.get("MASKCLIP_BENCH_BATCH", "64"))

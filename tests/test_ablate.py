@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cli_runner import invoke_cli as _run_cli
-from maskclip_bench import ablate, aggregate
+from maskclip_bench.experiments import ablate
+from maskclip_bench.results import aggregate
 from maskclip_core.config import TrainConfig
 from maskclip_core.errors import ConfigError
 
@@ -100,7 +101,7 @@ def test_compute_grid_gives_clip_the_counted_flop_ratio():
     """The FLOP-matched value: MaskCLIP's step FLOPs over CLIP's, counted here with torch's counter directly."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from maskclip_bench import perf
+    from maskclip_bench.perf import throughput as perf
 
     base = TrainConfig()
     base.model.name, base.run.batch_size, base.method.mask_ratio = "MaskCLIP-Micro-8", 8, 0.5
@@ -190,7 +191,7 @@ def test_resume_skips_finished_and_resumes_interrupted(tiny_grid, monkeypatch):
     (interrupted / "cell.json").unlink()
     shutil.rmtree(interrupted / "records")
     calls = []
-    import maskclip_bench.ablate as trainer  # the trainer's `train` as the ablation calls it
+    import maskclip_bench.experiments.ablate as trainer  # the trainer's `train` as the ablation calls it
 
     real_train = trainer.train
 
@@ -210,7 +211,7 @@ def test_resume_skips_finished_and_resumes_interrupted(tiny_grid, monkeypatch):
 
 def test_identical_cell_of_a_sibling_grid_is_copied_not_retrained(tiny_grid, monkeypatch):
     root, _ = tiny_grid
-    import maskclip_bench.ablate as trainer  # the trainer's `train` as the ablation calls it
+    import maskclip_bench.experiments.ablate as trainer  # the trainer's `train` as the ablation calls it
 
     def no_training(*a, **kw):
         raise AssertionError("a reusable cell was trained again")
@@ -234,7 +235,7 @@ def test_identical_cell_of_a_sibling_grid_is_copied_not_retrained(tiny_grid, mon
 
 def test_tables_only_trains_nothing_and_counts_seeds_per_row(tiny_grid, monkeypatch, tmp_path):
     root, args = tiny_grid
-    import maskclip_bench.ablate as trainer  # the trainer's `train` as the ablation calls it
+    import maskclip_bench.experiments.ablate as trainer  # the trainer's `train` as the ablation calls it
 
     monkeypatch.setattr(trainer, "train", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("trained")))
     more_seeds = [a for a in args if a not in ("--tables", str(root / "tables"))]
@@ -246,7 +247,7 @@ def test_tables_only_trains_nothing_and_counts_seeds_per_row(tiny_grid, monkeypa
 
 
 def test_a_cell_stopped_by_sigterm_is_not_scored(tmp_path, monkeypatch):
-    import maskclip_bench.ablate as trainer  # the trainer's `train` as the ablation calls it
+    import maskclip_bench.experiments.ablate as trainer  # the trainer's `train` as the ablation calls it
     from maskclip_core.trainer import TrainResult
 
     monkeypatch.setattr(trainer, "train", lambda cfg, resume=False, **kw: TrainResult(
@@ -279,7 +280,7 @@ def test_changed_config_is_refused_and_failing_cell_reported(tiny_grid, tmp_path
 
 
 def _record(method, seed, acc1):
-    from maskclip_bench.records import make_record
+    from maskclip_bench.results.records import make_record
 
     cfg = TrainConfig().to_dict()
     cfg["method"]["name"], cfg["run"]["seed"], cfg["run"]["out"] = method, seed, f"runs/{method}/{seed}"
@@ -289,8 +290,8 @@ def _record(method, seed, acc1):
 
 
 def test_comparison_rows_from_records_and_empty_case(tmp_path):
-    from maskclip_bench.comparison import write_comparison
-    from maskclip_bench.records import write_record
+    from maskclip_bench.results.comparison import write_comparison
+    from maskclip_bench.results.records import write_record
 
     empty = write_comparison([tmp_path / "none"], tmp_path / "empty").read_text()
     assert "No records found" in empty and "ImageNet zero-shot top-1 | 37.6 | 42.7 | +5.1" in empty

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cli_runner import invoke_cli as _run_cli
-from maskclip_bench import grid_status
+from maskclip_bench.experiments import grid_status
 from maskclip_core.errors import ConfigError
 
 submitit = pytest.importorskip("submitit")
@@ -29,7 +29,7 @@ TINY = ["--batch-size", "8", "--model", "MaskCLIP-Tiny-8", "--data", "shapes", "
 
 
 def test_time_and_extra_parsing():
-    from maskclip_bench.submitit_launcher import parse_extra, parse_time
+    from maskclip_bench.experiments.submitit_launcher import parse_extra, parse_time
 
     # SLURM's formats, by hand: minutes; MM:SS; HH:MM:SS; D-HH; D-HH:MM:SS (seconds round up to a minute).
     assert parse_time("90") == 90
@@ -179,8 +179,8 @@ def test_status_read_back_from_the_grid_folder(tmp_path):
 
 
 def test_submitit_is_imported_only_by_the_slurm_launcher():
-    code = ("import sys, maskclip_bench.commands.ablate_cmd, maskclip_bench.ablate, maskclip_bench.grid_status, "
-            "maskclip_bench.submitit_launcher; assert 'submitit' not in sys.modules")
+    code = ("import sys, maskclip_bench.commands.ablate_cmd, maskclip_bench.experiments.ablate, maskclip_bench.experiments.grid_status, "
+            "maskclip_bench.experiments.submitit_launcher; assert 'submitit' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
     core = Path(__file__).resolve().parents[1] / "maskclip_core"
     assert not [p for p in core.rglob("*.py") if "submitit" in p.read_text()]

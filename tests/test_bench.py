@@ -1,4 +1,4 @@
-"""`maskclip-bench bench` and `maskclip_bench.perf`: the perf.md file (rows, ratios, per-device sections, GPU rows
+"""`maskclip-bench bench` and `maskclip_bench.perf.throughput`: the perf.md file (rows, ratios, per-device sections, GPU rows
 never estimated), and that the open_clip reference step computes the same loss as our clip step (like for like).
 
 Tiny settings throughout (batch 4, one step, one thread): these check the measuring code, not the numbers.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskclip_bench import perf
+from maskclip_bench.perf import throughput as perf
 
 MODEL = "MaskCLIP-Micro-8"  # the smallest towers: the bench mechanics, not its numbers, are tested
 TINY = ["--model", MODEL, "--batch-size", "4", "--steps", "1", "--threads", "1"]
@@ -147,7 +147,7 @@ def test_open_clip_reference_and_our_clip_compute_the_same_loss(one_thread):
 def test_breakdown_parts_cover_the_step_flops(variant, one_thread):
     """The parts, each run alone, add up to the whole step's FLOPs: what is left (the loss matmuls) is tiny. A part
     left out (e.g. the teacher forward) or counted twice shows as a large remainder."""
-    from maskclip_bench import cost_breakdown
+    from maskclip_bench.perf import cost_breakdown
 
     images, text = perf.make_batch(MODEL, 4, torch.device("cpu"), seed=1)
     costs = {c.part: c for c in cost_breakdown.measure_breakdown(variant, MODEL, images, text, "fp32", repeats=1)}
@@ -163,14 +163,14 @@ def test_breakdown_parts_cover_the_step_flops(variant, one_thread):
 
 
 def test_training_loop_reports_data_wait(tmp_path, one_thread):
-    from maskclip_bench import cost_breakdown
+    from maskclip_bench.perf import cost_breakdown
 
     loop = cost_breakdown.measure_training_loop("clip", MODEL, 4, "fp32", steps=2, window=1, workers=0)
     assert loop.samples_per_s > 0 and 0.0 <= loop.data_wait_fraction < 1.0
 
 
 def test_largest_fitting_batch_equals_a_brute_force_scan():
-    from maskclip_bench.memory import largest_fitting
+    from maskclip_bench.perf.memory import largest_fitting
 
     for threshold in [1, 2, 3, 5, 8, 13, 64, 65, 100, 1000, 5000]:
         fits = lambda b, t=threshold: b <= t  # noqa: E731
@@ -181,7 +181,7 @@ def test_largest_fitting_batch_equals_a_brute_force_scan():
 
 
 def test_peak_rss_resets_per_variant():
-    from maskclip_bench import memory
+    from maskclip_bench.perf import memory
 
     if not memory.reset_peak_rss():
         pytest.skip("this kernel does not let a process reset its peak RSS")
@@ -196,7 +196,7 @@ def test_peak_rss_resets_per_variant():
 
 
 def test_max_batch_probe_in_a_subprocess_respects_the_budget():
-    from maskclip_bench import memory
+    from maskclip_bench.perf import memory
 
     probe = memory.run_probe("clip", MODEL, 2, "fp32", "cpu", 64 * 2**20)  # torch alone needs more than 64 MiB
     assert not probe.fits and probe.reason in ("resident set passed the budget", "peak above the budget"), probe

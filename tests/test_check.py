@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from maskclip_bench import check
+from maskclip_bench.experiments import regression as check
 from maskclip_core.errors import ConfigError
 
 CI_BASELINE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "ci.json"

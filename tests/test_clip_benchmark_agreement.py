@@ -55,7 +55,7 @@ def agreement(tiny_checkpoint, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        from maskclip_bench.model_loading import load_model
+        from maskclip_bench.evaluation.model_loading import load_model
 
         # Rendered at the model's input size, as our built-in spec renders them: a resize in between changes pixels.
         size = load_model(str(tiny_checkpoint)).image_size
@@ -113,7 +113,7 @@ def test_exported_model_features_equal_ours(agreement, tiny_checkpoint):
     import open_clip
 
     from maskclip_bench.eval_data import build_eval_dataset
-    from maskclip_bench.model_loading import load_model
+    from maskclip_bench.evaluation.model_loading import load_model
 
     ours = load_model(str(tiny_checkpoint))
     name = f"local-dir:{agreement['model_dir']}"

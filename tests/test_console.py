@@ -31,7 +31,7 @@ def _bars_disabled(argv: list[str]) -> bool:
     import sys
 
     code = ("import sys; from maskclip_bench.cli import quiet_progress; quiet_progress(sys.argv[1:]); "
-            "import maskclip_bench.tasks; from clip_benchmark.metrics import zeroshot_classification as z; "
+            "import maskclip_bench.evaluation.tasks; from clip_benchmark.metrics import zeroshot_classification as z; "
             "print(z.tqdm([1]).disable)")
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=True)

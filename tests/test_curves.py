@@ -1,4 +1,4 @@
-"""Tests for training curves of several runs (maskclip_bench.curves, `maskclip-bench report --curves`), on
+"""Tests for training curves of several runs (maskclip_bench.results.curves, `maskclip-bench report --curves`), on
 hand-written run folders; every expected value is written out by hand."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cli_runner import invoke_cli, main_exit
-from maskclip_bench.curves import curve_figure, load_curves, plot_curves
+from maskclip_bench.results.curves import curve_figure, load_curves, plot_curves
 from maskclip_core.errors import DataError
 
 # A run logged by the current trainer: samples_seen and wall_s on every line, an evaluation on the second one

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskclip_bench.records import REQUIRED_FIELDS
+from maskclip_bench.results.records import REQUIRED_FIELDS
 
 MODEL = "MaskCLIP-Micro-8"  # the model of conftest.py's shared tiny_checkpoint
 
@@ -76,7 +76,7 @@ def test_zeroshot_record_has_every_field_and_matches_the_evaluator(tiny_checkpoi
     # The command computes exactly what the evaluator computes from a plain DataLoader.
     from maskclip_bench.eval_data import build_eval_dataset
     from maskclip_bench.evaluators import evaluate_zeroshot
-    from maskclip_bench.model_loading import load_model
+    from maskclip_bench.evaluation.model_loading import load_model
 
     loaded = load_model(str(tiny_checkpoint))
     ds = build_eval_dataset(ZS_SPEC, transform=loaded.preprocess, image_size=loaded.image_size)
@@ -115,7 +115,7 @@ def test_retrieval_linprobe_finetune_dense_records(tiny_checkpoint, tmp_path, ru
 def test_binding_records_match_a_brute_force_count(tiny_checkpoint, tmp_path, run_cli):
     from maskclip_bench.eval_data import build_eval_dataset
     from maskclip_bench.evaluators.features import encode_texts
-    from maskclip_bench.model_loading import load_model
+    from maskclip_bench.evaluation.model_loading import load_model
 
     results = tmp_path / "runs"
     code, _, err = run_cli("eval", "--ckpt", tiny_checkpoint, "--dataset", "shapes/binding:test=24",
@@ -304,7 +304,7 @@ def test_help_is_fast_and_lists_the_commands():
 
 
 def test_feature_cache_entries(tmp_path):
-    from maskclip_bench.feature_cache import FeatureCache
+    from maskclip_bench.evaluation.feature_cache import FeatureCache
 
     cache = FeatureCache(tmp_path)
     key = cache.key(content_hash="c" * 64, image_set={"kind": "x", "size": 3}, transform={"size": 64})

@@ -16,7 +16,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from maskclip_bench.data_export import export_dataset
+from maskclip_bench.export.data import export_dataset
 from maskclip_bench.eval_data import EvalDataset, build_eval_dataset, list_shapes_tasks
 from maskclip_bench.eval_data.common import SkipBadImages, mask_like_image
 from maskclip_core.errors import DataError

@@ -74,7 +74,7 @@ def test_pipe_spec_is_trusted_from_the_command_line_or_with_allow_pipe_only(tmp_
 # Row: the same pipe: spec in `settings.data` of a `check --baseline` JSON ------------------------------------
 
 def test_pipe_spec_in_a_baseline_file_is_refused(tmp_path, capsys, no_shell_trust):
-    from maskclip_bench.check import BASELINE_FORMAT
+    from maskclip_bench.experiments.regression import BASELINE_FORMAT
 
     marker = tmp_path / "ran"
     baseline = tmp_path / "ci.json"
@@ -86,7 +86,7 @@ def test_pipe_spec_in_a_baseline_file_is_refused(tmp_path, capsys, no_shell_trus
 
 
 def test_baseline_naming_a_hub_model_is_refused(tmp_path, capsys):
-    from maskclip_bench.check import BASELINE_FORMAT
+    from maskclip_bench.experiments.regression import BASELINE_FORMAT
 
     baseline = tmp_path / "ci.json"
     baseline.write_text(json.dumps({"format": BASELINE_FORMAT, "metrics": {},
@@ -96,7 +96,7 @@ def test_baseline_naming_a_hub_model_is_refused(tmp_path, capsys):
 
 
 def test_baseline_settings_of_the_wrong_type_are_one_line(tmp_path, capsys):
-    from maskclip_bench.check import BASELINE_FORMAT
+    from maskclip_bench.experiments.regression import BASELINE_FORMAT
 
     baseline = tmp_path / "ci.json"
     baseline.write_text(json.dumps({"format": BASELINE_FORMAT, "metrics": {}, "settings": {"steps": "many"}}))
@@ -146,7 +146,7 @@ def _tiny_state(**config: object) -> dict:
 def test_saved_hf_hub_model_name_is_refused_without_network(tmp_path, monkeypatch):
     import socket
 
-    from maskclip_bench.model_loading import load_model
+    from maskclip_bench.evaluation.model_loading import load_model
     from maskclip_core.checkpoint import save_checkpoint
 
     def no_network(*args, **kwargs):
@@ -173,7 +173,7 @@ def test_resume_from_a_run_folder_naming_a_hub_model_is_refused(tmp_path, capsys
 # Row: a `local-dir:` folder with a config and no weights -------------------------------------------------------
 
 def test_local_dir_without_weights_is_an_error_not_a_random_model(tmp_path):
-    from maskclip_bench.model_loading import CONFIG_NAME, load_model
+    from maskclip_bench.evaluation.model_loading import CONFIG_NAME, load_model
 
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"model_cfg": {"embed_dim": 32}}))
     with pytest.raises(CheckpointError, match="no weight file"):
@@ -183,7 +183,7 @@ def test_local_dir_without_weights_is_an_error_not_a_random_model(tmp_path):
 # Row: images of an imagefolder overwritten in place, then evaluated again ---------------------------------------
 
 def test_feature_cache_key_sees_a_file_rewritten_three_levels_deep(tmp_path):
-    from maskclip_bench.feature_cache import files_fingerprint
+    from maskclip_bench.evaluation.feature_cache import files_fingerprint
 
     image = tmp_path / "test" / "cat" / "0.png"
     image.parent.mkdir(parents=True)
@@ -201,7 +201,7 @@ def test_feature_cache_key_sees_a_file_rewritten_three_levels_deep(tmp_path):
 # Row: a cache entry's features replaced (format and key kept) ---------------------------------------------------
 
 def test_altered_cache_entry_is_recomputed_with_one_warning(tmp_path):
-    from maskclip_bench.feature_cache import FeatureCache
+    from maskclip_bench.evaluation.feature_cache import FeatureCache
 
     cache = FeatureCache(tmp_path)
     key, kinds = "cd" + "1" * 62, ["image_features"]
@@ -216,7 +216,7 @@ def test_altered_cache_entry_is_recomputed_with_one_warning(tmp_path):
 
 
 def test_cache_entry_of_the_wrong_shape_is_recomputed(tmp_path):
-    from maskclip_bench.feature_cache import FeatureCache, features_checksum
+    from maskclip_bench.evaluation.feature_cache import FeatureCache, features_checksum
 
     cache = FeatureCache(tmp_path)
     key, kinds = "ef" + "2" * 62, ["image_features"]
@@ -388,7 +388,7 @@ def test_a_good_resume_state_passes_the_check(tmp_path):
 
 
 def test_clip_stored_as_a_list_is_one_line(tmp_path):
-    from maskclip_bench.model_loading import load_model
+    from maskclip_bench.evaluation.model_loading import load_model
     from maskclip_core.checkpoint import save_checkpoint
 
     state = _tiny_state()
@@ -401,7 +401,7 @@ def test_clip_stored_as_a_list_is_one_line(tmp_path):
 # Row: a record whose timestamp is an int --------------------------------------------------------------------------
 
 def test_record_with_an_int_timestamp_is_skipped_with_a_warning(tmp_path):
-    from maskclip_bench.records import load_records
+    from maskclip_bench.results.records import load_records
 
     good = {"task": "zeroshot", "dataset": "d", "metrics": {"acc1": 0.5}, "checkpoint_hash": "h",
             "timestamp": "2026-01-01T00:00:00Z"}
@@ -431,7 +431,7 @@ def test_flipped_bit_is_named_as_a_sidecar_mismatch_on_export(tmp_path, capsys):
 
 
 def test_plain_state_dict_with_a_mismatching_sidecar_is_refused(tmp_path):
-    from maskclip_bench.model_loading import load_model
+    from maskclip_bench.evaluation.model_loading import load_model
     from maskclip_core.towers import create_clip
 
     path = tmp_path / "plain.pt"
@@ -444,7 +444,7 @@ def test_plain_state_dict_with_a_mismatching_sidecar_is_refused(tmp_path):
 # Row: report's table path, a run's config.json, data export's split folder as symlinks --------------------------
 
 def test_report_tables_replace_a_symlink_instead_of_writing_through_it(tmp_path):
-    from maskclip_bench.report import write_report
+    from maskclip_bench.results.report import write_report
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
@@ -467,7 +467,7 @@ def test_run_config_json_replaces_a_symlink(tmp_path):
 
 
 def test_data_export_refuses_a_symlinked_split_folder(tmp_path):
-    from maskclip_bench.data_export import export_dataset
+    from maskclip_bench.export.data import export_dataset
 
     victim = tmp_path / "victim"
     victim.mkdir()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from maskclip_bench.markdown import mean_std, signed, table_lines
+from maskclip_bench.results.markdown import mean_std, signed, table_lines
 
 
 def test_table_lines_by_hand():

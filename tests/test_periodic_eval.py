@@ -241,8 +241,8 @@ def test_train_refuses_an_unknown_eval_suite_before_training(tmp_path, capsys):
 
 
 def test_headline_metrics_are_named_as_report_columns():
-    from maskclip_bench.eval_hook import headline_metrics
-    from maskclip_bench.tasks import TaskResult
+    from maskclip_bench.evaluation.hook import headline_metrics
+    from maskclip_bench.evaluation.tasks import TaskResult
 
     results = [TaskResult("zeroshot_classification", "shapes/shape", {"acc1": 0.5, "note": "x"}, 10, 0, 1.0),
                TaskResult("linear_probe", "shapes/shape", {"lp_acc1": 0.25}, 10, 0, 1.0, variant="features=pre")]
@@ -254,7 +254,7 @@ def test_headline_metrics_are_named_as_report_columns():
 def test_train_command_evaluates_the_quick_suite_into_records_and_metrics(tmp_path, capsys):
     """The real evaluator through `train --eval-every`: records per task and step, the same numbers in
     metrics.jsonl under the report's column names, and TensorBoard beside them."""
-    from maskclip_bench.records import load_records
+    from maskclip_bench.results.records import load_records
 
     out = tmp_path / "run"
     code, err = main_exit(capsys, "train", "--model", "MaskCLIP-Micro-8", "--steps", "4", "--batch-size", "16",

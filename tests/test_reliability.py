@@ -271,7 +271,7 @@ class _Payload:
 
 
 def test_hostile_feature_cache_entry_is_dropped_and_nothing_executes(tmp_path):
-    from maskclip_bench.feature_cache import FeatureCache
+    from maskclip_bench.evaluation.feature_cache import FeatureCache
 
     cache = FeatureCache(tmp_path / "cache")
     key = "ab" + "0" * 62

@@ -13,12 +13,12 @@ from maskclip_core.data.shapes import HELD_OUT_PAIRS
 from maskclip_core.errors import DataError
 from maskclip_core.towers import create_clip
 from maskclip_bench import evaluators
-from maskclip_bench import session as session_module
-from maskclip_bench.feature_cache import BASE_KIND
-from maskclip_bench.model_loading import load_live
-from maskclip_bench.session import EvalSession
-from maskclip_bench.suites import plan_suite
-from maskclip_bench.tasks import LINEAR_PROBE, RETRIEVAL, ZEROSHOT
+from maskclip_bench.evaluation import session as session_module
+from maskclip_bench.evaluation.feature_cache import BASE_KIND
+from maskclip_bench.evaluation.model_loading import load_live
+from maskclip_bench.evaluation.session import EvalSession
+from maskclip_bench.evaluation.suites import plan_suite
+from maskclip_bench.evaluation.tasks import LINEAR_PROBE, RETRIEVAL, ZEROSHOT
 
 MODEL = "MaskCLIP-Micro-8"
 N = 24

@@ -1,7 +1,7 @@
 """Binomial standard errors of evaluation fractions, against hand computations."""
 import pytest
 
-from maskclip_bench.significance import binomial_se, difference_se
+from maskclip_bench.results.significance import binomial_se, difference_se
 
 
 def test_binomial_standard_error_by_hand():

@@ -1,6 +1,6 @@
 """`maskclip-bench ablate`: run a named (or product) grid of training configs, evaluate every cell, write tables.
 
-See `maskclip_bench.ablate` for the cell layout and resumption and `maskclip_bench.aggregate` for the tables.
+See `maskclip_bench.experiments.ablate` for the cell layout and resumption and `maskclip_bench.results.aggregate` for the tables.
 """
 from __future__ import annotations
 
@@ -116,11 +116,13 @@ def ablate_command(
     """Train and evaluate every cell of a grid (values x seeds), resumably; write mean ± std tables and plots."""
     from maskclip_bench.commands.console import command_console
 
-    from maskclip_bench import ablate, grid_status
-    from maskclip_bench.evaluation import check_specs
+    from maskclip_bench.experiments import ablate
+
+    from maskclip_bench.experiments import grid_status
+    from maskclip_bench.evaluation.api import check_specs
     from maskclip_bench.commands.run_config import (announce_precision, build_config, check_model_and_data,
                                                     trust_typed_data_spec)
-    from maskclip_bench.suites import SUITES
+    from maskclip_bench.evaluation.suites import SUITES
     from maskclip_core.errors import ConfigError, DataError
 
     console = command_console()
@@ -216,7 +218,7 @@ def _slurm_spec(launcher: str, nodes: int, gpus_per_node: int, partition: Option
 
     if launcher != "slurm":
         return None
-    from maskclip_bench.submitit_launcher import SlurmSpec, parse_extra, parse_time
+    from maskclip_bench.experiments.submitit_launcher import SlurmSpec, parse_extra, parse_time
 
     if nodes < 1 or gpus_per_node < 0:
         raise ConfigError(f"--nodes must be >= 1 and --gpus-per-node >= 0 (got {nodes}, {gpus_per_node})")
@@ -231,8 +233,8 @@ def _slurm_spec(launcher: str, nodes: int, gpus_per_node: int, partition: Option
 
 def _submit(console: Any, spec: Any, jobs: list[Any], out_root: Path) -> tuple[list[Any], list[Any]]:
     """Send the cells to the scheduler: (their queued statuses, submitit's job handles)."""
-    from maskclip_bench import grid_status
-    from maskclip_bench.submitit_launcher import make_executor, submit_cells
+    from maskclip_bench.experiments import grid_status
+    from maskclip_bench.experiments.submitit_launcher import make_executor, submit_cells
 
     folder = out_root / "submitit"
     executor = make_executor(folder, spec)
@@ -246,8 +248,8 @@ def _await_cells(console: Any, held: list[Any], results: list[Any], outputs: "Gr
                  spec: Any, quiet: bool, handles: list[Any]) -> list[Any] | None:
     """Wait for queued/running cells and fold their outcomes into `results`; None with --no-wait. `handles`
     (this process's submitit jobs) are polled too, which reaps the local executor's finished controllers."""
-    from maskclip_bench import ablate
-    from maskclip_bench.submitit_launcher import wait_for_cells
+    from maskclip_bench.experiments import ablate
+    from maskclip_bench.experiments.submitit_launcher import wait_for_cells
 
     folders = [Path(s.folder) for s in held]
     if not wait:
@@ -292,7 +294,8 @@ class GridOutputs:
 
     def write(self, results: list[Any], invocation: str = "", announce: bool = False) -> None:
         """Tables of the good cells among `results` (nothing when none has finished)."""
-        from maskclip_bench import ablate, aggregate
+        from maskclip_bench.experiments import ablate
+        from maskclip_bench.results import aggregate
 
         good = [r for r in results if r.status != "failed"]
         if not good:

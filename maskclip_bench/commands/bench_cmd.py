@@ -1,6 +1,6 @@
 """`maskclip-bench bench`: measured training throughput of open_clip's loop, our clip, maskclip and the masked
 view on the current device; prints a table and writes per-device sections of results/perf.md (see
-maskclip_bench.perf)."""
+maskclip_bench.perf.throughput)."""
 from __future__ import annotations
 
 import shlex
@@ -47,7 +47,7 @@ def bench_command(
     import torch
     from maskclip_bench.commands.console import command_console
 
-    from maskclip_bench import perf
+    from maskclip_bench.perf import throughput as perf
     from maskclip_core.errors import ConfigError, MaskClipError
     from maskclip_core.towers import check_model_name
 
@@ -144,7 +144,7 @@ BREAKDOWN_VARIANTS = ("clip", "maskclip", "maskclip-masked-view", "maskclip-mask
 def run_breakdown(console, model: str, images, text, precision: str, chosen: list[str], loop_steps: int,  # type: ignore[no-untyped-def]
                   command: str, memory: dict, step_only: dict) -> str:
     """Per-part costs of our variants (of those chosen) and the trainer's data wait; markdown for perf.md."""
-    from maskclip_bench import cost_breakdown
+    from maskclip_bench.perf import cost_breakdown
 
     variants = [v for v in BREAKDOWN_VARIANTS if v in chosen]
     tables, loops = {}, {}
@@ -164,7 +164,7 @@ def run_breakdown(console, model: str, images, text, precision: str, chosen: lis
 def run_max_batch(console, model: str, precision: str, device: str, chosen: list[str], memory_gb: float,  # type: ignore[no-untyped-def]
                   limit: int) -> str:
     """The largest batch per variant within the budget; markdown for perf.md."""
-    from maskclip_bench import memory
+    from maskclip_bench.perf import memory
 
     budget = int(memory_gb * 2**30)
     lines = [f"### Largest batch within {memory_gb:g} GiB · {model} · {precision}", "",
@@ -199,7 +199,7 @@ def results_table(info, results):  # type: ignore[no-untyped-def]
     """Rich table of one precision's results, with the ratio lines as its caption."""
     from rich.table import Table
 
-    from maskclip_bench import perf
+    from maskclip_bench.perf import throughput as perf
 
     cuda = info.device.type == "cuda"
     peak = perf.peak_bf16_tflops(info.device_name) if cuda else None

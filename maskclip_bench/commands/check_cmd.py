@@ -1,4 +1,4 @@
-"""`maskclip-bench check`: the CI regression check against a committed baseline (see maskclip_bench.check)."""
+"""`maskclip-bench check`: the CI regression check against a committed baseline (see maskclip_bench.experiments.regression)."""
 from __future__ import annotations
 
 import shlex
@@ -27,7 +27,7 @@ def check_command(
     from maskclip_bench.commands.console import command_console
     from rich.table import Table
 
-    from maskclip_bench import check
+    from maskclip_bench.experiments import regression as check
     from maskclip_core.errors import ConfigError
 
     console = command_console()

@@ -28,11 +28,11 @@ def demo_command(
     from maskclip_bench.commands.console import command_console
     from rich.table import Table
 
-    from maskclip_bench.evaluation import EvalSettings, evaluate_quietly
+    from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly
     from maskclip_bench.commands.run_config import announce_precision
-    from maskclip_bench.progress import TrainProgress
-    from maskclip_bench.significance import difference_se
-    from maskclip_bench.suites import plan_suite
+    from maskclip_bench.commands.progress import TrainProgress
+    from maskclip_bench.results.significance import difference_se
+    from maskclip_bench.evaluation.suites import plan_suite
     from maskclip_core.config import TrainConfig, validate
     from maskclip_core.trainer import train
 

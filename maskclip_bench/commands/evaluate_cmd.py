@@ -16,9 +16,9 @@ import typer
 from maskclip_bench.commands.options import (CKPT, MODEL, BATCH, RESULTS, SEED, WORKERS, DEVICE, CACHE_DIR, NO_CACHE, DATA_SEED, TEMPLATES, QUIET, THREADS, DATASET)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from maskclip_bench.session import EvalSession
-    from maskclip_bench.suites import PlannedTask
-    from maskclip_bench.tasks import TaskResult
+    from maskclip_bench.evaluation.session import EvalSession
+    from maskclip_bench.evaluation.suites import PlannedTask
+    from maskclip_bench.evaluation.tasks import TaskResult
 
 
 
@@ -80,12 +80,12 @@ def execute(
     threads: int,
     show: bool = True,
 ) -> list["TaskResult"]:
-    """The flags as EvalSettings -> `maskclip_bench.evaluation.evaluate` (progress lines on stderr unless
+    """The flags as EvalSettings -> `maskclip_bench.evaluation.api.evaluate` (progress lines on stderr unless
     `quiet`) -> the results table."""
     from maskclip_bench.commands.console import command_console
     from rich.markup import escape
 
-    from maskclip_bench.evaluation import EvalSettings, evaluate
+    from maskclip_bench.evaluation.api import EvalSettings, evaluate
 
     err = command_console(stderr=True)
     log = None if quiet else (lambda message: err.print(f"[dim]{escape(message)}[/dim]"))
@@ -103,8 +103,8 @@ def _single(task: str, dataset: str, templates: Optional[str] = None,
 
     def plan(session: "EvalSession") -> list["PlannedTask"]:
         from maskclip_core.errors import DataError
-        from maskclip_bench.suites import PlannedTask
-        from maskclip_bench.tasks import DATASET_TASK, FINETUNE, LINEAR_PROBE, fits
+        from maskclip_bench.evaluation.suites import PlannedTask
+        from maskclip_bench.evaluation.tasks import DATASET_TASK, FINETUNE, LINEAR_PROBE, fits
 
         built = session.build(dataset, templates=templates)
         fitting = [ds for ds in built if fits(ds, task)]
@@ -191,17 +191,17 @@ def eval_command(
     device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
     data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
 ) -> None:
-    """Run a suite of evaluations on one checkpoint, encoding each image set once (see maskclip_bench.suites)."""
+    """Run a suite of evaluations on one checkpoint, encoding each image set once (see maskclip_bench.evaluation.suites)."""
     chosen = suite if suite or dataset else "quick"
     if chosen is not None:
         from maskclip_core.errors import DataError
-        from maskclip_bench.suites import SUITES
+        from maskclip_bench.evaluation.suites import SUITES
 
         if chosen not in SUITES:
             raise DataError(f"unknown suite '{chosen}' (choose {', '.join(SUITES)})")
 
     def plan(session: "EvalSession") -> list["PlannedTask"]:
-        from maskclip_bench.suites import plan_suite
+        from maskclip_bench.evaluation.suites import plan_suite
 
         return plan_suite(session, chosen, dataset, templates=templates)
 

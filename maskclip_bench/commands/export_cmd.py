@@ -18,7 +18,7 @@ def export_command(
                                         "checkpoint"),
 ) -> None:
     """Write a checkpoint as an open_clip local-dir model (loadable with open_clip and clip_benchmark)."""
-    from maskclip_bench.export import export_model
+    from maskclip_bench.export.model import export_model
 
     result = export_model(ckpt, out, model_name=model)
     typer.echo(f"exported {result.model_name} (sha256 {result.source_hash[:12]}) to {result.out_dir}")
@@ -40,8 +40,8 @@ def data_export_command(
     image_format: str = typer.Option("png", "--image-format", help="png, webp (lossless) or jpg"),
     templates: Optional[str] = typer.Option(None, "--templates", help="override the templates written"),
 ) -> None:
-    """Export an evaluation dataset (see maskclip_bench.data_export for the layouts)."""
-    from maskclip_bench.data_export import export_dataset
+    """Export an evaluation dataset (see maskclip_bench.export.data for the layouts)."""
+    from maskclip_bench.export.data import export_dataset
 
     result = export_dataset(dataset, split, fmt, out, seed=seed, image_size=image_size,
                             samples_per_shard=samples_per_shard, image_format=image_format, templates=templates,

@@ -1,6 +1,6 @@
 """`maskclip-bench report`: benchmark tables (markdown + CSV) from all evaluation records, and
-`comparison.md` (our CLIP vs MaskCLIP beside the published numbers; see maskclip_bench.comparison); with
-`--curves RUN`, training curves of run folders instead (see maskclip_bench.curves)."""
+`comparison.md` (our CLIP vs MaskCLIP beside the published numbers; see maskclip_bench.results.comparison); with
+`--curves RUN`, training curves of run folders instead (see maskclip_bench.results.curves)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,13 +19,13 @@ def report_command(
                                "of the benchmark tables"),
     curves_out: Path = typer.Option(Path("results/curves"), "--curves-out", help="folder for the curve PNGs"),
 ) -> None:
-    """One row per checkpoint, one column per dataset/metric (latest record wins); see maskclip_bench.report.
+    """One row per checkpoint, one column per dataset/metric (latest record wins); see maskclip_bench.results.report.
     With --curves: one PNG per loss/eval metric, every run against samples seen and wall seconds."""
     if curves:
         _curves(curves, curves_out)
         return
-    from maskclip_bench.comparison import write_comparison
-    from maskclip_bench.report import write_report
+    from maskclip_bench.results.comparison import write_comparison
+    from maskclip_bench.results.report import write_report
 
     files = write_report(results_dir, out)
     import shlex
@@ -38,7 +38,7 @@ def report_command(
 
 
 def _curves(runs: list[Path], out: Path) -> None:
-    from maskclip_bench.curves import load_curves, plot_curves
+    from maskclip_bench.results.curves import load_curves, plot_curves
 
     frame = load_curves(runs)
     written = plot_curves(frame, out)

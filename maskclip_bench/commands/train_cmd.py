@@ -76,15 +76,15 @@ def train_command(
         config = Path(out) / "config.json"  # resume continues the saved run unless flags change it
     cfg = build_config(config, set_, flags)
     if config is not None and explicit_config is None and model is None:
-        from maskclip_bench.model_loading import check_builtin_model
+        from maskclip_bench.evaluation.model_loading import check_builtin_model
 
         check_builtin_model(cfg.model.name, f"{config}")  # a saved run folder never sends training to the network
     trust_typed_data_spec(cfg, flags, set_, allow_pipe and explicit_config is not None)
     check_model_and_data(cfg)
     announce_precision(cfg)
 
-    from maskclip_bench.eval_hook import make_eval_hook
-    from maskclip_bench.progress import TrainProgress
+    from maskclip_bench.evaluation.hook import make_eval_hook
+    from maskclip_bench.commands.progress import TrainProgress
     from maskclip_core.trainer import train
 
     on_eval = make_eval_hook(cfg) if cfg.run.eval_every > 0 else None  # a bad suite name fails before training

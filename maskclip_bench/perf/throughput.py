@@ -40,7 +40,7 @@ from maskclip_core.step import MAX_LOGIT_SCALE, Stepper, make_step_batch
 from maskclip_core.towers import check_model_name, create_clip, get_tokenizer
 from maskclip_core.training_setup import build_training_setup, wrap_forward
 
-from .peak_memory import read_peak, reset_peak
+from maskclip_bench.perf.peak_memory import read_peak, reset_peak
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "open_clip": {},
@@ -422,7 +422,7 @@ NO_GPU = "not measured (no GPU in this run)"
 GPU_REFERENCE_MODEL = "MaskCLIP-ViT-B-16"
 PREAMBLE = """# Training throughput: maskclip-bench against open_clip
 
-Produced by `maskclip-bench bench` (`maskclip_bench/perf.py`). Each section is one run on one device, model config
+Produced by `maskclip-bench bench` (`maskclip_bench/perf/throughput.py`). Each section is one run on one device, model config
 and precision: every variant on the same batch, from the same initial weights, in the same process, one variant
 after the other (each is built, run and freed before the next). A rerun replaces only the section of its own device,
 model and precision; sections of other devices stay.
@@ -441,7 +441,7 @@ from just before its build to its last timed step: on CPU the process's peak RSS
 /proc/self/clear_refs; it includes the interpreter, torch and the batch, ~0.4-0.5 GiB before any model), on GPU
 `torch.cuda.max_memory_allocated`.
 
-`--breakdown` adds a cost breakdown per section (`maskclip_bench/cost_breakdown.py`): every part of the step re-run
+`--breakdown` adds a cost breakdown per section (`maskclip_bench/perf/cost_breakdown.py`): every part of the step re-run
 alone on the step's own inputs (separate timed calls, not profiler ranges), FLOPs by FlopCounterMode, and a short
 real training run for the data wait and the trainer's samples/s. `--max-batch --memory-gb N` adds the largest batch
 per variant within N GiB (one subprocess per probe, doubling then bisection). `--torchcompile` sections (key

@@ -45,9 +45,9 @@ from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.data.images import to_rgb
 from maskclip_core.errors import DataError
 
-from .eval_data import EvalDataset, build_eval_dataset
-from .eval_data.shapes_tasks import parse_shapes_spec
-from .eval_data.spec import split_kind
+from maskclip_bench.eval_data import EvalDataset, build_eval_dataset
+from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
+from maskclip_bench.eval_data.spec import split_kind
 
 FORMATS: tuple[str, ...] = ("wds", "csv", "imagefolder")
 IMAGE_FORMATS: tuple[str, ...] = ("png", "webp", "jpg")

@@ -28,8 +28,8 @@ from typing import Any, Callable, Sequence
 
 from maskclip_core.errors import ConfigError
 
-from . import grid_status
-from .ablate import CellJob, CellResult, run_cell
+from maskclip_bench.experiments import grid_status
+from maskclip_bench.experiments.ablate import CellJob, CellResult, run_cell
 
 
 @dataclass

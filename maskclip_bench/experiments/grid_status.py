@@ -24,7 +24,7 @@ from maskclip_core.atomic_write import write_text_atomic
 
 JOB_FILE = "job.json"
 ATTEMPT_FILE = "attempt.json"
-CELL_MARKER = "cell.json"  # written last by a finished cell (maskclip_bench.ablate)
+CELL_MARKER = "cell.json"  # written last by a finished cell (maskclip_bench.experiments.ablate)
 CELL_ERROR = "error.txt"
 ACTIVE = ("queued", "running")
 # SLURM states (sacct) of a job that still holds, or will again hold, the cell.

@@ -6,7 +6,7 @@ reads (see open_clip's ``factory.py``):
 * ``open_clip_config.json``: ``{"model_cfg": <the open_clip model config>, "preprocess_cfg": {mean, std,
   interpolation, resize_mode}}``, the layout of open_clip's ``push_to_hf_hub.save_config_for_hf``, which
   writes it; we add a ``"maskclip_bench"`` entry (model name, training config, source checkpoint hash and
-  step) that open_clip ignores and ``maskclip_bench.model_loading`` reads back, so evaluation records of the
+  step) that open_clip ignores and ``maskclip_bench.evaluation.model_loading`` reads back, so evaluation records of the
   exported model keep the training config;
 * ``open_clip_model.safetensors``: the CLIP state dict (the first name open_clip looks for in a folder).
 
@@ -29,7 +29,7 @@ from maskclip_core.atomic_write import write_bytes_atomic, write_text_atomic
 from maskclip_core.errors import CheckpointError
 from maskclip_core.towers import register_model_configs
 
-from .model_loading import CONFIG_NAME, EXPORT_META_KEY, LOCAL_DIR_PREFIX, LoadedModel, load_model
+from maskclip_bench.evaluation.model_loading import CONFIG_NAME, EXPORT_META_KEY, LOCAL_DIR_PREFIX, LoadedModel, load_model
 
 WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_NAME
 

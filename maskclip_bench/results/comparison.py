@@ -19,9 +19,9 @@ import pandas as pd
 
 from maskclip_core.atomic_write import write_text_atomic
 
-from .markdown import mean_std, table_lines
-from .records import load_record_trees
-from .report import latest_records
+from maskclip_bench.results.markdown import mean_std, table_lines
+from maskclip_bench.results.records import load_record_trees
+from maskclip_bench.results.report import latest_records
 
 EFFECTS = ("zero-shot", "retrieval", "linear probe", "finetune", "dense")
 # Which of our records speak to which effect: (task, metric names).
@@ -150,7 +150,7 @@ def comparison_markdown(records: pd.DataFrame, sources: Sequence[str], command: 
              "",
              "Compare the DIFFERENCES (MaskCLIP - CLIP), not absolute values: the published settings are orders of "
              "magnitude larger than ours. Published numbers are typed in from the papers (`PUBLISHED` in "
-             "`maskclip_bench/comparison.py`), each labelled with its source and setting. Numbers in percent.", ""]
+             "`maskclip_bench/results/comparison.py`), each labelled with its source and setting. Numbers in percent.", ""]
     ours = our_rows(group) if not group.empty else pd.DataFrame()
     lines += ["## Measured here", ""]
     if ours.empty:

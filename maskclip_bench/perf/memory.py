@@ -4,7 +4,7 @@ CPU: the process's peak resident set (Linux `VmHWM`), reset before each variant 
 `/proc/self/clear_refs` so that a variant's peak is its own (falls back to `ru_maxrss`, cumulative, where the
 reset is refused). GPU: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`.
 
-`--max-batch`: each probe runs in a fresh subprocess (`python -m maskclip_bench.memory VARIANT MODEL BATCH ...`),
+`--max-batch`: each probe runs in a fresh subprocess (`python -m maskclip_bench.perf.memory VARIANT MODEL BATCH ...`),
 so one probe's allocations and caches cannot hide in the next one's peak; a probe fits when two training steps
 run with a peak at most the budget (on GPU the allocator is also capped at the budget, so it fails with
 out-of-memory rather than borrowing beyond it). The search doubles the batch until a probe does not fit, then
@@ -25,8 +25,8 @@ import torch
 
 from maskclip_core.distributed import pick_device
 
-from . import perf
-from .peak_memory import current_rss_bytes, peak_rss_bytes, read_peak, reset_peak, reset_peak_rss
+from maskclip_bench.perf import throughput as perf
+from maskclip_bench.perf.peak_memory import current_rss_bytes, peak_rss_bytes, read_peak, reset_peak, reset_peak_rss
 
 # Re-exported: the peak readers are part of this module's measuring API.
 __all__ = ["Probe", "current_rss_bytes", "largest_fitting", "peak_rss_bytes", "read_peak", "reset_peak",
@@ -75,7 +75,7 @@ class Probe:
 def run_probe(variant: str, model: str, batch: int, precision: str, device: str, budget_bytes: int,
               timeout_s: float = 900.0) -> Probe:
     """Run one probe in a fresh Python process and read its one-line JSON answer."""
-    cmd = [sys.executable, "-m", "maskclip_bench.memory", variant, model, str(batch), precision, device,
+    cmd = [sys.executable, "-m", "maskclip_bench.perf.memory", variant, model, str(batch), precision, device,
            str(budget_bytes)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     try:

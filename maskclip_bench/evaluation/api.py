@@ -14,14 +14,14 @@ from typing import Callable, Sequence
 from maskclip_core.precision import exact_fp32
 from maskclip_core.thread_limit import thread_limit
 
-from .eval_data.shapes_tasks import parse_shapes_spec
-from .eval_data.spec import split_kind
-from .feature_cache import FeatureCache
-from .model_loading import LoadedModel, load_model
-from .records import write_record
-from .session import EvalSession
-from .suites import PlannedTask, run_suite
-from .tasks import TaskResult, result_record
+from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
+from maskclip_bench.eval_data.spec import split_kind
+from maskclip_bench.evaluation.feature_cache import FeatureCache
+from maskclip_bench.evaluation.model_loading import LoadedModel, load_model
+from maskclip_bench.results.records import write_record
+from maskclip_bench.evaluation.session import EvalSession
+from maskclip_bench.evaluation.suites import PlannedTask, run_suite
+from maskclip_bench.evaluation.tasks import TaskResult, result_record
 
 Planner = Callable[[EvalSession], list[PlannedTask]]
 

@@ -1,7 +1,7 @@
 """Chance levels of evaluation metrics: what a model that ranks at random scores in expectation.
 
 A regression check whose tolerance reaches down to chance cannot tell a working model from a broken one,
-so the CI baseline records each metric's chance level next to its value (see ``maskclip_bench.check``).
+so the CI baseline records each metric's chance level next to its value (see ``maskclip_bench.experiments.regression``).
 """
 from __future__ import annotations
 

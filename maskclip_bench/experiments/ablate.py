@@ -6,8 +6,8 @@ A cell folder (``<out>/<grid>=<value>[/<grid2>=<value2>]/seed=<n>/``) holds the 
 (the cell's config, metrics and times). A cell with ``cell.json`` is finished and skipped on a rerun; a
 cell with a checkpoint but no ``cell.json`` was interrupted and resumes from its checkpoint; a cell that
 raises writes ``error.txt`` and the grid goes on with the others. Each start of a cell is noted in
-``attempt.json`` (and a cell sent to a scheduler has ``job.json``): `maskclip_bench.grid_status` reads a
-cell's state from these files, and `maskclip_bench.submitit_launcher` runs cells as SLURM jobs.
+``attempt.json`` (and a cell sent to a scheduler has ``job.json``): `maskclip_bench.experiments.grid_status` reads a
+cell's state from these files, and `maskclip_bench.experiments.submitit_launcher` runs cells as SLURM jobs.
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ from maskclip_core.errors import ConfigError
 from maskclip_core.thread_limit import thread_limit
 from maskclip_core.trainer import train
 
-from . import perf
-from .eval_hook import make_eval_hook
-from .evaluation import EvalSettings, evaluate_quietly, metric_values
-from .grid_status import CELL_ERROR, CELL_MARKER, record_attempt, write_json_atomic
-from .suites import plan_suite
+from maskclip_bench.perf import throughput as perf
+from maskclip_bench.evaluation.hook import make_eval_hook
+from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly, metric_values
+from maskclip_bench.experiments.grid_status import CELL_ERROR, CELL_MARKER, record_attempt, write_json_atomic
+from maskclip_bench.evaluation.suites import plan_suite
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from maskclip_core.precision import attention_context, compute_context
 from maskclip_core.step import make_step_batch
 from maskclip_core.trainer import train
 
-from . import perf
+from maskclip_bench.perf import throughput as perf
 
 WHOLE_STEP = "whole step (Stepper)"
 REST = "rest of the step (losses, guards, glue)"

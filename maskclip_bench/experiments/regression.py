@@ -29,11 +29,11 @@ from maskclip_core.errors import ConfigError
 from maskclip_core.towers import available_models
 from maskclip_core.trainer import train
 
-from .chance import recall_at_k_chance, topk_accuracy_chance
-from .evaluation import EvalSettings, evaluate_quietly
-from .significance import binomial_se
-from .suites import PlannedTask
-from .tasks import RETRIEVAL, ZEROSHOT
+from maskclip_bench.results.chance import recall_at_k_chance, topk_accuracy_chance
+from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly
+from maskclip_bench.results.significance import binomial_se
+from maskclip_bench.evaluation.suites import PlannedTask
+from maskclip_bench.evaluation.tasks import RETRIEVAL, ZEROSHOT
 
 BASELINE_FORMAT = "maskclip-bench/ci-baseline/2"  # 2: chance levels, two-sided losses
 TOLERANCE_K = 3.0  # tolerance = max(K * std over seeds, floor)
