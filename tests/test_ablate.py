@@ -97,6 +97,28 @@ def test_compute_values_set_method_steps_and_warmup_by_hand():
     assert (cfg.method.name, cfg.run.steps, cfg.run.out) == ("clip", 80, "/tmp/grid/compute=clip_x2/seed=1")
 
 
+def test_cost_values_set_one_switch_each_by_hand():
+    def switches(value):
+        cfg = TrainConfig()
+        ablate.apply_cost(cfg, value)
+        m = cfg.method
+        return m.name, m.distill_start, m.mlm_start, m.teacher_every, m.mlm_fraction
+
+    assert switches("clip") == ("clip", 0.0, 0.0, 1, 1.0)
+    assert switches("maskclip") == ("maskclip", 0.0, 0.0, 1, 1.0)
+    assert switches("late0.8") == ("maskclip", 0.8, 0.8, 1, 1.0)
+    assert switches("teacher4") == ("maskclip", 0.0, 0.0, 4, 1.0)
+    assert switches("mlm0.5") == ("maskclip", 0.0, 0.0, 1, 0.5)
+    for bad in ("siglip", "late", "teacher2.5", "mlmhalf", "late1.5", "teacher0"):
+        with pytest.raises(ConfigError):
+            ablate.apply_cost(TrainConfig(), bad)
+    grid = ablate.resolve_grids(["cost"])[0]
+    assert grid.reference == "maskclip" and "clip" in grid.values
+    cell = ablate.Cell((("cost", "late0.8"),), seed=2)
+    cfg = ablate.cell_config(TrainConfig(), [grid], cell, Path("/tmp/grid"), threads=1)
+    assert (cfg.method.distill_start, cfg.run.out) == (0.8, "/tmp/grid/cost=late0.8/seed=2")
+
+
 def test_compute_grid_gives_clip_the_counted_flop_ratio():
     """The FLOP-matched value: MaskCLIP's step FLOPs over CLIP's, counted here with torch's counter directly."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -67,7 +67,7 @@ class GridProgress:
 
 def ablate_command(
     grid: list[str] = typer.Option([], "--grid", help="method | mask_ratio | decoder_depth | distill_target | mlm "
-                                   "| contrastive_view | ema_momentum | compute (repeat for a product grid)"),
+                                   "| contrastive_view | ema_momentum | compute | cost (repeat for a product grid)"),
     values: Optional[str] = typer.Option(None, "--values", help="comma-separated values replacing the grid's "
                                          "defaults (one --grid only)"),
     base_config: Optional[Path] = typer.Option(None, "--base-config", help="YAML/JSON config every cell starts from"),

@@ -78,6 +78,34 @@ def apply_budget(cfg: TrainConfig, value: str) -> None:
     cfg.optim.warmup = round(cfg.optim.warmup * factor)
 
 
+# The `cost` grid's values: a name -> the method and the cost-cutting switches it sets (README, "Cost-cutting
+# switches"). `late<f>`: distillation and MLM on only from fraction f of the run (SigLIP 2's recipe);
+# `teacher<k>`: EMA update every k steps; `mlm<f>`: MLM on fraction f of each batch.
+_COST_SWITCHES = {"late": ("distill_start", "mlm_start"), "teacher": ("teacher_every",), "mlm": ("mlm_fraction",)}
+
+
+def apply_cost(cfg: TrainConfig, value: str) -> None:
+    """A `cost` grid value: ``maskclip``, ``clip``, or maskclip with one switch, ``late<f>`` (e.g. late0.8),
+    ``teacher<k>`` (teacher4) or ``mlm<f>`` (mlm0.5), at the base run's steps. ConfigError for anything else."""
+    text = str(value)
+    if text in ("clip", "maskclip"):
+        cfg.method.name = text
+        return
+    prefix = next((p for p in _COST_SWITCHES if text.startswith(p)), None)
+    number = text[len(prefix):] if prefix else ""
+    try:
+        parsed = int(number) if prefix == "teacher" else float(number)
+    except ValueError:
+        prefix = None
+    if prefix is None:
+        raise ConfigError(f"cost value '{value}' is not clip, maskclip, late<f>, teacher<k> or mlm<f> "
+                          "(e.g. late0.8, teacher4, mlm0.5)")
+    cfg.method.name = "maskclip"
+    for key in _COST_SWITCHES[prefix]:
+        setattr(cfg.method, key, parsed)
+    validate(TrainConfig.from_dict(cfg.to_dict()))  # an out-of-range number fails here, with the field's message
+
+
 def flop_ratio(base: TrainConfig) -> float:
     """FLOPs of one `maskclip` training step over one `clip` step for the base run's model, batch and method
     settings, counted by torch's FlopCounterMode on one real step each (the same count as `bench`)."""
@@ -113,6 +141,8 @@ GRIDS: dict[str, Grid] = {
     "compute": Grid("compute", "method.name", (), "maskclip",
                     "MaskCLIP vs CLIP at equal steps and at equal training FLOPs (value <method>_x<step factor>)",
                     derive=compute_values, apply=apply_budget),
+    "cost": Grid("cost", "method.name", ("maskclip", "clip", "late0.8", "teacher4", "mlm0.5"), "maskclip",
+                 "MaskCLIP's cost-cutting switches against full MaskCLIP and CLIP, same steps", apply=apply_cost),
 }
 
 
