@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from cli_runner import invoke_cli as _run_cli
+
 from maskclip_bench.experiments import ablate
 from maskclip_bench.results import aggregate
 from maskclip_core.config import TrainConfig

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_runner import invoke_cli as _run_cli
+
 from maskclip_bench.experiments import grid_status
 from maskclip_core.errors import ConfigError
 

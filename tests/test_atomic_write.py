@@ -13,14 +13,14 @@ import stat
 import pytest
 import torch
 
-from maskclip_core import atomic_write
-from maskclip_core.atomic_write import default_file_mode, write_bytes_atomic, write_text_atomic
-from maskclip_core.checkpoint import save_checkpoint
-from maskclip_core.config import TrainConfig
 from maskclip_bench.evaluation.feature_cache import FeatureCache
 from maskclip_bench.experiments.grid_status import write_json_atomic
 from maskclip_bench.perf.throughput import write_perf_md
 from maskclip_bench.results.records import write_record
+from maskclip_core import atomic_write
+from maskclip_core.atomic_write import default_file_mode, write_bytes_atomic, write_text_atomic
+from maskclip_core.checkpoint import save_checkpoint
+from maskclip_core.config import TrainConfig
 
 OLD = b"the file as it was\n"
 

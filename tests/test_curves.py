@@ -10,8 +10,8 @@ import matplotlib.image
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
-
 from cli_runner import invoke_cli, main_exit
+
 from maskclip_bench.results.curves import curve_figure, load_curves, plot_curves
 from maskclip_core.errors import DataError
 

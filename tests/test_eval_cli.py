@@ -75,8 +75,8 @@ def test_zeroshot_record_has_every_field_and_matches_the_evaluator(tiny_checkpoi
 
     # The command computes exactly what the evaluator computes from a plain DataLoader.
     from maskclip_bench.eval_data import build_eval_dataset
-    from maskclip_bench.evaluators import evaluate_zeroshot
     from maskclip_bench.evaluation.model_loading import load_model
+    from maskclip_bench.evaluators import evaluate_zeroshot
 
     loaded = load_model(str(tiny_checkpoint))
     ds = build_eval_dataset(ZS_SPEC, transform=loaded.preprocess, image_size=loaded.image_size)
@@ -114,8 +114,8 @@ def test_retrieval_linprobe_finetune_dense_records(tiny_checkpoint, tmp_path, ru
 
 def test_binding_records_match_a_brute_force_count(tiny_checkpoint, tmp_path, run_cli):
     from maskclip_bench.eval_data import build_eval_dataset
-    from maskclip_bench.evaluators.features import encode_texts
     from maskclip_bench.evaluation.model_loading import load_model
+    from maskclip_bench.evaluators.features import encode_texts
 
     results = tmp_path / "runs"
     code, _, err = run_cli("eval", "--ckpt", tiny_checkpoint, "--dataset", "shapes/binding:test=24",

@@ -16,9 +16,9 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from maskclip_bench.export.data import export_dataset
 from maskclip_bench.eval_data import EvalDataset, build_eval_dataset, list_shapes_tasks
 from maskclip_bench.eval_data.common import SkipBadImages, mask_like_image
+from maskclip_bench.export.data import export_dataset
 from maskclip_core.errors import DataError
 
 SIZE = 16
@@ -360,7 +360,8 @@ def test_shapes_same_seed_same_test_set():
 
 
 def test_shapes_compositional_only_held_out_pairs():
-    from maskclip_core.data.shapes import COLORS as SHAPE_COLORS, HELD_OUT_PAIRS
+    from maskclip_core.data.shapes import COLORS as SHAPE_COLORS
+    from maskclip_core.data.shapes import HELD_OUT_PAIRS
 
     ds = build_eval_dataset("shapes/compositional:test=150", transform=TF)
     assert ds.num_samples > 0 and len(ds.classnames) == 100  # classified among all pairs

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cli_runner import main_exit
+
 from maskclip_core.errors import CheckpointError, ConfigError, DataError
 
 

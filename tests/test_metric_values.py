@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from maskclip_bench.results.chance import recall_at_k_chance, topk_accuracy_chance
-from maskclip_bench.results.comparison import verdict
 from maskclip_bench.evaluators.linprobe import evaluate_linear_probe, select_C, topk_accuracy
 from maskclip_bench.evaluators.zeroshot import zeroshot_metrics
+from maskclip_bench.results.chance import recall_at_k_chance, topk_accuracy_chance
+from maskclip_bench.results.comparison import verdict
 
 # ---------------------------------------------------------------- top-k accuracy (linear probe)
 

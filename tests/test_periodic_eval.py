@@ -17,8 +17,8 @@ import types
 import numpy as np
 import pytest
 import torch
-
 from cli_runner import main_exit
+
 from maskclip_core.checkpoint import load_checkpoint
 from maskclip_core.config import TrainConfig, validate
 from maskclip_core.errors import ConfigError

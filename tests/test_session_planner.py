@@ -9,9 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskclip_core.data.shapes import HELD_OUT_PAIRS
-from maskclip_core.errors import DataError
-from maskclip_core.towers import create_clip
 from maskclip_bench import evaluators
 from maskclip_bench.evaluation import session as session_module
 from maskclip_bench.evaluation.feature_cache import BASE_KIND
@@ -19,6 +16,9 @@ from maskclip_bench.evaluation.model_loading import load_live
 from maskclip_bench.evaluation.session import EvalSession
 from maskclip_bench.evaluation.suites import plan_suite
 from maskclip_bench.evaluation.tasks import LINEAR_PROBE, RETRIEVAL, ZEROSHOT
+from maskclip_core.data.shapes import HELD_OUT_PAIRS
+from maskclip_core.errors import DataError
+from maskclip_core.towers import create_clip
 
 MODEL = "MaskCLIP-Micro-8"
 N = 24

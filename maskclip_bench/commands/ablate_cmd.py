@@ -115,14 +115,11 @@ def ablate_command(
 ) -> None:
     """Train and evaluate every cell of a grid (values x seeds), resumably; write mean ± std tables and plots."""
     from maskclip_bench.commands.console import command_console
-
-    from maskclip_bench.experiments import ablate
-
-    from maskclip_bench.experiments import grid_status
-    from maskclip_bench.evaluation.api import check_specs
     from maskclip_bench.commands.run_config import (announce_precision, build_config, check_model_and_data,
                                                     trust_typed_data_spec)
+    from maskclip_bench.evaluation.api import check_specs
     from maskclip_bench.evaluation.suites import SUITES
+    from maskclip_bench.experiments import ablate, grid_status
     from maskclip_core.errors import ConfigError, DataError
 
     console = command_console()

@@ -45,14 +45,13 @@ def bench_command(
     """Time one training step of open_clip's own loop and of our clip / maskclip / masked-view variants (same
     model config, batch and process); print samples/s, peak memory, FLOP/s and the targeted ratios."""
     import torch
+
     from maskclip_bench.commands.console import command_console
-
     from maskclip_bench.perf import throughput as perf
-    from maskclip_core.errors import ConfigError, MaskClipError
-    from maskclip_core.towers import check_model_name
-
     from maskclip_core.distributed import pick_device
+    from maskclip_core.errors import ConfigError, MaskClipError
     from maskclip_core.precision import resolve_precision
+    from maskclip_core.towers import check_model_name
 
     dev = pick_device(device)
     asked = split_list(precision) or ["auto"]

@@ -24,9 +24,9 @@ def check_command(
 ) -> None:
     """Train the tiny model for a fixed short budget, evaluate, and fail (exit 1) naming any metric that
     fell below its baseline (or, for losses, left it on either side) by more than the recorded tolerance."""
-    from maskclip_bench.commands.console import command_console
     from rich.table import Table
 
+    from maskclip_bench.commands.console import command_console
     from maskclip_bench.experiments import regression as check
     from maskclip_core.errors import ConfigError
 

@@ -25,18 +25,17 @@ def demo_command(
                                                     "test=200,train=400,val=100 (default: the suite's sizes)"),
 ) -> None:
     """Train clip and maskclip on `shapes`, evaluate both, print the comparison."""
-    from maskclip_bench.commands.console import command_console
+    import torch
     from rich.table import Table
 
-    from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly
-    from maskclip_bench.commands.run_config import announce_precision
+    from maskclip_bench.commands.console import command_console
     from maskclip_bench.commands.progress import TrainProgress
-    from maskclip_bench.results.significance import difference_se
+    from maskclip_bench.commands.run_config import announce_precision
+    from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly
     from maskclip_bench.evaluation.suites import plan_suite
+    from maskclip_bench.results.significance import difference_se
     from maskclip_core.config import TrainConfig, validate
     from maskclip_core.trainer import train
-
-    import torch
 
     threads = torch.get_num_threads()
     console = command_console()

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
-from maskclip_bench.commands.options import (CKPT, MODEL, BATCH, RESULTS, SEED, WORKERS, DEVICE, CACHE_DIR, NO_CACHE, DATA_SEED, TEMPLATES, QUIET, THREADS, DATASET)
+from maskclip_bench.commands.options import (BATCH, CACHE_DIR, CKPT, DATA_SEED, DATASET, DEVICE, MODEL, NO_CACHE, QUIET,
+                                             RESULTS, SEED, TEMPLATES, THREADS, WORKERS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from maskclip_bench.evaluation.session import EvalSession
@@ -32,9 +33,10 @@ def _fmt(value: Any) -> str:
 
 def print_results(results: list["TaskResult"], records: list[Path], results_dir: str) -> None:
     """A rich table of the results, then where the records went."""
-    from maskclip_bench.commands.console import command_console
     from rich.markup import escape
     from rich.table import Table
+
+    from maskclip_bench.commands.console import command_console
 
     table = Table(title="evaluation results", show_lines=True)
     for column in ("task", "dataset", "metric", "value", "samples", "cache", "time"):
@@ -82,9 +84,9 @@ def execute(
 ) -> list["TaskResult"]:
     """The flags as EvalSettings -> `maskclip_bench.evaluation.api.evaluate` (progress lines on stderr unless
     `quiet`) -> the results table."""
-    from maskclip_bench.commands.console import command_console
     from rich.markup import escape
 
+    from maskclip_bench.commands.console import command_console
     from maskclip_bench.evaluation.api import EvalSettings, evaluate
 
     err = command_console(stderr=True)
@@ -102,9 +104,9 @@ def _single(task: str, dataset: str, templates: Optional[str] = None,
     """A planner for one task on every dataset of a spec that fits the task."""
 
     def plan(session: "EvalSession") -> list["PlannedTask"]:
-        from maskclip_core.errors import DataError
         from maskclip_bench.evaluation.suites import PlannedTask
         from maskclip_bench.evaluation.tasks import DATASET_TASK, FINETUNE, LINEAR_PROBE, fits
+        from maskclip_core.errors import DataError
 
         built = session.build(dataset, templates=templates)
         fitting = [ds for ds in built if fits(ds, task)]
@@ -194,8 +196,8 @@ def eval_command(
     """Run a suite of evaluations on one checkpoint, encoding each image set once (see maskclip_bench.evaluation.suites)."""
     chosen = suite if suite or dataset else "quick"
     if chosen is not None:
-        from maskclip_core.errors import DataError
         from maskclip_bench.evaluation.suites import SUITES
+        from maskclip_core.errors import DataError
 
         if chosen not in SUITES:
             raise DataError(f"unknown suite '{chosen}' (choose {', '.join(SUITES)})")

@@ -83,8 +83,8 @@ def train_command(
     check_model_and_data(cfg)
     announce_precision(cfg)
 
-    from maskclip_bench.evaluation.hook import make_eval_hook
     from maskclip_bench.commands.progress import TrainProgress
+    from maskclip_bench.evaluation.hook import make_eval_hook
     from maskclip_core.trainer import train
 
     on_eval = make_eval_hook(cfg) if cfg.run.eval_every > 0 else None  # a bad suite name fails before training

@@ -13,20 +13,19 @@ from pathlib import Path
 
 import torch
 
-from maskclip_core.config import TrainConfig
-from maskclip_core.errors import ConfigError, DataError
-from maskclip_core.periodic_eval import EvalHook
-from maskclip_core.precision import exact_fp32
-
 from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
 from maskclip_bench.evaluation.api import metric_values
 from maskclip_bench.evaluation.feature_cache import FeatureCache
 from maskclip_bench.evaluation.model_loading import load_live
-from maskclip_bench.results.records import write_record
-from maskclip_bench.results.report import metric_column
 from maskclip_bench.evaluation.session import EvalSession
 from maskclip_bench.evaluation.suites import SUITES, plan_suite, run_suite
 from maskclip_bench.evaluation.tasks import TaskResult, result_record
+from maskclip_bench.results.records import write_record
+from maskclip_bench.results.report import metric_column
+from maskclip_core.config import TrainConfig
+from maskclip_core.errors import ConfigError, DataError
+from maskclip_core.periodic_eval import EvalHook
+from maskclip_core.precision import exact_fp32
 
 EVALS_FOLDER = "evals"
 

@@ -17,13 +17,12 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from maskclip_core.distributed import pick_device
-from maskclip_core.errors import DataError
-
 from maskclip_bench.eval_data import build_eval_dataset
-from maskclip_bench.evaluators import encode_images
 from maskclip_bench.evaluation.feature_cache import BASE_KIND, FeatureCache, files_fingerprint, transform_description
 from maskclip_bench.evaluation.model_loading import LoadedModel
+from maskclip_bench.evaluators import encode_images
+from maskclip_core.distributed import pick_device
+from maskclip_core.errors import DataError
 
 
 class EvalSession:

@@ -19,14 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from maskclip_core.data.spec_syntax import split_spec
-from maskclip_core.errors import DataError
-
 from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
 from maskclip_bench.evaluation.feature_cache import BASE_KIND
 from maskclip_bench.evaluation.session import EvalSession
-from maskclip_bench.evaluation.tasks import (DEFAULT_LP_FEATURES, DENSE, FINETUNE, LINEAR_PROBE, LP_FEATURES, RETRIEVAL, RUNNERS, TASK_KINDS,
-                    ZEROSHOT, TaskResult)
+from maskclip_bench.evaluation.tasks import (DEFAULT_LP_FEATURES, DENSE, FINETUNE, LINEAR_PROBE, LP_FEATURES, RETRIEVAL,
+                                             RUNNERS, TASK_KINDS, ZEROSHOT, TaskResult)
+from maskclip_core.data.spec_syntax import split_spec
+from maskclip_core.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from maskclip_core.errors import DataError
-
-from maskclip_bench.evaluators import evaluate_dense_probe, evaluate_linear_probe, evaluate_retrieval, evaluate_zeroshot, finetune
+from maskclip_bench.evaluation.feature_cache import BASE_KIND
+from maskclip_bench.evaluation.session import EvalSession
+from maskclip_bench.evaluators import (evaluate_dense_probe, evaluate_linear_probe, evaluate_retrieval,
+                                       evaluate_zeroshot, finetune)
 from maskclip_bench.evaluators.features import encode_texts
 from maskclip_bench.evaluators.retrieval import recall_from_scores
-from maskclip_bench.evaluation.feature_cache import BASE_KIND
 from maskclip_bench.results.records import make_record
-from maskclip_bench.evaluation.session import EvalSession
+from maskclip_core.errors import DataError
 
 ZEROSHOT, RETRIEVAL, LINEAR_PROBE, FINETUNE, DENSE = (
     "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "finetune", "dense_probe")

@@ -24,6 +24,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly, metric_values
+from maskclip_bench.evaluation.hook import make_eval_hook
+from maskclip_bench.evaluation.suites import plan_suite
+from maskclip_bench.experiments.grid_status import CELL_ERROR, CELL_MARKER, record_attempt, write_json_atomic
+from maskclip_bench.perf import throughput as perf
 from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.config import TrainConfig, set_value, validate
 from maskclip_core.distributed import world_info_from_env
@@ -31,12 +36,6 @@ from maskclip_core.ema import default_momentum
 from maskclip_core.errors import ConfigError
 from maskclip_core.thread_limit import thread_limit
 from maskclip_core.trainer import train
-
-from maskclip_bench.perf import throughput as perf
-from maskclip_bench.evaluation.hook import make_eval_hook
-from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly, metric_values
-from maskclip_bench.experiments.grid_status import CELL_ERROR, CELL_MARKER, record_attempt, write_json_atomic
-from maskclip_bench.evaluation.suites import plan_suite
 
 
 @dataclass(frozen=True)

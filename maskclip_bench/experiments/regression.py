@@ -20,7 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
+from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly
+from maskclip_bench.evaluation.suites import PlannedTask
+from maskclip_bench.evaluation.tasks import RETRIEVAL, ZEROSHOT
+from maskclip_bench.results.chance import recall_at_k_chance, topk_accuracy_chance
+from maskclip_bench.results.significance import binomial_se
 from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.config import TrainConfig, apply_overrides, validate
 from maskclip_core.data.shapes import classnames
@@ -28,12 +32,6 @@ from maskclip_core.data.spec_syntax import split_spec
 from maskclip_core.errors import ConfigError
 from maskclip_core.towers import available_models
 from maskclip_core.trainer import train
-
-from maskclip_bench.results.chance import recall_at_k_chance, topk_accuracy_chance
-from maskclip_bench.evaluation.api import EvalSettings, evaluate_quietly
-from maskclip_bench.results.significance import binomial_se
-from maskclip_bench.evaluation.suites import PlannedTask
-from maskclip_bench.evaluation.tasks import RETRIEVAL, ZEROSHOT
 
 BASELINE_FORMAT = "maskclip-bench/ci-baseline/2"  # 2: chance levels, two-sided losses
 TOLERANCE_K = 3.0  # tolerance = max(K * std over seeds, floor)

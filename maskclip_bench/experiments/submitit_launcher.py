@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from maskclip_core.errors import ConfigError
-
 from maskclip_bench.experiments import grid_status
 from maskclip_bench.experiments.ablate import CellJob, CellResult, run_cell
+from maskclip_core.errors import ConfigError
 
 
 @dataclass

@@ -41,13 +41,12 @@ import webdataset
 from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
-from maskclip_core.atomic_write import write_text_atomic
-from maskclip_core.data.images import to_rgb
-from maskclip_core.errors import DataError
-
 from maskclip_bench.eval_data import EvalDataset, build_eval_dataset
 from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
 from maskclip_bench.eval_data.spec import split_kind
+from maskclip_core.atomic_write import write_text_atomic
+from maskclip_core.data.images import to_rgb
+from maskclip_core.errors import DataError
 
 FORMATS: tuple[str, ...] = ("wds", "csv", "imagefolder")
 IMAGE_FORMATS: tuple[str, ...] = ("png", "webp", "jpg")

@@ -25,11 +25,11 @@ import open_clip
 from open_clip.push_to_hf_hub import save_config_for_hf
 from safetensors.torch import save
 
+from maskclip_bench.evaluation.model_loading import (CONFIG_NAME, EXPORT_META_KEY, LOCAL_DIR_PREFIX, LoadedModel,
+                                                     load_model)
 from maskclip_core.atomic_write import write_bytes_atomic, write_text_atomic
 from maskclip_core.errors import CheckpointError
 from maskclip_core.towers import register_model_configs
-
-from maskclip_bench.evaluation.model_loading import CONFIG_NAME, EXPORT_META_KEY, LOCAL_DIR_PREFIX, LoadedModel, load_model
 
 WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_NAME
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from maskclip_bench.perf import throughput as perf
 from maskclip_core.config import TrainConfig
 from maskclip_core.decoders import MaskedTokenHead
 from maskclip_core.encoders import encode_text_hidden, padding_positions, text_tower
@@ -29,8 +30,6 @@ from maskclip_core.model import caption_length
 from maskclip_core.precision import attention_context, compute_context
 from maskclip_core.step import make_step_batch
 from maskclip_core.trainer import train
-
-from maskclip_bench.perf import throughput as perf
 
 WHOLE_STEP = "whole step (Stepper)"
 REST = "rest of the step (losses, guards, glue)"

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from maskclip_core.distributed import pick_device
-
 from maskclip_bench.perf import throughput as perf
 from maskclip_bench.perf.peak_memory import current_rss_bytes, peak_rss_bytes, read_peak, reset_peak, reset_peak_rss
+from maskclip_core.distributed import pick_device
 
 # Re-exported: the peak readers are part of this module's measuring API.
 __all__ = ["Probe", "current_rss_bytes", "largest_fitting", "peak_rss_bytes", "read_peak", "reset_peak",

@@ -30,6 +30,7 @@ import open_clip
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from maskclip_bench.perf.peak_memory import read_peak, reset_peak
 from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.config import TrainConfig
 from maskclip_core.distributed import DistEnv
@@ -39,8 +40,6 @@ from maskclip_core.schedule import cosine_lr
 from maskclip_core.step import MAX_LOGIT_SCALE, Stepper, make_step_batch
 from maskclip_core.towers import check_model_name, create_clip, get_tokenizer
 from maskclip_core.training_setup import build_training_setup, wrap_forward
-
-from maskclip_bench.perf.peak_memory import read_peak, reset_peak
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "open_clip": {},

@@ -10,9 +10,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from maskclip_core.atomic_write import write_bytes_atomic, write_text_atomic
-
 from maskclip_bench.results.markdown import mean_std, signed, table_lines
+from maskclip_core.atomic_write import write_bytes_atomic, write_text_atomic
 
 # Metric names (after the dataset) that make a headline: zero-shot, retrieval, probes, dense.
 HEADLINE_NAMES = ("acc1", "image_retrieval_recall@5", "text_retrieval_recall@5", "lp_acc1", "ft_acc1", "miou")

@@ -17,11 +17,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from maskclip_core.atomic_write import write_text_atomic
-
 from maskclip_bench.results.markdown import mean_std, table_lines
 from maskclip_bench.results.records import load_record_trees
 from maskclip_bench.results.report import latest_records
+from maskclip_core.atomic_write import write_text_atomic
 
 EFFECTS = ("zero-shot", "retrieval", "linear probe", "finetune", "dense")
 # Which of our records speak to which effect: (task, metric names).

@@ -22,10 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from maskclip_core.atomic_write import write_text_atomic
-
 from maskclip_bench.results.markdown import table_lines
 from maskclip_bench.results.records import DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_record_trees
+from maskclip_core.atomic_write import write_text_atomic
 
 DEDUP_KEY = ["checkpoint_hash", "dataset", "split", "task", "variant"]
 CHECKPOINT_COLUMNS = ["checkpoint_hash", "checkpoint", "model", "checkpoint_kind", "checkpoint_step",
