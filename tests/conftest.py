@@ -120,6 +120,22 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
+
+@pytest.fixture
+def eval_cli(capsys, one_thread):
+    """Run `maskclip-bench ARGS` in-process, as the console script does; returns (exit code, stdout, stderr)."""
+    from maskclip_bench.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        out = capsys.readouterr()
+        code = exit_info.value.code
+        return (0 if code is None else int(code)), out.out, out.err
+
+    return run
+
 # ==================================================================================================
 # END evaluation commands / records / tables (issue 3)
 # ==================================================================================================

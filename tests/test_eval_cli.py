@@ -28,21 +28,6 @@ ZS_SPEC = "shapes/shape:test=100"  # 10 classes: cheap zero-shot classifiers
 SHAPES_OPTS = "shapes:test=100,train=100,val=50"
 
 
-@pytest.fixture
-def run_cli(capsys, one_thread):
-    """Run `maskclip-bench ARGS` in-process; returns (exit code, stdout, stderr)."""
-    from maskclip_bench.cli import main
-
-    def run(*args: object) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        out = capsys.readouterr()
-        code = exit_info.value.code
-        return (0 if code is None else int(code)), out.out, out.err
-
-    return run
-
-
 def records_of(results: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
 
@@ -51,9 +36,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_zeroshot_record_has_every_field_and_matches_the_evaluator(tiny_checkpoint, tmp_path, run_cli):
+def test_zeroshot_record_has_every_field_and_matches_the_evaluator(tiny_checkpoint, tmp_path, eval_cli):
     results = tmp_path / "runs"
-    code, out, err = run_cli("zeroshot", "--ckpt", tiny_checkpoint, "--dataset", ZS_SPEC, "--results-dir", results,
+    code, out, err = eval_cli("zeroshot", "--ckpt", tiny_checkpoint, "--dataset", ZS_SPEC, "--results-dir", results,
                              "--cache-dir", tmp_path / "cache", "--batch-size", 50, "--threads", 1)
     assert code == 0, err
     assert "evaluation results" in out and "acc1" in out
@@ -85,15 +70,15 @@ def test_zeroshot_record_has_every_field_and_matches_the_evaluator(tiny_checkpoi
     assert rec["metrics"] == pytest.approx(direct, abs=1e-9)
 
 
-def test_retrieval_linprobe_finetune_dense_records(tiny_checkpoint, tmp_path, run_cli):
+def test_retrieval_linprobe_finetune_dense_records(tiny_checkpoint, tmp_path, eval_cli):
     results, cache = tmp_path / "runs", tmp_path / "cache"
     common = ["--ckpt", tiny_checkpoint, "--results-dir", results, "--cache-dir", cache, "--threads", 1]
-    assert run_cli("retrieval", "--dataset", "shapes/retrieval:test=100", *common)[0] == 0
-    assert run_cli("linprobe", "--dataset", "shapes/shape_color:test=100,train=100,val=50", "--features", "post",
+    assert eval_cli("retrieval", "--dataset", "shapes/retrieval:test=100", *common)[0] == 0
+    assert eval_cli("linprobe", "--dataset", "shapes/shape_color:test=100,train=100,val=50", "--features", "post",
                    *common)[0] == 0
-    assert run_cli("finetune", "--dataset", "shapes/shape_color:test=20,train=32,val=8", "--epochs", 1,
+    assert eval_cli("finetune", "--dataset", "shapes/shape_color:test=20,train=32,val=8", "--epochs", 1,
                    "--batch-size", 16, *common)[0] == 0
-    assert run_cli("dense", "--dataset", "shapes/dense:test=30,train=40", "--epochs", 2, *common)[0] == 0
+    assert eval_cli("dense", "--dataset", "shapes/dense:test=30,train=40", "--epochs", 2, *common)[0] == 0
     by_task = {r["task"]: r for r in records_of(results)}
     assert set(by_task) == {"zeroshot_retrieval", "linear_probe", "finetune", "dense_probe"}
     for rec in by_task.values():
@@ -112,13 +97,13 @@ def test_retrieval_linprobe_finetune_dense_records(tiny_checkpoint, tmp_path, ru
     assert dense["eval_params"]["train_samples"] == 40 and 0.0 <= dense["metrics"]["pixel_acc"] <= 1.0
 
 
-def test_binding_records_match_a_brute_force_count(tiny_checkpoint, tmp_path, run_cli):
+def test_binding_records_match_a_brute_force_count(tiny_checkpoint, tmp_path, eval_cli):
     from maskclip_bench.eval_data import build_eval_dataset
     from maskclip_bench.evaluation.model_loading import load_model
     from maskclip_bench.evaluators.features import encode_texts
 
     results = tmp_path / "runs"
-    code, _, err = run_cli("eval", "--ckpt", tiny_checkpoint, "--dataset", "shapes/binding:test=24",
+    code, _, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--dataset", "shapes/binding:test=24",
                            "--results-dir", results, "--no-cache", "--threads", 1)
     assert code == 0, err
     by_task = {r["task"]: r for r in records_of(results)}
@@ -142,12 +127,12 @@ def test_binding_records_match_a_brute_force_count(tiny_checkpoint, tmp_path, ru
     assert by_task["zeroshot_retrieval"]["metrics"]["text_retrieval_recall@1"] == pytest.approx(hits / 24, abs=1e-6)
 
 
-def test_linprobe_and_finetune_on_bare_shapes_use_the_tasks_with_a_train_split(tiny_checkpoint, tmp_path, run_cli):
+def test_linprobe_and_finetune_on_bare_shapes_use_the_tasks_with_a_train_split(tiny_checkpoint, tmp_path, eval_cli):
     results = tmp_path / "runs"
     common = ["--ckpt", tiny_checkpoint, "--results-dir", results, "--no-cache", "--threads", 1]
     spec = "shapes:test=20,train=30,val=10"
-    assert run_cli("linprobe", "--dataset", spec, *common)[0] == 0
-    assert run_cli("finetune", "--dataset", spec, "--epochs", 1, "--batch-size", 16, *common)[0] == 0
+    assert eval_cli("linprobe", "--dataset", spec, *common)[0] == 0
+    assert eval_cli("finetune", "--dataset", spec, "--epochs", 1, "--batch-size", 16, *common)[0] == 0
     done = sorted((r["task"], r["dataset"].partition(":")[0]) for r in records_of(results))
     assert done == [("finetune", "shapes/shape_color"), ("finetune", "shapes/shape_probe"),
                     ("linear_probe", "shapes/shape_color"), ("linear_probe", "shapes/shape_probe")]
@@ -157,11 +142,11 @@ def _encoding_lines(err: str) -> int:
     return len(re.findall(r"^encoding ", err, flags=re.M))
 
 
-def test_eval_suite_encodes_each_image_set_once_and_caches(tiny_checkpoint, tmp_path, run_cli):
+def test_eval_suite_encodes_each_image_set_once_and_caches(tiny_checkpoint, tmp_path, eval_cli):
     results, cache = tmp_path / "runs", tmp_path / "cache"
     args = ["eval", "--ckpt", tiny_checkpoint, "--suite", "quick", "--dataset", SHAPES_OPTS,
             "--results-dir", results, "--cache-dir", cache, "--threads", 1]
-    code, _, err = run_cli(*args)
+    code, _, err = eval_cli(*args)
     assert code == 0, err
     first = {r["task"]: r for r in records_of(results)}
     assert set(first) == {"zeroshot_classification", "zeroshot_retrieval", "linear_probe"}
@@ -173,7 +158,7 @@ def test_eval_suite_encodes_each_image_set_once_and_caches(tiny_checkpoint, tmp_
     assert len(list(cache.rglob("*.pt"))) == 2
 
     # The suite's zero-shot equals the single command's (which encodes on its own, uncached).
-    code, _, _ = run_cli("zeroshot", "--ckpt", tiny_checkpoint, "--dataset", "shapes/shape_color:test=100",
+    code, _, _ = eval_cli("zeroshot", "--ckpt", tiny_checkpoint, "--dataset", "shapes/shape_color:test=100",
                          "--results-dir", tmp_path / "single", "--no-cache", "--threads", 1)
     assert code == 0
     (single,) = records_of(tmp_path / "single")
@@ -185,7 +170,7 @@ def test_eval_suite_encodes_each_image_set_once_and_caches(tiny_checkpoint, tmp_
 
     # Second run: everything from the cache, same numbers.
     shutil.rmtree(results)
-    code, _, err = run_cli(*args)
+    code, _, err = eval_cli(*args)
     assert code == 0 and _encoding_lines(err) == 0
     second = {r["task"]: r for r in records_of(results)}
     assert all("miss" not in r["feature_cache"] for r in second.values())
@@ -201,12 +186,12 @@ def test_eval_suite_encodes_each_image_set_once_and_caches(tiny_checkpoint, tmp_
     # shapes/shape shows the same images as the suite's shape_color (same test set), so it reads its entry.
     zs = ["zeroshot", "--ckpt", changed, "--dataset", "shapes/shape:test=100",
           "--results-dir", tmp_path / "changed_runs", "--cache-dir", cache, "--threads", 1]
-    assert run_cli(*zs)[0] == 0  # a copy has the same content hash: a hit
+    assert eval_cli(*zs)[0] == 0  # a copy has the same content hash: a hit
     state = load_checkpoint(changed)
     with torch.no_grad():
         state["clip"]["visual.proj"].mul_(-1.0)
     save_checkpoint({k: v for k, v in state.items() if k != "format"}, changed)
-    code, _, err = run_cli(*zs)
+    code, _, err = eval_cli(*zs)
     assert code == 0 and _encoding_lines(err) == 1
     copied, modified = sorted(records_of(tmp_path / "changed_runs"), key=lambda r: r["timestamp"])
     assert copied["feature_cache"] == "hit" and copied["checkpoint_hash"] == sha256(tiny_checkpoint)
@@ -214,22 +199,22 @@ def test_eval_suite_encodes_each_image_set_once_and_caches(tiny_checkpoint, tmp_
     assert modified["checkpoint_hash"] != copied["checkpoint_hash"]
 
 
-def test_open_clip_checkpoint_and_exported_local_dir_give_the_same_numbers(tiny_checkpoint, tmp_path, run_cli):
+def test_open_clip_checkpoint_and_exported_local_dir_give_the_same_numbers(tiny_checkpoint, tmp_path, eval_cli):
     from maskclip_core.checkpoint import load_checkpoint
 
     results = tmp_path / "runs"
     common = ["--dataset", "shapes/shape:test=60", "--results-dir", results, "--no-cache", "--threads", 1]
-    assert run_cli("zeroshot", "--ckpt", tiny_checkpoint, *common)[0] == 0
+    assert eval_cli("zeroshot", "--ckpt", tiny_checkpoint, *common)[0] == 0
     # open_clip's trainer layout: {"state_dict": ...} with DDP's "module." prefix.
     plain = tmp_path / "open_clip_epoch_1.pt"
     clip = load_checkpoint(tiny_checkpoint)["clip"]
     torch.save({"epoch": 1, "name": "x", "state_dict": {f"module.{k}": v for k, v in clip.items()}}, plain)
-    code, _, err = run_cli("zeroshot", "--ckpt", plain, *common)
+    code, _, err = eval_cli("zeroshot", "--ckpt", plain, *common)
     assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
-    assert run_cli("zeroshot", "--ckpt", plain, "--model", MODEL, *common)[0] == 0
-    code, out, _ = run_cli("export", "--ckpt", tiny_checkpoint, "--out", tmp_path / "exported")
+    assert eval_cli("zeroshot", "--ckpt", plain, "--model", MODEL, *common)[0] == 0
+    code, out, _ = eval_cli("export", "--ckpt", tiny_checkpoint, "--out", tmp_path / "exported")
     assert code == 0 and "local-dir:" in out
-    assert run_cli("zeroshot", "--ckpt", f"local-dir:{tmp_path / 'exported'}", *common)[0] == 0
+    assert eval_cli("zeroshot", "--ckpt", f"local-dir:{tmp_path / 'exported'}", *common)[0] == 0
 
     recs = {r["checkpoint_kind"]: r for r in records_of(results)}
     assert set(recs) == {"maskclip", "open_clip", "local-dir"}
@@ -254,9 +239,9 @@ def test_open_clip_checkpoint_and_exported_local_dir_give_the_same_numbers(tiny_
         (["zeroshot", "--ckpt", "local-dir:{tmp}", "--dataset", ZS_SPEC], "open_clip_config.json"),
     ],
 )
-def test_user_errors_are_one_line_with_exit_2(args, message, tiny_checkpoint, tmp_path, run_cli):
+def test_user_errors_are_one_line_with_exit_2(args, message, tiny_checkpoint, tmp_path, eval_cli):
     args = [a.format(tmp=tmp_path, ckpt=tiny_checkpoint) for a in args]
-    code, out, err = run_cli(*args, "--results-dir", tmp_path / "runs", "--no-cache")
+    code, out, err = eval_cli(*args, "--results-dir", tmp_path / "runs", "--no-cache")
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
@@ -276,17 +261,17 @@ def test_corrupt_checkpoint_from_the_console_script(tiny_checkpoint, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: cannot read checkpoint"), proc.stderr
 
 
-def test_data_export_command(tmp_path, run_cli):
+def test_data_export_command(tmp_path, eval_cli):
     out = tmp_path / "csv"
-    code, stdout, _ = run_cli("data", "export", "--dataset", "shapes/shape_color:test=6", "--format", "csv",
+    code, stdout, _ = eval_cli("data", "export", "--dataset", "shapes/shape_color:test=6", "--format", "csv",
                               "--out", out)
     assert code == 0 and "wrote 6 classification samples" in stdout
     assert (out / "test.csv").is_file() and len(list((out / "test").glob("*.png"))) == 6
-    code, _, err = run_cli("data", "export", "--dataset", "shapes/shape_color:test=6", "--format", "csv", "--out", out)
+    code, _, err = eval_cli("data", "export", "--dataset", "shapes/shape_color:test=6", "--format", "csv", "--out", out)
     assert code == 2 and "not empty" in err
-    assert run_cli("data", "export", "--dataset", "shapes/shape_color:test=6", "--format", "csv", "--out", out,
+    assert eval_cli("data", "export", "--dataset", "shapes/shape_color:test=6", "--format", "csv", "--out", out,
                    "--overwrite")[0] == 0
-    code, _, err = run_cli("data", "export", "--dataset", "shapes/dense", "--format", "wds", "--out", tmp_path / "w")
+    code, _, err = eval_cli("data", "export", "--dataset", "shapes/dense", "--format", "wds", "--out", tmp_path / "w")
     assert code == 2 and "segmentation" in err
 
 

@@ -185,22 +185,34 @@ def dense_command(
 
 def eval_command(
     ckpt: str = CKPT,
-    suite: Optional[str] = typer.Option(None, "--suite", help="quick | shapes | full (quick when no --dataset)"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="quick | shapes | full (quick when no --dataset), or a "
+                                        "standard suite over --dataset-root: datacomp | vtab | vtab+ | "
+                                        "imagenet_robustness | retrieval"),
     dataset: list[str] = typer.Option([], "--dataset", help="extra dataset (repeatable); a bare shapes:OPTIONS "
                                       "sets the options of the suite's shapes tasks"),
+    dataset_root: Optional[Path] = typer.Option(None, "--dataset-root", help="standard suites: folder holding "
+                                                "CLIP_benchmark's wds_<name> (or DataComp's wds_<name>_test) copies"),
+    redo: bool = typer.Option(False, "--redo", help="standard suites: evaluate tasks that already have a record "
+                              "for this checkpoint again"),
     model: Optional[str] = MODEL, templates: Optional[str] = TEMPLATES,
     batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
     device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
     data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
 ) -> None:
-    """Run a suite of evaluations on one checkpoint, encoding each image set once (see maskclip_bench.evaluation.suites)."""
+    """Run a suite of evaluations on one checkpoint, encoding each image set once (see maskclip_bench.evaluation.suites
+    and, for the standard suites over real datasets, maskclip_bench.evaluation.standard_suites)."""
+    from maskclip_bench.evaluation.standard_suites import STANDARD_SUITES
+
+    if suite in STANDARD_SUITES:
+        _standard_suite(suite, dataset_root, redo, dataset, _common(locals()))
+        return
     chosen = suite if suite or dataset else "quick"
     if chosen is not None:
         from maskclip_bench.evaluation.suites import SUITES
         from maskclip_core.errors import DataError
 
         if chosen not in SUITES:
-            raise DataError(f"unknown suite '{chosen}' (choose {', '.join(SUITES)})")
+            raise DataError(f"unknown suite '{chosen}' (choose {', '.join([*SUITES, *STANDARD_SUITES])})")
 
     def plan(session: "EvalSession") -> list["PlannedTask"]:
         from maskclip_bench.evaluation.suites import plan_suite
@@ -208,6 +220,54 @@ def eval_command(
         return plan_suite(session, chosen, dataset, templates=templates)
 
     execute(plan, specs=tuple(dataset), **_common(locals()))
+
+
+def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str], common: dict[str, Any]) -> None:
+    """A standard suite: the missing and unsupported datasets listed up front, the found ones evaluated (skipping
+    those with a record for this checkpoint), then the averages, each marked partial with its task count."""
+    from rich.markup import escape
+
+    from maskclip_bench.commands.console import command_console
+    from maskclip_bench.evaluation import standard_eval
+    from maskclip_bench.evaluation.standard_suites import FLICKR_SPLIT_NOTE, locate, suite_tasks
+    from maskclip_bench.results.suite_table import suite_groups, suite_rows
+    from maskclip_core.errors import DataError
+
+    if root is None:
+        raise DataError(f"--suite {name} reads real datasets: give --dataset-root DIR")
+    if extra:
+        raise DataError(f"--suite {name} takes its datasets from --dataset-root, not --dataset")
+    tasks = suite_tasks(name)
+    layout = locate(tasks, root)
+    err = command_console(stderr=True)
+    for task in layout.unsupported:
+        err.print(escape(f"not supported: {task.title} ({task.key}, main metric {task.metric}): {task.reason}"))
+    if layout.missing:
+        err.print(escape(f"missing under {root} ({len(layout.missing)} of {len(tasks)}); fetch with:"))
+        for task in layout.missing:
+            err.print(escape(f"  {task.title}: {task.fetch_hint().replace('ROOT', str(root))}"))
+    console = command_console()
+    if not layout.found:
+        console.print(escape(f"{name}: nothing to evaluate (none of its datasets was found under {root})"))
+        return
+    skipped: list[Any] = []
+    checkpoint: dict[str, str] = {}
+    planner = standard_eval.plan_standard(layout, common["results_dir"], redo, skipped)
+
+    def plan(session: "EvalSession") -> list["PlannedTask"]:
+        checkpoint["hash"] = session.loaded.content_hash  # the scores below are this checkpoint's records
+        return planner(session)
+
+    execute(plan, specs=(), **common)
+    if skipped:
+        err.print(escape(f"{len(skipped)} task(s) had a record for this checkpoint and were not rerun (--redo "
+                         f"reruns them): {', '.join(t.title for t in skipped)}"))
+    rows = [r for r in suite_rows(common["results_dir"], tasks, suite_groups(name))
+            if r["checkpoint_hash"] == checkpoint["hash"]]
+    for label, average in rows[0]["averages"].items():
+        console.print(escape(f"{name} {label}: {average.label()}"))
+    if name in ("datacomp", "retrieval"):
+        console.print(escape(FLICKR_SPLIT_NOTE))
 
 
 def register(app: typer.Typer) -> None:

@@ -18,11 +18,17 @@ def report_command(
         None, "--curves", help="training run folder (repeat for several); draw its metrics.jsonl curves instead "
                                "of the benchmark tables"),
     curves_out: Path = typer.Option(Path("results/curves"), "--curves-out", help="folder for the curve PNGs"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="a standard suite (datacomp, vtab, vtab+, "
+                                        "imagenet_robustness, retrieval): write suite_<name>.md/.csv from the "
+                                        "records instead of the benchmark tables"),
 ) -> None:
     """One row per checkpoint, one column per dataset/metric (latest record wins); see maskclip_bench.results.report.
     With --curves: one PNG per loss/eval metric, every run against samples seen and wall seconds."""
     if curves:
         _curves(curves, curves_out)
+        return
+    if suite is not None:
+        _suite(suite, results_dir, out)
         return
     from maskclip_bench.results.comparison import write_comparison
     from maskclip_bench.results.report import write_report
@@ -35,6 +41,17 @@ def report_command(
     comparison = write_comparison([results_dir, ablations_dir], out, command)
     typer.echo(f"{len(files.table)} checkpoint(s) from {files.num_records} record(s): "
                f"{files.markdown}, {files.csv}, {files.long_csv}, {comparison}")
+
+
+def _suite(name: str, results_dir: Path, out: Path) -> None:
+    import shlex
+    import sys
+
+    from maskclip_bench.results.suite_table import write_suite_table
+
+    command = "maskclip-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else f"maskclip-bench report --suite {name}"
+    md, csv, count = write_suite_table(name, results_dir, out, command)
+    typer.echo(f"{count} checkpoint(s) scored on {name}: {md}, {csv}")
 
 
 def _curves(runs: list[Path], out: Path) -> None:

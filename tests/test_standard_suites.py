@@ -1,0 +1,128 @@
+"""Standard suites over real-dataset layouts (issue 14, first slice): DataComp's task list and averages checked by
+hand, and `eval --suite datacomp --dataset-root` on a root the test writes in CLIP_benchmark's and DataComp's
+webdataset folder names (missing datasets listed, unsupported ones named, a rerun skipping finished tasks),
+then `report --suite`."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from maskclip_bench.evaluation.standard_suites import (DATACOMP, DATACOMP_GROUPS, RETRIEVAL, SHIFTS, UNSUPPORTED,
+                                                       VTAB, StandardTask, locate, main_metric, suite_averages,
+                                                       suite_tasks)
+from maskclip_bench.export.data import export_dataset
+from maskclip_core.errors import DataError
+
+MODEL = "MaskCLIP-Micro-8"
+
+
+def test_datacomp_has_its_38_scored_tasks_and_groups():
+    assert len(DATACOMP) == 38 and len({t.key for t in DATACOMP}) == 38
+    by_group = {g: sorted(t.title for t in DATACOMP if g in t.groups) for g in DATACOMP_GROUPS}
+    # The groups of DataComp's aggregate_scores.py, written out by hand.
+    assert by_group["ImageNet"] == ["ImageNet 1k"]
+    assert by_group[SHIFTS] == sorted(["ImageNet Sketch", "ImageNet v2", "ImageNet-A", "ImageNet-O", "ImageNet-R",
+                                       "ObjectNet"])
+    assert by_group[VTAB] == sorted(["Caltech-101", "CIFAR-100", "CLEVR Counts", "CLEVR Distance",
+                                     "Describable Textures", "EuroSAT", "KITTI Vehicle Distance",
+                                     "Oxford Flowers-102", "Oxford-IIIT Pet", "PatchCamelyon", "RESISC45", "SVHN",
+                                     "SUN397"])
+    assert by_group["Retrieval"] == ["Flickr", "MSCOCO", "WinoGAViL"]
+    per_class = sorted(t.title for t in DATACOMP if t.metric == "mean_per_class_recall")
+    assert per_class == ["Caltech-101", "FGVC Aircraft", "Oxford Flowers-102", "Oxford-IIIT Pet"]
+    assert all(t.reason for t in DATACOMP if t.kind == UNSUPPORTED)
+
+
+def test_collections_come_from_clip_benchmark():
+    assert [t.key for t in suite_tasks("imagenet_robustness")] == [
+        "imagenetv2", "imagenet_sketch", "imagenet-a", "imagenet-r", "objectnet"]
+    assert all(t.kind == RETRIEVAL for t in suite_tasks("retrieval"))
+    with pytest.raises(DataError, match="unknown standard suite 'datacmp'"):
+        suite_tasks("datacmp")
+
+
+def test_main_metric_and_partial_averages_by_hand():
+    flickr = StandardTask("flickr30k", "Flickr", RETRIEVAL, "mean_recall@1", ("R",))
+    assert main_metric(flickr, {"image_retrieval_recall@1": 0.2, "text_retrieval_recall@1": 0.4}) == pytest.approx(0.3)
+    assert main_metric(flickr, {"image_retrieval_recall@1": 0.2}) is None
+    a = StandardTask("a", "A", "classification", "acc1", ("G",))
+    b = StandardTask("b", "B", "classification", "acc1", ("G",))
+    c = StandardTask("c", "C", "classification", "acc1")
+    averages = suite_averages([a, b, c, flickr], {"a": 0.5, "c": 0.1, "flickr30k": 0.3}, ["G", "R"])
+    assert averages["Average"].value == pytest.approx((0.5 + 0.1 + 0.3) / 3)
+    assert (averages["Average"].count, averages["Average"].total) == (3, 4)
+    assert averages["Average"].label() == "0.3000 (partial: 3/4)"
+    assert (averages["G"].value, averages["G"].count, averages["G"].total) == (0.5, 1, 2)
+    assert averages["R"].label() == "0.3000"  # every task of the group scored: not partial
+    empty = suite_averages([b], {}, [])["Average"]
+    assert math.isnan(empty.value) and empty.label() == "n/a"
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    """Three DataComp datasets in their two folder conventions (shapes images stand in for the real ones)."""
+    root = tmp_path_factory.mktemp("datasets")
+    export_dataset("shapes/shape_color:test=12", "test", "wds", root / "wds_vtab-caltech101")  # CLIP_benchmark's
+    export_dataset("shapes/shape:test=10", "test", "wds", root / "wds_imagenet1k_test")  # DataComp's name
+    export_dataset("shapes/retrieval:test=8", "test", "wds", root / "wds_flickr30k")
+    return root
+
+
+def test_locate_finds_both_folder_names_and_lists_the_rest(dataset_root):
+    layout = locate(DATACOMP, dataset_root)
+    assert sorted(t.key for t, _ in layout.found) == ["flickr30k", "imagenet1k", "vtab/caltech101"]
+    assert len(layout.missing) == 38 - 3 - 5 and len(layout.unsupported) == 5
+    with pytest.raises(DataError, match="is not a folder"):
+        locate(DATACOMP, dataset_root / "nothing")
+
+
+def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, dataset_root, tmp_path, eval_cli):
+    results = tmp_path / "runs"
+    args = ("eval", "--ckpt", tiny_checkpoint, "--suite", "datacomp", "--dataset-root", dataset_root,
+            "--results-dir", results, "--no-cache", "--threads", 1, "--batch-size", 16)
+    code, out, err = eval_cli(*args)
+    assert code == 0, err
+    assert "missing under" in err and "Food-101: git clone https://huggingface.co/datasets/clip-benchmark/" \
+        "wds_food101" in err
+    assert "not supported: WinoGAViL" in err and "not supported: GeoDE" in err
+    records = sorted(results.glob("*.json"))
+    assert len(records) == 3
+    assert "datacomp Average:" in out and "(partial: 3/38)" in out and "ImageNet 1k" not in out
+
+    # The scores printed are the records' main metrics (by hand from the record files).
+    import json
+
+    metrics = {json.loads(p.read_text())["dataset"].rsplit("/", 1)[-1]: json.loads(p.read_text())["metrics"]
+               for p in records}
+    caltech = metrics["wds_vtab-caltech101"]["mean_per_class_recall"]
+    imagenet = metrics["wds_imagenet1k_test"]["acc1"]
+    flickr = 0.5 * (metrics["wds_flickr30k"]["image_retrieval_recall@1"]
+                    + metrics["wds_flickr30k"]["text_retrieval_recall@1"])
+    assert f"datacomp Average: {(caltech + imagenet + flickr) / 3:.4f} (partial: 3/38)" in out
+    assert f"datacomp ImageNet: {imagenet:.4f}" in out  # one task, all of the group: not partial
+    assert f"datacomp VTAB: {caltech:.4f} (partial: 1/13)" in out
+
+    # A rerun evaluates nothing again; --redo does.
+    code, out2, err2 = eval_cli(*args)
+    assert code == 0, err2
+    assert len(list(results.glob("*.json"))) == 3 and "3 task(s) had a record" in err2
+    assert f"datacomp Average: {(caltech + imagenet + flickr) / 3:.4f}" in out2
+
+    report = tmp_path / "tables"
+    code, out3, err3 = eval_cli("report", "--suite", "datacomp", "--results-dir", results, "--out", report)
+    assert code == 0, err3
+    rows = list(csv.DictReader((report / "suite_datacomp.csv").open()))
+    assert len(rows) == 1 and rows[0]["tasks scored"] == "3/38"
+    assert float(rows[0]["Average"]) == pytest.approx((caltech + imagenet + flickr) / 3)
+    assert float(rows[0]["Caltech-101"]) == pytest.approx(caltech) and rows[0]["Food-101"] == ""
+    assert "1K Karpathy test" in (report / "suite_datacomp.md").read_text()
+
+
+def test_standard_suite_errors_are_one_line(tiny_checkpoint, tmp_path, eval_cli):
+    code, _, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--suite", "datacomp")
+    assert code != 0 and "give --dataset-root DIR" in err and "Traceback" not in err
+    code, _, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--suite", "datacomp", "--dataset-root",
+                           tmp_path / "nope")
+    assert code != 0 and "is not a folder" in err
