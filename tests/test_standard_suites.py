@@ -120,6 +120,28 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
     assert "1K Karpathy test" in (report / "suite_datacomp.md").read_text()
 
 
+def test_two_checkpoints_in_one_call_get_a_row_each(tiny_checkpoint, dataset_root, tmp_path, eval_cli):
+    import torch
+
+    # A second checkpoint: the same weights scaled, so its content hash (and its scores' identity) differ.
+    other = tmp_path / "other.pt"
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    state["clip"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in state["clip"].items()}
+    torch.save(state, other)
+    results, report = tmp_path / "runs", tmp_path / "tables"
+    code, out, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--ckpt", other, "--suite", "imagenet_robustness",
+                              "--dataset-root", dataset_root, "--results-dir", results, "--no-cache")
+    assert code == 0, err
+    assert out.count("imagenet_robustness: nothing to evaluate") == 2  # none of its five datasets is under the root
+    code, out, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--ckpt", other, "--suite", "datacomp",
+                              "--dataset-root", dataset_root, "--results-dir", results, "--no-cache", "--threads", 1)
+    assert code == 0, err
+    assert out.count("datacomp Average:") == 2 and len(list(results.glob("*.json"))) == 6
+    eval_cli("report", "--suite", "datacomp", "--results-dir", results, "--out", report)
+    rows = list(csv.DictReader((report / "suite_datacomp.csv").open()))
+    assert sorted(r["checkpoint"].rsplit("/", 1)[-1] for r in rows) == ["last.pt", "other.pt"]
+
+
 def test_standard_suite_errors_are_one_line(tiny_checkpoint, tmp_path, eval_cli):
     code, _, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--suite", "datacomp")
     assert code != 0 and "give --dataset-root DIR" in err and "Traceback" not in err

@@ -184,7 +184,8 @@ def dense_command(
 
 
 def eval_command(
-    ckpt: str = CKPT,
+    ckpt: list[str] = typer.Option(..., "--ckpt", help="checkpoint as for the other commands; repeat it to "
+                                   "evaluate several, one after the other (features are never shared between them)"),
     suite: Optional[str] = typer.Option(None, "--suite", help="quick | shapes | full (quick when no --dataset), or a "
                                         "standard suite over --dataset-root: datacomp | vtab | vtab+ | "
                                         "imagenet_robustness | retrieval"),
@@ -203,8 +204,10 @@ def eval_command(
     and, for the standard suites over real datasets, maskclip_bench.evaluation.standard_suites)."""
     from maskclip_bench.evaluation.standard_suites import STANDARD_SUITES
 
+    checkpoints, common = ckpt, _common(locals())
     if suite in STANDARD_SUITES:
-        _standard_suite(suite, dataset_root, redo, dataset, _common(locals()))
+        for one in checkpoints:
+            _standard_suite(suite, dataset_root, redo, dataset, {**common, "ckpt": one})
         return
     chosen = suite if suite or dataset else "quick"
     if chosen is not None:
@@ -219,7 +222,8 @@ def eval_command(
 
         return plan_suite(session, chosen, dataset, templates=templates)
 
-    execute(plan, specs=tuple(dataset), **_common(locals()))
+    for one in checkpoints:
+        execute(plan, specs=tuple(dataset), **{**common, "ckpt": one})
 
 
 def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str], common: dict[str, Any]) -> None:
