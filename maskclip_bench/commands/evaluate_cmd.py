@@ -147,6 +147,8 @@ def linprobe_command(
     ckpt: str = CKPT, dataset: str = DATASET, model: Optional[str] = MODEL,
     features: str = typer.Option("pre", "--features", help="pre: pooled features before the projection "
                                  "(CLIP's protocol for ViTs); post: the normalised projected embedding"),
+    solver: str = typer.Option("auto", "--solver", help="sklearn (exact, CPU) | torch (full-batch L-BFGS on "
+                               "--device, for ImageNet-size feature sets) | auto (torch from 50M feature values)"),
     batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
     device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
     data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
@@ -154,7 +156,8 @@ def linprobe_command(
     """Linear probe (logistic regression, C picked on val) on frozen features: lp_acc1, lp_acc5, ..."""
     if features not in ("pre", "post"):
         raise typer.BadParameter("must be 'pre' or 'post'", param_hint="--features")
-    execute(_single("linear_probe", dataset, features=features), specs=(dataset,), **_common(locals()))
+    execute(_single("linear_probe", dataset, features=features, solver=solver), specs=(dataset,),
+            **_common(locals()))
 
 
 def finetune_command(

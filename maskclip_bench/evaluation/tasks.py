@@ -19,6 +19,7 @@ from maskclip_bench.evaluators import (evaluate_dense_probe, evaluate_linear_pro
                                        evaluate_zeroshot, finetune)
 from maskclip_bench.evaluators.features import encode_texts
 from maskclip_bench.evaluators.retrieval import recall_from_scores
+from maskclip_bench.evaluators.linprobe import SOLVERS, choose_solver
 from maskclip_bench.results.records import make_record
 from maskclip_core.errors import DataError
 
@@ -160,11 +161,15 @@ def _probe_splits(session: EvalSession, ds: Any, kind: str) -> tuple[Any, Any, A
     return train[kind][train_idx], train["targets"][train_idx], train[kind][val_idx], train["targets"][val_idx]
 
 
-def run_linear_probe(session: EvalSession, ds: Any, *, features: str = DEFAULT_LP_FEATURES) -> TaskResult:
+def run_linear_probe(session: EvalSession, ds: Any, *, features: str = DEFAULT_LP_FEATURES,
+                     solver: str = "auto") -> TaskResult:
     """Logistic-regression probe on frozen `features` ("pre": pooled before the projection, "post":
-    the normalised projected embedding): lp_acc1, lp_acc5, lp_mean_per_class_recall, lp_C."""
+    the normalised projected embedding): lp_acc1, lp_acc5, lp_mean_per_class_recall, lp_C. `solver`: sklearn,
+    torch (L-BFGS on the session's device) or auto (by feature-set size; the record names the one used)."""
     if features not in LP_FEATURES:
         raise DataError(f"--features must be one of {', '.join(LP_FEATURES)}, got '{features}'")
+    if solver not in SOLVERS:
+        raise DataError(f"--solver must be one of {', '.join(SOLVERS)}, got '{solver}'")
     _require(ds, LINEAR_PROBE)
     kind = LP_FEATURES[features]
     start = time.perf_counter()
@@ -175,8 +180,11 @@ def run_linear_probe(session: EvalSession, ds: Any, *, features: str = DEFAULT_L
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         # Raised on every fit of the C search when classes are many next to samples (small probe sets).
         warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-        metrics = evaluate_linear_probe(x_tr, y_tr, x_val, y_val, test[kind], test["targets"], seed=session.seed)
-    params = {"features": features, "train_samples": int(len(y_tr)), "val_samples": int(len(y_val))}
+        used = choose_solver(solver, (len(y_tr) + len(y_val)) * int(x_tr.shape[1]))
+        metrics = evaluate_linear_probe(x_tr, y_tr, x_val, y_val, test[kind], test["targets"], seed=session.seed,
+                                        solver=used, device=session.device)
+    params = {"features": features, "train_samples": int(len(y_tr)), "val_samples": int(len(y_val)),
+              "solver": used}
     return _result(session, ds, LINEAR_PROBE, metrics, _count(test), start, params,
                    variant=variant_of(params, {"features": DEFAULT_LP_FEATURES}))
 
