@@ -5,13 +5,13 @@ See `maskclip_bench.experiments.ablate` for the cell layout and resumption and `
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+
+from maskclip_bench.commands.console import command_console, command_line
 
 from maskclip_bench.commands.options import (QUIET, SET, TRAIN_BATCH, TRAIN_DATA, TRAIN_MODEL, TRAIN_STEPS,
                                              allow_pipe_option)
@@ -114,7 +114,6 @@ def ablate_command(
                                          "cluster) or a submitit plugin's executor name"),
 ) -> None:
     """Train and evaluate every cell of a grid (values x seeds), resumably; write mean ± std tables and plots."""
-    from maskclip_bench.commands.console import command_console
     from maskclip_bench.commands.run_config import (announce_precision, build_config, check_model_and_data,
                                                     trust_typed_data_spec)
     from maskclip_bench.evaluation.api import check_specs
@@ -299,7 +298,7 @@ class GridOutputs:
             return
         axes = [g.name for g in self.grids]
         base = self.base
-        command = "maskclip-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "maskclip-bench ablate"
+        command = command_line("maskclip-bench ablate")
         copied = {r.folder for r in good if "reused_from" in (ablate.read_cell(Path(r.folder)) or {})}
         compute = sum(r.wall_time_s for r in good if r.folder not in copied)
         header = (f"Produced by: `{command}`\n\n"

@@ -1,12 +1,12 @@
 """`maskclip-bench check`: the CI regression check against a committed baseline (see maskclip_bench.experiments.regression)."""
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import typer
+
+from maskclip_bench.commands.console import command_console, command_line
 
 
 def check_command(
@@ -26,7 +26,6 @@ def check_command(
     fell below its baseline (or, for losses, left it on either side) by more than the recorded tolerance."""
     from rich.table import Table
 
-    from maskclip_bench.commands.console import command_console
     from maskclip_bench.experiments import regression as check
     from maskclip_core.errors import ConfigError
 
@@ -45,7 +44,7 @@ def check_command(
         for i in range(seeds):
             runs.append(check.measure(settings, seed=settings.seed + i))
             console.print(f"seed {settings.seed + i}: " + ", ".join(f"{m} {v:.4f}" for m, v in runs[-1].items()))
-        command = "maskclip-bench " + shlex.join(sys.argv[1:])
+        command = command_line("maskclip-bench check --update")
         data = check.build_baseline(settings, runs, command, k=k, wall_time_s=(time.time() - start) / seeds,
                                     drop_at_chance=drop_at_chance)
         check.write_baseline(baseline, data)

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from maskclip_bench.commands.console import command_line
+
 
 def report_command(
     results_dir: Path = typer.Option(Path("results/runs"), "--results-dir", help="folder of evaluation records"),
@@ -34,22 +36,18 @@ def report_command(
     from maskclip_bench.results.report import write_report
 
     files = write_report(results_dir, out)
-    import shlex
-    import sys
 
-    command = "maskclip-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "maskclip-bench report"
+    command = command_line("maskclip-bench report")
     comparison = write_comparison([results_dir, ablations_dir], out, command)
     typer.echo(f"{len(files.table)} checkpoint(s) from {files.num_records} record(s): "
                f"{files.markdown}, {files.csv}, {files.long_csv}, {comparison}")
 
 
 def _suite(name: str, results_dir: Path, out: Path) -> None:
-    import shlex
-    import sys
 
     from maskclip_bench.results.suite_table import write_suite_table
 
-    command = "maskclip-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else f"maskclip-bench report --suite {name}"
+    command = command_line(f"maskclip-bench report --suite {name}")
     md, csv, count = write_suite_table(name, results_dir, out, command)
     typer.echo(f"{count} checkpoint(s) scored on {name}: {md}, {csv}")
 
