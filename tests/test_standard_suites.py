@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
 
@@ -84,8 +85,8 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
             "--results-dir", results, "--no-cache", "--threads", 1, "--batch-size", 16)
     code, out, err = eval_cli(*args)
     assert code == 0, err
-    assert "missing under" in err and "Food-101: git clone https://huggingface.co/datasets/clip-benchmark/" \
-        "wds_food101" in err
+    assert "missing under" in err and f"Food-101: maskclip-bench data fetch food101 --dataset-root {dataset_root}" \
+        in err
     assert "not supported: WinoGAViL" in err and "not supported: GeoDE" in err
     records = sorted(results.glob("*.json"))
     assert len(records) == 3
@@ -148,3 +149,33 @@ def test_standard_suite_errors_are_one_line(tiny_checkpoint, tmp_path, eval_cli)
     code, _, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--suite", "datacomp", "--dataset-root",
                            tmp_path / "nope")
     assert code != 0 and "is not a folder" in err
+
+
+def test_data_fetch_downloads_into_the_folder_the_suite_reads(tmp_path, eval_cli, monkeypatch):
+    """The download is a stand-in writing what the hub repository holds; the call's arguments are checked."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(**kwargs):
+        calls.append(kwargs)
+        out = Path(kwargs["local_dir"])
+        if "missing" in kwargs["repo_id"]:
+            raise OSError("404 Client Error: Repository Not Found")
+        export_dataset("shapes/shape:test=4", "test", "wds", out, overwrite=True)
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    root = tmp_path / "root"
+    code, out, err = eval_cli("data", "fetch", "vtab/caltech101", "--dataset-root", root)
+    assert code == 0, err
+    assert calls == [{"repo_id": "clip-benchmark/wds_vtab-caltech101", "repo_type": "dataset",
+                      "local_dir": str(root / "wds_vtab-caltech101"), "allow_patterns": ["test/*", "*.txt"]}]
+    assert [t.key for t, _ in locate(DATACOMP, root).found] == ["vtab/caltech101"]
+    code, out, err = eval_cli("data", "fetch", "vtab/caltech101", "--dataset-root", root)
+    assert code == 0 and "already there" in out and len(calls) == 1  # nothing fetched twice
+    code, out, err = eval_cli("data", "fetch", "cifar10", "missing_set", "--dataset-root", root)
+    assert code != 0 and "could not fetch clip-benchmark/wds_missing_set: OSError: 404" in err
+    assert "1 of 2 dataset(s) not fetched: missing_set" in err and "fetched: cifar10" in out
+    code, _, err = eval_cli("data", "fetch", "../etc", "--dataset-root", root)
+    assert code != 0 and "is not a CLIP_benchmark dataset name" in err

@@ -53,6 +53,37 @@ def data_export_command(
         typer.echo(f"clip_benchmark eval --dataset wds/NAME --dataset_root {result.out_dir} --split {result.split}")
 
 
+@data_app.command("fetch")
+def data_fetch_command(
+    names: list[str] = typer.Argument(None, help="CLIP_benchmark dataset names, e.g. cifar10 vtab/caltech101"),
+    dataset_root: Path = typer.Option(..., "--dataset-root", help="folder receiving wds_<name> folders"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="fetch every readable dataset of a standard suite "
+                                        "(datacomp, vtab, vtab+, imagenet_robustness, retrieval) not there yet"),
+    split: str = typer.Option("test", "--split", help="split to fetch"),
+) -> None:
+    """Download CLIP_benchmark's webdataset copies from the Hugging Face hub (the only command that downloads)."""
+    from maskclip_bench.eval_data.fetch import fetch_dataset
+    from maskclip_bench.evaluation.standard_suites import UNSUPPORTED, suite_tasks
+    from maskclip_core.errors import DataError
+
+    wanted = list(names or [])
+    if suite is not None:
+        wanted += [t.key for t in suite_tasks(suite) if t.kind != UNSUPPORTED]
+    if not wanted:
+        raise DataError("name at least one dataset, or --suite NAME")
+    failed = []
+    for name in dict.fromkeys(wanted):
+        try:
+            folder, fetched = fetch_dataset(name, dataset_root, split)
+        except DataError as exc:
+            typer.echo(f"failed: {exc}", err=True)
+            failed.append(name)
+            continue
+        typer.echo(f"{'fetched' if fetched else 'already there'}: {name} -> {folder}")
+    if failed:
+        raise DataError(f"{len(failed)} of {len(dict.fromkeys(wanted))} dataset(s) not fetched: {', '.join(failed)}")
+
+
 def register(app: typer.Typer) -> None:
     """Add `export` and the `data` group."""
     app.command("export")(export_command)

@@ -49,8 +49,8 @@ class StandardTask:
         return f"wds_{self.key.replace('/', '-')}", f"wds_{clean}_test"
 
     def fetch_hint(self) -> str:
-        """The command that would put this dataset under ROOT (CLIP_benchmark's Hugging Face copy, git LFS)."""
-        return f"git clone https://huggingface.co/datasets/clip-benchmark/{self.folders[0]} ROOT/{self.folders[0]}"
+        """The command that would put this dataset under ROOT (CLIP_benchmark's Hugging Face copy)."""
+        return f"maskclip-bench data fetch {self.key} --dataset-root ROOT"
 
 
 def _cls(key: str, title: str, chance: float, *groups: str, metric: str = "acc1") -> StandardTask:
