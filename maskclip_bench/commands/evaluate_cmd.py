@@ -231,10 +231,9 @@ def eval_command(
 
 def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str], common: dict[str, Any]) -> None:
     """A standard suite: the missing and unsupported datasets listed up front, the found ones evaluated (skipping
-    those with a record for this checkpoint), then the averages, each marked partial with its task count."""
-    from rich.markup import escape
+    those with a record for this checkpoint), then the averages, each marked partial with its task count.
 
-    from maskclip_bench.commands.console import command_console
+    These are plain lines (typer.echo), never wrapped, so a fetch command can be copied whole."""
     from maskclip_bench.evaluation import standard_eval
     from maskclip_bench.evaluation.standard_suites import FLICKR_SPLIT_NOTE, locate, suite_tasks
     from maskclip_bench.results.suite_table import suite_groups, suite_rows
@@ -246,16 +245,14 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
         raise DataError(f"--suite {name} takes its datasets from --dataset-root, not --dataset")
     tasks = suite_tasks(name)
     layout = locate(tasks, root)
-    err = command_console(stderr=True)
     for task in layout.unsupported:
-        err.print(escape(f"not supported: {task.title} ({task.key}, main metric {task.metric}): {task.reason}"))
+        typer.echo(f"not supported: {task.title} ({task.key}, main metric {task.metric}): {task.reason}", err=True)
     if layout.missing:
-        err.print(escape(f"missing under {root} ({len(layout.missing)} of {len(tasks)}); fetch with:"))
+        typer.echo(f"missing under {root} ({len(layout.missing)} of {len(tasks)}); fetch with:", err=True)
         for task in layout.missing:
-            err.print(escape(f"  {task.title}: {task.fetch_hint().replace('ROOT', str(root))}"))
-    console = command_console()
+            typer.echo(f"  {task.title}: {task.fetch_hint().replace('ROOT', str(root))}", err=True)
     if not layout.found:
-        console.print(escape(f"{name}: nothing to evaluate (none of its datasets was found under {root})"))
+        typer.echo(f"{name}: nothing to evaluate (none of its datasets was found under {root})")
         return
     skipped: list[Any] = []
     checkpoint: dict[str, str] = {}
@@ -267,14 +264,17 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
 
     execute(plan, specs=(), **common)
     if skipped:
-        err.print(escape(f"{len(skipped)} task(s) had a record for this checkpoint and were not rerun (--redo "
-                         f"reruns them): {', '.join(t.title for t in skipped)}"))
+        typer.echo(f"{len(skipped)} task(s) had a record for this checkpoint and were not rerun (--redo reruns "
+                   f"them): {', '.join(t.title for t in skipped)}", err=True)
     rows = [r for r in suite_rows(common["results_dir"], tasks, suite_groups(name))
             if r["checkpoint_hash"] == checkpoint["hash"]]
+    if not rows:
+        typer.echo(f"{name}: no task of this checkpoint has a score")
+        return
     for label, average in rows[0]["averages"].items():
-        console.print(escape(f"{name} {label}: {average.label()}"))
+        typer.echo(f"{name} {label}: {average.label()}")
     if name in ("datacomp", "retrieval"):
-        console.print(escape(FLICKR_SPLIT_NOTE))
+        typer.echo(FLICKR_SPLIT_NOTE)
 
 
 def register(app: typer.Typer) -> None:
