@@ -40,12 +40,26 @@ def test_ema_momentum_grid_surrounds_the_run_length_aware_default():
 def test_expansion_product_seeds_and_folders():
     grids = ablate.resolve_grids(["method", "mask_ratio"])
     cells = ablate.expand_cells(grids, seeds=2)
-    assert len(cells) == 2 * 4 * 2
+    assert len(cells) == 3 * 4 * 2
     assert len({c.folder for c in cells}) == len(cells)
     assert cells[0].folder == Path("method=clip/mask_ratio=0.25/seed=0")
     assert {c.seed for c in cells} == {0, 1}
     assert ablate.reference_assignment(grids) == {"method": "clip", "mask_ratio": 0.75}
     assert ablate.grid_label([g.name for g in grids]) == "methodxmask_ratio"
+
+
+def test_method_grid_sets_the_masked_view_on_maskclip():
+    (grid,) = ablate.resolve_grids(["method"])
+    assert grid.values == ("clip", "maskclip", "maskclip-masked-view")
+    configs = {c.values["method"]: ablate.cell_config(TrainConfig(), [grid], c, Path("/tmp/x"), 1)
+               for c in ablate.expand_cells([grid], 1)}
+    assert [(configs[v].method.name, configs[v].method.contrastive_view) for v in grid.values] == [
+        ("clip", "full"), ("maskclip", "full"), ("maskclip", "masked")]
+    assert configs["maskclip-masked-view"].run.out == "/tmp/x/method=maskclip-masked-view/seed=0"
+    (two,) = ablate.resolve_grids(["method"], "clip,maskclip")
+    assert two.values == ("clip", "maskclip")
+    with pytest.raises(ConfigError, match="not clip, maskclip or maskclip-masked-view"):
+        ablate.resolve_grids(["method"], "siglip")
 
 
 def test_values_override_is_typed_and_validated():

@@ -62,6 +62,17 @@ def ema_momentum_values(base: TrainConfig) -> tuple[tuple[float, ...], float]:
     return tuple(sorted(values)), m0
 
 
+def apply_method(cfg: TrainConfig, value: str) -> None:
+    """A `method` grid value: ``clip``, ``maskclip``, or ``maskclip-masked-view`` (MaskCLIP whose contrastive image
+    features come from the masked student pass, FLIP-style, with no full-image student pass). ConfigError else."""
+    text = str(value)
+    if text not in ("clip", "maskclip", "maskclip-masked-view"):
+        raise ConfigError(f"method value '{value}' is not clip, maskclip or maskclip-masked-view")
+    cfg.method.name = "clip" if text == "clip" else "maskclip"
+    if text == "maskclip-masked-view":
+        cfg.method.contrastive_view = "masked"
+
+
 def apply_budget(cfg: TrainConfig, value: str) -> None:
     """A `compute` grid value ``<method>[_x<factor>]``: that method trained for `factor` times the base run's steps,
     its warm-up scaled alike so the schedule keeps its shape. ConfigError for anything else."""
@@ -126,7 +137,9 @@ def compute_values(base: TrainConfig) -> tuple[tuple[str, ...], str]:
 
 
 GRIDS: dict[str, Grid] = {
-    "method": Grid("method", "method.name", ("clip", "maskclip"), "clip", "CLIP vs MaskCLIP, same code and budget"),
+    "method": Grid("method", "method.name", ("clip", "maskclip", "maskclip-masked-view"), "clip",
+                   "CLIP vs MaskCLIP (and MaskCLIP with the masked contrastive view), same code and budget",
+                   apply=apply_method),
     "mask_ratio": Grid("mask_ratio", "method.mask_ratio", (0.25, 0.5, 0.75, 0.9), 0.75, "fraction of masked patches"),
     "decoder_depth": Grid("decoder_depth", "method.decoder_depth", (0, 1, 2, 4), 2, "image decoder blocks"),
     "distill_target": Grid("distill_target", "method.distill_target", ("feature", "soft", "pixel"), "feature",
