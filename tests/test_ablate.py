@@ -28,11 +28,13 @@ def test_ema_momentum_grid_surrounds_the_run_length_aware_default():
     base = TrainConfig()
     base.run.steps = 300
     (grid,) = ablate.bind_grids(ablate.resolve_grids(["ema_momentum"]), base)
-    m0 = 0.927  # 1 - 0.004 * sqrt(100000 / 300) = 0.92697
-    assert grid.reference == m0
+    m0 = 1 - 0.004 * (100000 / 300) ** 0.5  # 0.92697, kept exact: the default cell's own momentum
+    assert grid.reference == pytest.approx(m0, abs=1e-12) and ablate.value_label(grid.reference) == "0.92697"
     # horizons 1/(1 - m) of 1/4, 1/2, 2 and 4 times m0's: 1 - m = (1 - m0) / f; and the paper's 0.996
-    expected = sorted({m0, 0.996, *(round(1 - (1 - m0) / f, 4) for f in (0.25, 0.5, 2.0, 4.0))})
-    assert list(grid.values) == expected and expected[0] == pytest.approx(0.708)
+    expected = sorted({0.996, *(round(1 - (1 - m0) / f, 4) for f in (0.25, 0.5, 2.0, 4.0))})
+    assert list(grid.values) == pytest.approx(sorted([m0, *expected]), abs=1e-12) and expected[0] == 0.7079
+    with pytest.raises(ConfigError, match="share a folder name"):
+        ablate.expand_cells([ablate.Grid("x", "method.mask_ratio", (0.5, 0.5000000001), 0.5)], 1)
     cfg = ablate.cell_config(base, [grid], ablate.expand_cells([grid], 1)[0], Path("/tmp/x"), 1)
     assert cfg.method.ema_momentum == expected[0]
 

@@ -55,8 +55,11 @@ class Grid:
 
 def ema_momentum_values(base: TrainConfig) -> tuple[tuple[float, ...], float]:
     """The `ema_momentum` grid for the base run's length: the run-length-aware default m0 (the reference), the
-    momenta whose averaging horizon 1 / (1 - m) is 1/4, 1/2, 2 and 4 times m0's, and the paper's 0.996."""
-    m0 = round(default_momentum(base.run.steps), 4)
+    momenta whose averaging horizon 1 / (1 - m) is 1/4, 1/2, 2 and 4 times m0's, and the paper's 0.996.
+
+    m0 is kept exact (the others are rounded to 4 places) so that the reference cell is the very run a default
+    MaskCLIP cell is, and is copied from a sibling grid instead of trained again."""
+    m0 = default_momentum(base.run.steps)
     horizon = 1.0 / (1.0 - m0)
     values = {m0, 0.996} | {round(1.0 - 1.0 / (horizon * f), 4) for f in (0.25, 0.5, 2.0, 4.0) if horizon * f > 1}
     return tuple(sorted(values)), m0
@@ -190,9 +193,10 @@ class Cell:
 
 
 def value_label(value: Any) -> str:
-    """How a value appears in folder names and tables (floats without trailing noise)."""
+    """How a value appears in folder names and tables (floats to 6 significant digits: 0.9483602220505678, the
+    exact run-length-aware EMA momentum at 600 steps, is 0.94836)."""
     if isinstance(value, float):
-        return repr(value)
+        return f"{value:.6g}"
     return str(value)
 
 
@@ -246,6 +250,10 @@ def expand_cells(grids: Sequence[Grid], seeds: int, first_seed: int = 0) -> list
     """Every (value combination, seed) of a product of grids; seeds first_seed .. first_seed + seeds - 1."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    for g in grids:
+        labels = [value_label(v) for v in g.values]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"grid '{g.name}' has values that share a folder name: {', '.join(labels)}")
     combos = itertools.product(*(tuple((g.name, v) for v in g.values) for g in grids))
     return [Cell(tuple(combo), seed) for combo in combos for seed in range(first_seed, first_seed + seeds)]
 
