@@ -166,6 +166,18 @@ def test_cost_line_by_hand():
         "training; clip_x1.74: 261 steps; clip:  steps.")
 
 
+def test_commit_line_counts_cells_per_commit(tmp_path):
+    def cell(name, *commits):
+        (tmp_path / name / "records").mkdir(parents=True)
+        for i, commit in enumerate(commits):
+            (tmp_path / name / "records" / f"{i}.json").write_text(json.dumps({"git_commit": commit}))
+        return tmp_path / name
+    folders = [cell("a", "158a8ed954ed697b", "158a8ed954ed697b"), cell("b", "94aac09aaaaaaaaa"),
+               cell("c", "94aac09aaaaaaaaa"), cell("d")]
+    assert ablate.commit_line(folders) == (
+        "Trained at commit: 94aac09aaa (2 cells), 158a8ed954 (1 cell), no records (1 cell).")
+
+
 def test_mean_std_and_diff_columns():
     frame = aggregate.cells_frame(_hand_cells())
     table = aggregate.summarize(frame, ["mask_ratio"], {"mask_ratio": 0.75})

@@ -309,6 +309,7 @@ class GridOutputs:
                   f"Wall time: {compute / 60:.1f} min summed over the {len(good) - len(copied)} cell(s) trained for "
                   f"this grid (train + eval; {len(copied)} more copied from identical cells of other grids)"
                   f"{invocation}.\n\n"
+                  f"{ablate.commit_line([Path(r.folder) for r in good])}\n\n"
                   + ablate.cost_line([ablate.read_cell(Path(r.folder)) or {"values": r.values} for r in good],
                                      axes[0]))
         cell_dicts = [{"values": r.values, "seed": r.seed, "metrics": r.metrics} for r in good]

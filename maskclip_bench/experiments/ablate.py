@@ -424,6 +424,25 @@ def cost_line(cells: Sequence[Mapping[str, Any]], axis: str) -> str:
     return "Cost per value (mean over seeds; training seconds exclude evaluation): " + "; ".join(parts) + "."
 
 
+def commit_line(folders: Sequence[Path]) -> str:
+    """Which commit(s) the cells' checkpoints were evaluated at (the ``git_commit`` of each cell's records, the
+    training commit of a cell whose evaluation ran in the same process), with the number of cells per commit."""
+    counts: dict[str, int] = {}
+    for folder in folders:
+        commits = set()
+        for path in sorted((Path(folder) / "records").glob("*.json")):
+            try:
+                commit = json.loads(path.read_text()).get("git_commit")
+            except (OSError, ValueError):
+                continue
+            commits.add(commit[:10] if commit else "unknown")
+        for commit in sorted(commits) or ["no records"]:
+            counts[commit] = counts.get(commit, 0) + 1
+    ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+    parts = [f"{commit} ({n} cell{'s' if n != 1 else ''})" for commit, n in ordered]
+    return "Trained at commit: " + ", ".join(parts) + "."
+
+
 def _last_logged(folder: Path) -> dict[str, Any]:
     """Last line of a run's metrics.jsonl (a resumed, already finished run logs nothing new)."""
     path = folder / "metrics.jsonl"
