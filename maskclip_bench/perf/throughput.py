@@ -72,8 +72,14 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 )
 
 # The ratios the project targets: (name, numerator, denominator, test on the ratio, how the target reads).
+# Our clip against open_clip's loop: never slower with the defaults; with the best settings the trainer offers
+# (a run with --torchcompile or --fused-adamw) at least 1.25x faster, i.e. at most 0.8x its step time.
+DEFAULT_VS_OPEN_CLIP = ("our clip / open_clip step time", "clip", "open_clip", lambda r: r <= 1.0,
+                        "target with the defaults: never slower, i.e. <= 1.0x")
+BEST_VS_OPEN_CLIP = ("our clip / open_clip step time", "clip", "open_clip", lambda r: r <= 0.8,
+                     "target with the best settings: 1.25x faster, i.e. <= 0.8x")
 TARGETS: tuple[tuple[str, str, str, Callable[[float], bool], str], ...] = (
-    ("our clip / open_clip step time", "clip", "open_clip", lambda r: r <= 1.05, "target: within 5 %, i.e. <= 1.05x"),
+    DEFAULT_VS_OPEN_CLIP,
     ("maskclip / clip step time", "maskclip", "clip", lambda r: r <= 1.5,
      "target: at most 1.5x; the published GPU figure for this design is 1.56x"),
     ("masked-view / clip step time", "maskclip-masked-view", "clip", lambda r: r < 1.0, "target: below 1.0x"),
@@ -369,10 +375,12 @@ class Ratio:
         return f"{self.name}: {self.value:.3f}x ({self.target}): {'met' if self.met else 'NOT met'}"
 
 
-def ratios(results: dict[str, VariantResult]) -> list[Ratio]:
-    """The targeted step-time ratios of one run (median step times)."""
+def ratios(results: dict[str, VariantResult], best_settings: bool = False) -> list[Ratio]:
+    """The targeted step-time ratios of one run (median step times); `best_settings`: the run used the trainer's
+    speed options (compilation, fused AdamW), which the target against open_clip's loop asks more of."""
     out = []
-    for name, num, den, test, target in TARGETS:
+    targets = ((BEST_VS_OPEN_CLIP,) if best_settings else (DEFAULT_VS_OPEN_CLIP,)) + TARGETS[1:]
+    for name, num, den, test, target in targets:
         a, b = results.get(num), results.get(den)
         if a is None or b is None:
             missing = " and ".join(v for v, r in ((num, a), (den, b)) if r is None)
@@ -501,7 +509,7 @@ def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[st
                      f"{'-' if not r.flops else f'{r.flops / 1e9:,.1f}'} | {'-' if tf is None else f'{tf:.3f}'} | "
                      f"{mfu} |")
     lines += ["", "Ratios (this run, median step times):", ""]
-    lines += [f"- {r.line()}" for r in ratios(results)]
+    lines += [f"- {r.line()}" for r in ratios(results, info.compiled or info.fused)]
     lines += [f"- {line}" for line in flop_ratio_lines(results, info.model)]
     return key, "\n".join(lines) + "\n"
 
