@@ -17,6 +17,7 @@ from maskclip_bench.commands.options import (BATCH, CACHE_DIR, CKPT, DATA_SEED, 
                                              RESULTS, SEED, TEMPLATES, THREADS, WORKERS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from maskclip_bench.evaluation.api import Evaluation
     from maskclip_bench.evaluation.session import EvalSession
     from maskclip_bench.evaluation.suites import PlannedTask
     from maskclip_bench.evaluation.tasks import TaskResult
@@ -81,9 +82,9 @@ def execute(
     quiet: bool,
     threads: int,
     show: bool = True,
-) -> list["TaskResult"]:
+) -> "Evaluation":
     """The flags as EvalSettings -> `maskclip_bench.evaluation.api.evaluate` (progress lines on stderr unless
-    `quiet`) -> the results table."""
+    `quiet`) -> the results table; returns what `evaluate` did."""
     from rich.markup import escape
 
     from maskclip_bench.commands.console import command_console
@@ -96,7 +97,7 @@ def execute(
     done = evaluate(ckpt, plan, settings, results_dir, model_name=model, specs=specs, log=log)
     if show:
         print_results(done.results, done.records, results_dir)
-    return done.results
+    return done
 
 
 def _single(task: str, dataset: str, templates: Optional[str] = None,
@@ -191,11 +192,12 @@ def eval_command(
                                    "evaluate several, one after the other (features are never shared between them)"),
     suite: Optional[str] = typer.Option(None, "--suite", help="quick | shapes | full (quick when no --dataset), or a "
                                         "standard suite over --dataset-root: datacomp | vtab | vtab+ | "
-                                        "imagenet_robustness | retrieval"),
+                                        "imagenet_robustness | retrieval | compositional"),
     dataset: list[str] = typer.Option([], "--dataset", help="extra dataset (repeatable); a bare shapes:OPTIONS "
                                       "sets the options of the suite's shapes tasks"),
     dataset_root: Optional[Path] = typer.Option(None, "--dataset-root", help="standard suites: folder holding "
-                                                "CLIP_benchmark's wds_<name> (or DataComp's wds_<name>_test) copies"),
+                                                "CLIP_benchmark's wds_<name> (or DataComp's wds_<name>_test) copies, "
+                                                "and sugar_crepe/ and winoground/ for compositional"),
     redo: bool = typer.Option(False, "--redo", help="standard suites: evaluate tasks that already have a record "
                               "for this checkpoint again"),
     model: Optional[str] = MODEL, templates: Optional[str] = TEMPLATES,
@@ -234,9 +236,12 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
     those with a record for this checkpoint), then the averages, each marked partial with its task count.
 
     These are plain lines (typer.echo), never wrapped, so a fetch command can be copied whole."""
+    import pandas as pd
+
     from maskclip_bench.evaluation import standard_eval
-    from maskclip_bench.evaluation.standard_suites import FLICKR_SPLIT_NOTE, locate, suite_tasks
-    from maskclip_bench.results.suite_table import suite_groups, suite_rows
+    from maskclip_bench.evaluation.standard_suites import FLICKR_SPLIT_NOTE, locate, suite_groups, suite_tasks
+    from maskclip_bench.results.records import load_records, records_frame
+    from maskclip_bench.results.suite_table import suite_rows
     from maskclip_core.errors import DataError
 
     if root is None:
@@ -248,26 +253,24 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
     for task in layout.unsupported:
         typer.echo(f"not supported: {task.title} ({task.key}, main metric {task.metric}): {task.reason}", err=True)
     if layout.missing:
-        typer.echo(f"missing under {root} ({len(layout.missing)} of {len(tasks)}); fetch with:", err=True)
+        typer.echo(f"missing under {root} ({len(layout.missing)} of {len(tasks)}); to get them:", err=True)
         for task in layout.missing:
             typer.echo(f"  {task.title}: {task.fetch_hint().replace('ROOT', str(root))}", err=True)
     if not layout.found:
         typer.echo(f"{name}: nothing to evaluate (none of its datasets was found under {root})")
         return
     skipped: list[Any] = []
-    checkpoint: dict[str, str] = {}
-    planner = standard_eval.plan_standard(layout, common["results_dir"], redo, skipped)
-
-    def plan(session: "EvalSession") -> list["PlannedTask"]:
-        checkpoint["hash"] = session.loaded.content_hash  # the scores below are this checkpoint's records
-        return planner(session)
-
-    execute(plan, specs=(), **common)
+    # Read once: the planner skips the finished tasks, and the scores are these plus the records written now.
+    records = load_records(common["results_dir"])
+    done = execute(standard_eval.plan_standard(layout, records, redo, skipped), specs=(), **common)
     if skipped:
         typer.echo(f"{len(skipped)} task(s) had a record for this checkpoint and were not rerun (--redo reruns "
                    f"them): {', '.join(t.title for t in skipped)}", err=True)
-    rows = [r for r in suite_rows(common["results_dir"], tasks, suite_groups(name))
-            if r["checkpoint_hash"] == checkpoint["hash"]]
+    if done.record_rows:
+        fresh = records_frame(done.record_rows)
+        records = fresh if records.empty else pd.concat([records, fresh], ignore_index=True)
+    rows = [r for r in suite_rows(records, tasks, suite_groups(name))
+            if r["checkpoint_hash"] == done.loaded.content_hash]
     if not rows:
         typer.echo(f"{name}: no task of this checkpoint has a score")
         return

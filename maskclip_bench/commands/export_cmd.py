@@ -55,20 +55,28 @@ def data_export_command(
 
 @data_app.command("fetch")
 def data_fetch_command(
-    names: list[str] = typer.Argument(None, help="CLIP_benchmark dataset names, e.g. cifar10 vtab/caltech101"),
-    dataset_root: Path = typer.Option(..., "--dataset-root", help="folder receiving wds_<name> folders"),
+    names: list[str] = typer.Argument(None, help="CLIP_benchmark dataset names, e.g. cifar10 vtab/caltech101, or "
+                                      "winoground"),
+    dataset_root: Path = typer.Option(..., "--dataset-root", help="folder receiving wds_<name> folders (and "
+                                      "winoground/)"),
     suite: Optional[str] = typer.Option(None, "--suite", help="fetch every readable dataset of a standard suite "
-                                        "(datacomp, vtab, vtab+, imagenet_robustness, retrieval) not there yet"),
+                                        "(datacomp, vtab, vtab+, imagenet_robustness, retrieval, compositional) not "
+                                        "there yet"),
     split: str = typer.Option("test", "--split", help="split to fetch"),
 ) -> None:
-    """Download CLIP_benchmark's webdataset copies from the Hugging Face hub (the only command that downloads)."""
+    """Download CLIP_benchmark's webdataset copies, or Winoground, from the Hugging Face hub (the only command that
+    downloads)."""
     from maskclip_bench.eval_data.fetch import fetch_dataset
     from maskclip_bench.evaluation.standard_suites import UNSUPPORTED, suite_tasks
     from maskclip_core.errors import DataError
 
     wanted = list(names or [])
     if suite is not None:
-        wanted += [t.key for t in suite_tasks(suite) if t.kind != UNSUPPORTED]
+        readable = [t for t in suite_tasks(suite) if t.kind != UNSUPPORTED]
+        wanted += [t.key for t in readable if t.fetchable]
+        for task in (t for t in readable if not t.fetchable):  # SugarCrepe: COCO images and GitHub files
+            typer.echo(f"not fetched here: {task.title}: {task.fetch_hint().replace('ROOT', str(dataset_root))}",
+                       err=True)
     if not wanted:
         raise DataError("name at least one dataset, or --suite NAME")
     failed = []

@@ -3,14 +3,15 @@
 The dataset, its class names and templates come from
 ``clip_benchmark.datasets.builder.build_dataset(NAME, root=ROOT, transform=..., split=..., download=False)``
 and the collate function from its ``get_dataset_collate_fn``; the task from
-``get_dataset_default_task`` (retrieval or zero-shot classification; caption-selection datasets such as
-sugar_crepe are not supported). ``ROOT`` defaults to ``root`` (CLIP_benchmark's CLI default) and must
-exist: nothing is downloaded.
+``get_dataset_default_task`` (retrieval or zero-shot classification). ``ROOT`` defaults to ``root``
+(CLIP_benchmark's CLI default) and must exist: nothing is downloaded.
 
 Some names are routed to this package's readers, which use the same layout and classes but never start
 a download (CLIP_benchmark fetches missing annotation files even with ``download=False``) and report
-their sample count: ``flickr30k`` and ``mscoco_captions`` (see ``karpathy``) and ``wds/<name>``
-(see ``wds_benchmark``).
+their sample count: ``flickr30k`` and ``mscoco_captions`` (see ``karpathy``), ``wds/<name>``
+(see ``wds_benchmark``), and the image-caption selection sets ``sugar_crepe/<task>`` and ``winoground``
+(see ``caption_selection``; Winoground from a snapshot of its Hugging Face repository, not a ``datasets``
+cache).
 
 Bad images: datasets with an ImageFolder-style ``samples`` list are checked up front, and their images
 are opened with ``maskclip_core.data.images.open_rgb`` (as in training); for the others a decode error
@@ -136,6 +137,11 @@ def build_clip_benchmark(text: str, *, transform: Callable[[Any], Any] | None, s
 
         return build_karpathy("flickr30k" if name == "flickr30k" else "mscoco", root, transform=transform,
                               split=split, verify_images=verify_images)
+
+    if name.startswith("sugar_crepe/") or name == "winoground":
+        from .caption_selection import build_caption_selection
+
+        return build_caption_selection(name, root, transform=transform, split=split, verify_images=verify_images)
 
     cb_task = get_dataset_default_task(name)
     if cb_task not in ("zeroshot_classification", "zeroshot_retrieval"):

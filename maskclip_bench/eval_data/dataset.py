@@ -20,12 +20,13 @@ class EvalDataset:
 
     ``dataset`` is the requested split (``test`` by default). Its items are what CLIP_benchmark gives:
     ``(image, int target)`` for classification, ``(image, [captions])`` for retrieval and
-    ``(image, LongTensor[H, W])`` for segmentation, with ``image`` the output of ``transform``.
+    ``(image, LongTensor[H, W])`` for segmentation, ``(image or stacked images, [captions])`` for caption
+    selection, with ``image`` the output of ``transform``.
     Always load it with ``collate_fn`` (it drops items whose image failed to decode late).
     """
 
     name: str  # canonical spec, e.g. "shapes/shape_color", "flickr30k:/data/f30k"
-    task: str  # "classification" | "retrieval" | "segmentation"
+    task: str  # "classification" | "retrieval" | "segmentation" | "caption_selection"
     dataset: Dataset
     classnames: list[str] | None
     templates: list[str] | Mapping[str, list[str]] | None  # "{c}" format strings (CuPL dicts pass through)

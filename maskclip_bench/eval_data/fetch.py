@@ -1,18 +1,25 @@
-"""`data fetch`: CLIP_benchmark's webdataset copy of a dataset from the Hugging Face hub into a dataset root.
+"""`data fetch`: CLIP_benchmark's webdataset copy of a dataset, or Winoground, from the Hugging Face hub into a
+dataset root.
 
 CLIP_benchmark publishes its evaluation sets as ``clip-benchmark/wds_<name>`` dataset repositories (``/`` in the name
 written ``-``), in exactly the layout ``clip_benchmark_wds:DIR`` reads. Fetching one is
 ``huggingface_hub.snapshot_download`` of the split's shards and the metadata files into ``ROOT/wds_<name>``, where
-``eval --suite NAME --dataset-root ROOT`` finds it. Nothing else in the project downloads, and only this command does
+``eval --suite NAME --dataset-root ROOT`` finds it. ``winoground`` is the gated repository facebook/winoground
+(accept its terms on the hub, then ``huggingface-cli login``): its ``data/examples.jsonl`` and ``data/images.zip``
+into ``ROOT/winoground``, the archive extracted to ``data/images/`` (the layout of
+`maskclip_bench.eval_data.caption_selection`). Nothing else in the project downloads, and only this command does
 (on the user's request).
 """
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 from maskclip_core.errors import DataError
+
+from .caption_selection import WINOGROUND_EXAMPLES, WINOGROUND_IMAGES, WINOGROUND_REPO
 
 HUB_ORGANISATION = "clip-benchmark"
 # Dataset names as CLIP_benchmark writes them: lower-case words, digits, "_", "-", "." and at most one "/".
@@ -31,25 +38,63 @@ def fetch_dataset(name: str, root: str | Path, split: str = "test",
     """Put ``clip-benchmark/wds_<name>``'s `split` and metadata under `root`; returns (folder, whether it was
     downloaded now). A folder whose split already has its ``nshards.txt`` is left as it is.
 
-    `download` is ``huggingface_hub.snapshot_download`` unless given (tests pass a stand-in).
+    `download` is ``huggingface_hub.snapshot_download`` unless given (tests pass a stand-in). ``winoground`` goes to
+    `fetch_winoground`.
     Raises:
         DataError: a bad name, no huggingface_hub, or a failed download (one line naming the repository).
     """
+    if name == "winoground":
+        if split != "test":
+            raise DataError(f"winoground has only a test split, not '{split}'")
+        return fetch_winoground(root, download)
     folder = hub_folder(name)
     target = Path(root).expanduser() / folder
     if (target / split / "nshards.txt").is_file():
         return target, False
+    repo = f"{HUB_ORGANISATION}/{folder}"
+    _download(download, repo, target, [f"{split}/*", "*.txt"])
+    if not (target / split / "nshards.txt").is_file():
+        raise DataError(f"{repo} has no {split}/nshards.txt after the download (is '{split}' one of its splits?)")
+    return target, True
+
+
+def fetch_winoground(root: str | Path, download: Callable[..., Any] | None = None) -> tuple[Path, bool]:
+    """Put Winoground under ``root/winoground`` (see the module docstring); returns (folder, whether it was downloaded
+    now). A folder that already has the examples file and the image folder is left as it is.
+
+    Raises:
+        DataError: no huggingface_hub, a failed download (gated: the message says how to get access), or an archive
+            without the ``images/`` folder.
+    """
+    target = Path(root).expanduser() / "winoground"
+    if (target / WINOGROUND_EXAMPLES).is_file() and (target / WINOGROUND_IMAGES).is_dir():
+        return target, False
+    archive = target / "data" / "images.zip"
+    _download(download, WINOGROUND_REPO, target, [WINOGROUND_EXAMPLES, "data/images.zip"],
+              hint=" (a gated dataset: accept its terms on huggingface.co, then run `huggingface-cli login`)")
+    if not (target / WINOGROUND_EXAMPLES).is_file() or not archive.is_file():
+        raise DataError(f"{WINOGROUND_REPO} has no {WINOGROUND_EXAMPLES} and data/images.zip after the download")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(archive.parent)  # zipfile drops absolute paths and ".." from member names
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"cannot extract {archive}: {type(exc).__name__}: {exc}") from None
+    if not (target / WINOGROUND_IMAGES).is_dir():
+        raise DataError(f"{archive} holds no images/ folder; extract its images to {target / WINOGROUND_IMAGES}")
+    return target, True
+
+
+def _download(download: Callable[..., Any] | None, repo: str, target: Path, patterns: list[str],
+              hint: str = "") -> None:
+    """``snapshot_download`` (or `download`) of a dataset repository's `patterns` into `target`; DataError if it
+    fails."""
     if download is None:
         try:
             from huggingface_hub import snapshot_download as download
         except ImportError:
             raise DataError("data fetch needs huggingface_hub (pip install huggingface_hub)") from None
-    repo = f"{HUB_ORGANISATION}/{folder}"
     try:
-        download(repo_id=repo, repo_type="dataset", local_dir=str(target), allow_patterns=[f"{split}/*", "*.txt"])
+        download(repo_id=repo, repo_type="dataset", local_dir=str(target), allow_patterns=patterns)
     except Exception as exc:  # network, authentication, missing repository: the library's own error types vary
-        raise DataError(f"could not fetch {repo}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                        ) from None
-    if not (target / split / "nshards.txt").is_file():
-        raise DataError(f"{repo} has no {split}/nshards.txt after the download (is '{split}' one of its splits?)")
-    return target, True
+        raise DataError(f"could not fetch {repo}{hint}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None

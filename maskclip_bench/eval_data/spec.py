@@ -13,7 +13,8 @@ selects the kind, so paths may contain colons:
 ``flickr30k:ROOT``             CLIP_benchmark's Flickr30k Karpathy layout
 ``mscoco:ROOT``                CLIP_benchmark's MS-COCO Karpathy layout (``mscoco_captions``)
 ``ade20k:ROOT``                ADEChallengeData2016 semantic segmentation
-``clip_benchmark:NAME[@ROOT]`` anything ``clip_benchmark.datasets.builder.build_dataset`` builds
+``clip_benchmark:NAME[@ROOT]`` anything ``clip_benchmark.datasets.builder.build_dataset`` builds;
+                               ``sugar_crepe/<task>`` and ``winoground`` through ``caption_selection``
 =============================  ===============================================================
 
 Errors a user can cause (a missing root, an empty folder, a missing class file, an unknown kind)
@@ -90,7 +91,7 @@ BUILDERS: dict[str, Callable[[str, str, BuildRequest], EvalDataset | list[EvalDa
     "ade20k": _ade20k, "clip_benchmark": _clip_benchmark,
 }
 KINDS: tuple[str, ...] = tuple(BUILDERS)
-TASKS: tuple[str, ...] = ("classification", "retrieval", "segmentation")
+TASKS: tuple[str, ...] = ("classification", "retrieval", "segmentation", "caption_selection")
 
 
 def split_kind(spec: str) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
 from maskclip_bench.eval_data.spec import split_kind
@@ -41,11 +41,13 @@ class EvalSettings:
 
 @dataclass
 class Evaluation:
-    """What `evaluate` did: the results in plan order, the records written, the checkpoint evaluated."""
+    """What `evaluate` did: the results in plan order, the records written (their files, and their contents with
+    `record_file` as `load_records` rows), the checkpoint evaluated."""
 
     results: list[TaskResult]
     records: list[Path]
     loaded: LoadedModel
+    record_rows: list[dict[str, Any]]
 
 
 def check_specs(specs: Sequence[str]) -> None:
@@ -75,17 +77,20 @@ def evaluate(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str 
     log(f"checkpoint {loaded.ckpt_path} ({loaded.kind}, {loaded.model_name}, sha256 {loaded.content_hash[:12]}); "
         f"{len(planned)} evaluation(s)")
     written: list[Path] = []
+    rows: list[dict[str, Any]] = []
 
     def save(result: TaskResult) -> None:
         # Written as each task finishes, so a later failure keeps the earlier results.
-        written.append(write_record(result_record(result, session), results_dir))
+        record = result_record(result, session)
+        written.append(write_record(record, results_dir))
+        rows.append({**record, "record_file": str(written[-1])})
         log(f"{result.task} on {result.dataset}: done in {result.wall_time_s:.1f}s")
         if on_result is not None:
             on_result(result)
 
     with thread_limit(settings.threads, blas=True), exact_fp32(session.device):
         results = run_suite(session, planned, on_result=save)
-    return Evaluation(results, written, loaded)
+    return Evaluation(results, written, loaded, rows)
 
 
 def evaluate_quietly(ckpt: str, plan: Planner, settings: EvalSettings, results_dir: str | os.PathLike[str],

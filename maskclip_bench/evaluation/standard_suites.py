@@ -1,10 +1,14 @@
-"""The field's standard suites over real datasets: DataComp's 38 scored tasks and CLIP_benchmark's collections.
+"""The field's standard suites over real datasets: DataComp's 38 scored tasks, CLIP_benchmark's collections and the
+compositional suite (SugarCrepe's seven tasks and Winoground).
 
 A suite is a list of `StandardTask`s: the dataset's name as DataComp / CLIP_benchmark write it, the main metric
-DataComp scores it by, and the groups it is averaged into. Datasets are read from CLIP_benchmark's webdataset
-copies under one root folder (``--dataset-root``): CLIP_benchmark's Hugging Face copies are named
-``wds_<name>`` and DataComp's ``wds_<name>_test``, with ``/`` in the name written ``-`` (DataComp also drops its
-``fairness/`` prefix); either folder serves. Nothing here downloads.
+it is scored by, and the groups it is averaged into. Classification and retrieval datasets are read from
+CLIP_benchmark's webdataset copies under one root folder (``--dataset-root``): CLIP_benchmark's Hugging Face
+copies are named ``wds_<name>`` and DataComp's ``wds_<name>_test``, with ``/`` in the name written ``-``
+(DataComp also drops its ``fairness/`` prefix); either folder serves. The compositional suite's datasets have no
+webdataset copies: each lives in its own folder under the root, in the layout CLIP_benchmark's reader (or the
+Hugging Face repository) has (``sugar_crepe/`` and ``winoground/``, see `maskclip_bench.eval_data.caption_selection`),
+and a task counts as found only when every file it needs is there. Nothing here downloads.
 
 What is not read (each listed by name with its reason, never skipped silently): the DataComp tasks whose main
 metric needs per-sample metadata or a scorer this harness does not have (WinoGAViL's Jaccard score, iWildCam's
@@ -17,6 +21,7 @@ says so. MSCOCO is the 5K Karpathy test in both DataComp and CLIP_benchmark.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,12 @@ from typing import Mapping, Sequence
 
 from maskclip_core.errors import DataError
 
-CLASSIFICATION, RETRIEVAL, UNSUPPORTED = "classification", "retrieval", "unsupported"
+from maskclip_bench.eval_data.caption_selection import (COCO_VAL2017_URL, SUGAR_CREPE_TASKS, SUGAR_CREPE_URL,
+                                                        WINOGROUND_NEEDS, WINOGROUND_REPO, sugar_crepe_needs)
+
+# Task kinds: the EvalDataset task a suite task's dataset must have, or UNSUPPORTED.
+CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION, UNSUPPORTED = (
+    "classification", "retrieval", "caption_selection", "unsupported")
 # DataComp's group averages (besides the plain average over every scored task).
 IMAGENET, SHIFTS, VTAB, RETRIEVAL_GROUP = "ImageNet", "ImageNet dist. shifts", "VTAB", "Retrieval"
 FLICKR_SPLIT_NOTE = "Flickr: the 1K Karpathy test (DataComp scores nlphuji/flickr30k's 31,014 images)"
@@ -36,21 +46,41 @@ class StandardTask:
 
     key: str  # the dataset name DataComp / CLIP_benchmark use, e.g. "vtab/caltech101"
     title: str  # DataComp's display name, e.g. "Caltech-101"
-    kind: str  # CLASSIFICATION, RETRIEVAL or UNSUPPORTED
-    metric: str = "acc1"  # the main metric: acc1, mean_per_class_recall or mean_recall@1
+    kind: str  # CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION or UNSUPPORTED
+    metric: str = "acc1"  # the main metric: acc1, mean_per_class_recall, mean_recall@1, text_acc or acc
     groups: tuple[str, ...] = ()
-    chance: float | None = None  # DataComp's random_score, where it gives one
+    chance: float | None = None  # the score of random guessing: DataComp's random_score, where it gives one
     reason: str = ""  # why an UNSUPPORTED task is not read
+    # A task read from its own folder instead of a webdataset copy (the compositional suite): the folder under the
+    # root, the paths inside it the reader needs, and how to get them there (ROOT stands for the dataset root).
+    folder: str = ""
+    needs: tuple[str, ...] = ()
+    how_to_get: str = ""
+    fetchable: bool = True  # whether `maskclip-bench data fetch KEY` can download it
 
     @property
     def folders(self) -> tuple[str, ...]:
-        """Folder names that hold this dataset under a dataset root: CLIP_benchmark's, then DataComp's."""
+        """Folder names that hold this dataset under a dataset root: its own folder, or CLIP_benchmark's then
+        DataComp's webdataset copy."""
+        if self.folder:
+            return (self.folder,)
         clean = self.key.removeprefix("fairness/").replace("/", "-")
         return f"wds_{self.key.replace('/', '-')}", f"wds_{clean}_test"
 
+    @property
+    def record_names(self) -> tuple[str, ...]:
+        """What a record's dataset spec names this dataset by (see `standard_eval.dataset_name`): CLIP_benchmark's
+        name for a task in its own folder (several tasks share one), else the webdataset folder's name."""
+        return (self.key,) if self.folder else self.folders
+
+    def dataset_spec(self, folder: Path) -> str:
+        """The dataset spec that reads this task from `folder` (one of `folders` under a root)."""
+        return f"clip_benchmark:{self.key}@{folder}" if self.folder else f"clip_benchmark_wds:{folder}"
+
     def fetch_hint(self) -> str:
-        """The command that would put this dataset under ROOT (CLIP_benchmark's Hugging Face copy)."""
-        return f"maskclip-bench data fetch {self.key} --dataset-root ROOT"
+        """How to put this dataset under ROOT: the `data fetch` command (CLIP_benchmark's Hugging Face copy), or
+        the steps for a dataset that command cannot fetch alone."""
+        return self.how_to_get or f"maskclip-bench data fetch {self.key} --dataset-root ROOT"
 
 
 def _cls(key: str, title: str, chance: float, *groups: str, metric: str = "acc1") -> StandardTask:
@@ -108,7 +138,37 @@ DATACOMP: tuple[StandardTask, ...] = (
 )
 DATACOMP_GROUPS: tuple[str, ...] = (IMAGENET, SHIFTS, VTAB, RETRIEVAL_GROUP)
 
+# The compositional suite: SugarCrepe's seven tasks scored by text accuracy (the positive caption closer to the image
+# than the hard negative; chance 0.5) and Winoground by its group score (text and image scores both right; chance
+# 1/6), CLIP_benchmark's image_caption_selection metrics text_acc and acc. Groups: all of SugarCrepe, and the
+# paper's three kinds of hard negative.
+SUGAR_CREPE, SC_ADD, SC_REPLACE, SC_SWAP = "SugarCrepe", "SugarCrepe add", "SugarCrepe replace", "SugarCrepe swap"
+_SC_GROUP = {"add": SC_ADD, "replace": SC_REPLACE, "swap": SC_SWAP}
+_SC_HOW = (f"put COCO's val2017 images ({COCO_VAL2017_URL}, unzipped) in ROOT/sugar_crepe/val2017/ and "
+           f"{{task}}.json ({SUGAR_CREPE_URL}) in ROOT/sugar_crepe/")
+_WINOGROUND_HOW = (f"accept the terms of https://huggingface.co/datasets/{WINOGROUND_REPO}, run `huggingface-cli "
+                   "login`, then `maskclip-bench data fetch winoground --dataset-root ROOT` (or put the repository's "
+                   "data/examples.jsonl in ROOT/winoground/data/ and its data/images.zip extracted there, giving "
+                   "ROOT/winoground/data/images/<name>.png)")
 
+
+def _sugar_crepe(task: str) -> StandardTask:
+    kind, what = task.split("_")
+    title = f"SugarCrepe {kind.capitalize()}-{what.capitalize()}"
+    return StandardTask(f"sugar_crepe/{task}", title, CAPTION_SELECTION, "text_acc", (SUGAR_CREPE, _SC_GROUP[kind]),
+                        0.5, folder="sugar_crepe", needs=sugar_crepe_needs(task),
+                        how_to_get=_SC_HOW.format(task=task), fetchable=False)
+
+
+COMPOSITIONAL: tuple[StandardTask, ...] = (
+    *(_sugar_crepe(t) for t in SUGAR_CREPE_TASKS),
+    StandardTask("winoground", "Winoground", CAPTION_SELECTION, "acc", (), 1 / 6, folder="winoground",
+                 needs=WINOGROUND_NEEDS, how_to_get=_WINOGROUND_HOW),
+)
+COMPOSITIONAL_GROUPS: tuple[str, ...] = (SUGAR_CREPE, SC_ADD, SC_REPLACE, SC_SWAP)
+
+
+@functools.lru_cache(maxsize=None)
 def _collection(name: str) -> tuple[StandardTask, ...]:
     """One of CLIP_benchmark's dataset collections, scored by acc1 (classification) or mean recall@1."""
     from clip_benchmark.datasets.builder import dataset_collection
@@ -129,16 +189,23 @@ def _collection(name: str) -> tuple[StandardTask, ...]:
     return tuple(out)
 
 
-STANDARD_SUITES: tuple[str, ...] = ("datacomp", "vtab", "vtab+", "imagenet_robustness", "retrieval")
+STANDARD_SUITES: tuple[str, ...] = ("datacomp", "vtab", "vtab+", "imagenet_robustness", "retrieval", "compositional")
+# Suites with their own task list and group averages; the others are CLIP_benchmark's collections, without groups.
+_OWN_SUITES = {"datacomp": (DATACOMP, DATACOMP_GROUPS), "compositional": (COMPOSITIONAL, COMPOSITIONAL_GROUPS)}
 
 
 def suite_tasks(name: str) -> tuple[StandardTask, ...]:
     """The tasks of a standard suite; DataError naming the choices for an unknown one."""
-    if name == "datacomp":
-        return DATACOMP
+    if name in _OWN_SUITES:
+        return _OWN_SUITES[name][0]
     if name in STANDARD_SUITES:
         return _collection(name)
     raise DataError(f"unknown standard suite '{name}' (choose {', '.join(STANDARD_SUITES)})")
+
+
+def suite_groups(name: str) -> tuple[str, ...]:
+    """The group averages a suite reports besides its plain average (none for CLIP_benchmark's collections)."""
+    return _OWN_SUITES[name][1] if name in _OWN_SUITES else ()
 
 
 @dataclass(frozen=True)
@@ -151,7 +218,8 @@ class SuiteLayout:
 
 
 def locate(tasks: Sequence[StandardTask], root: str | Path) -> SuiteLayout:
-    """Find each task's folder under `root`; DataError when `root` is not a folder."""
+    """Find each task's folder under `root` (one holding every path the task `needs`); DataError when `root` is not
+    a folder."""
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"--dataset-root {base} is not a folder")
@@ -160,7 +228,8 @@ def locate(tasks: Sequence[StandardTask], root: str | Path) -> SuiteLayout:
         if task.kind == UNSUPPORTED:
             unsupported.append(task)
             continue
-        folder = next((base / f for f in task.folders if (base / f).is_dir()), None)
+        folder = next((base / f for f in task.folders
+                       if (base / f).is_dir() and all((base / f / need).exists() for need in task.needs)), None)
         if folder is None:
             missing.append(task)
         else:

@@ -11,7 +11,8 @@ Suites (`SUITES`), run with `run_suite` on one `EvalSession`:
 
 Extra datasets (``--dataset``) get the suite's kinds of task that fit them: zero-shot (plus linear
 probe / fine-tuning when the suite has them and the dataset has a train split) for classification,
-retrieval for retrieval, the dense probe for segmentation. A bare ``shapes:OPTIONS`` spec instead
+retrieval for retrieval, image-caption selection for SugarCrepe / Winoground, the dense probe for
+segmentation. A bare ``shapes:OPTIONS`` spec instead
 sets the options of the suite's own shapes tasks (``shapes:test=200,train=400,val=100``).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
 from maskclip_bench.evaluation.feature_cache import BASE_KIND
 from maskclip_bench.evaluation.session import EvalSession
 from maskclip_bench.evaluation.tasks import (DEFAULT_LP_FEATURES, DENSE, FINETUNE, LINEAR_PROBE, LP_FEATURES, RETRIEVAL,
-                                             RUNNERS, TASK_KINDS, ZEROSHOT, TaskResult)
+                                             RUNNERS, SELECTION, TASK_KINDS, ZEROSHOT, TaskResult)
 from maskclip_core.data.spec_syntax import split_spec
 from maskclip_core.errors import DataError
 
@@ -124,6 +125,8 @@ def plan_suite(session: EvalSession, suite: str | None, datasets: Sequence[str] 
                 for task in (LINEAR_PROBE, FINETUNE):
                     if task in kinds and "train" in ds.splits:
                         add(planned, task, ds)
+            elif ds.task == "caption_selection":
+                add(planned, SELECTION, ds)  # its only task, like zero-shot for a classification set
             elif ds.task == "retrieval" and RETRIEVAL in kinds:
                 add(planned, RETRIEVAL, ds)
             elif ds.task == "segmentation" and DENSE in kinds:
@@ -136,7 +139,7 @@ def plan_suite(session: EvalSession, suite: str | None, datasets: Sequence[str] 
 def _announce(session: EvalSession, item: PlannedTask) -> None:
     """Tell the session which features `item` will request."""
     ds, split = item.dataset, item.dataset.info.get("split", "test")
-    if item.task in (ZEROSHOT, RETRIEVAL):
+    if item.task in (ZEROSHOT, RETRIEVAL, SELECTION):
         session.plan(ds, split, {BASE_KIND})
     elif item.task == LINEAR_PROBE:
         kind = LP_FEATURES[item.options.get("features", DEFAULT_LP_FEATURES)]

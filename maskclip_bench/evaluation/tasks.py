@@ -1,6 +1,8 @@
-"""Evaluation task runners on an `EvalSession`: zero-shot, retrieval, linear probe, fine-tuning, dense probe.
+"""Evaluation task runners on an `EvalSession`: zero-shot, retrieval, image-caption selection, linear probe,
+fine-tuning, dense probe.
 
-Each runner (`run_zeroshot`, `run_retrieval`, `run_linear_probe`, `run_finetune`, `run_dense`, by kind in
+Each runner (`run_zeroshot`, `run_retrieval`, `run_caption_selection`, `run_linear_probe`, `run_finetune`,
+`run_dense`, by kind in
 `RUNNERS`) takes the session and one EvalDataset and returns a `TaskResult` whose metrics use CLIP_benchmark's key
 names; `result_record` turns it into a run record (`records`).
 """
@@ -15,20 +17,21 @@ import torch
 
 from maskclip_bench.evaluation.feature_cache import BASE_KIND
 from maskclip_bench.evaluation.session import EvalSession
-from maskclip_bench.evaluators import (evaluate_dense_probe, evaluate_linear_probe, evaluate_retrieval,
-                                       evaluate_zeroshot, finetune)
+from maskclip_bench.evaluators import (evaluate_caption_selection, evaluate_dense_probe, evaluate_linear_probe,
+                                       evaluate_retrieval, evaluate_zeroshot, finetune)
 from maskclip_bench.evaluators.features import encode_texts
 from maskclip_bench.evaluators.retrieval import recall_from_scores
 from maskclip_bench.evaluators.linprobe import SOLVERS, choose_solver
 from maskclip_bench.results.records import make_record
 from maskclip_core.errors import DataError
 
-ZEROSHOT, RETRIEVAL, LINEAR_PROBE, FINETUNE, DENSE = (
-    "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "finetune", "dense_probe")
-TASK_KINDS = (ZEROSHOT, RETRIEVAL, LINEAR_PROBE, FINETUNE, DENSE)
+ZEROSHOT, RETRIEVAL, SELECTION, LINEAR_PROBE, FINETUNE, DENSE = (
+    "zeroshot_classification", "zeroshot_retrieval", "image_caption_selection", "linear_probe", "finetune",
+    "dense_probe")
+TASK_KINDS = (ZEROSHOT, RETRIEVAL, SELECTION, LINEAR_PROBE, FINETUNE, DENSE)
 # Which dataset task each evaluation needs.
-DATASET_TASK = {ZEROSHOT: "classification", RETRIEVAL: "retrieval", LINEAR_PROBE: "classification",
-                FINETUNE: "classification", DENSE: "segmentation"}
+DATASET_TASK = {ZEROSHOT: "classification", RETRIEVAL: "retrieval", SELECTION: "caption_selection",
+                LINEAR_PROBE: "classification", FINETUNE: "classification", DENSE: "segmentation"}
 LP_FEATURES = {"pre": "pooled_features", "post": BASE_KIND}
 DEFAULT_LP_FEATURES = "pre"  # CLIP's protocol for ViTs: the pooled features before the projection
 DEFAULT_FT = {"epochs": 2, "lr": 1e-3}
@@ -116,6 +119,17 @@ def run_retrieval(session: EvalSession, ds: Any, *, recall_k: Sequence[int] = (1
     metrics = evaluate_retrieval(session.loaded.model, None, session.loaded.tokenizer, device=session.device,
                                  recall_k_list=tuple(recall_k), features=feats)
     return _result(session, ds, RETRIEVAL, metrics, _count(feats), start, {"recall_k": list(recall_k)})
+
+
+def run_caption_selection(session: EvalSession, ds: Any) -> TaskResult:
+    """Image-caption selection (SugarCrepe, Winoground) as CLIP_benchmark's image_caption_selection scores it:
+    text_acc, image_acc and acc (Winoground's text, image and group scores)."""
+    _require(ds, SELECTION)
+    start = time.perf_counter()
+    session.take_status()
+    feats = session.features(ds, ds.info.get("split", "test"), {BASE_KIND})
+    metrics = evaluate_caption_selection(session.loaded.model, session.loaded.tokenizer, feats, session.device)
+    return _result(session, ds, SELECTION, metrics, _count(feats), start, {})
 
 
 def _binding_scores(session: EvalSession, feats: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,6 +263,6 @@ def result_record(result: TaskResult, session: EvalSession) -> dict[str, Any]:
 
 
 RUNNERS: dict[str, Callable[..., TaskResult]] = {
-    ZEROSHOT: run_zeroshot, RETRIEVAL: run_retrieval, LINEAR_PROBE: run_linear_probe,
-    FINETUNE: run_finetune, DENSE: run_dense,
+    ZEROSHOT: run_zeroshot, RETRIEVAL: run_retrieval, SELECTION: run_caption_selection,
+    LINEAR_PROBE: run_linear_probe, FINETUNE: run_finetune, DENSE: run_dense,
 }

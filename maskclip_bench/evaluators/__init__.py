@@ -1,8 +1,10 @@
 """Evaluators: plain functions of (model, dataloader, ...) in the style of CLIP_benchmark.
 
-Zero-shot classification and retrieval reuse CLIP_benchmark's metric code and agree with it exactly;
+Zero-shot classification and retrieval reuse CLIP_benchmark's metric code and agree with it exactly, as does
+image-caption selection (SugarCrepe, Winoground) computed from features;
 `encode_images` gives the cacheable feature dict that zero-shot, retrieval and the probes share.
 """
+from .caption_selection import evaluate_caption_selection, selection_metrics
 from .dense import evaluate_dense_probe
 from .features import encode_images, encode_texts
 from .finetune import finetune
@@ -13,6 +15,7 @@ from .zeroshot import evaluate_zeroshot
 
 __all__ = [
     "encode_images",
+    "evaluate_caption_selection",
     "encode_texts",
     "evaluate_dense_probe",
     "evaluate_linear_probe",
@@ -21,4 +24,5 @@ __all__ = [
     "finetune",
     "get_templates",
     "recall_from_scores",
+    "selection_metrics",
 ]

@@ -241,10 +241,17 @@ def load_records(results_dir: str | os.PathLike[str] = DEFAULT_RESULTS_DIR) -> p
             continue
         record["record_file"] = str(path)
         rows.append(record)
+    return records_frame(rows)
+
+
+def records_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Records (dicts with their `record_file`) as `load_records` gives them: optional fields filled in, oldest
+    first. Lets a caller add the records it has just written to a frame it loaded before, without reading the
+    folder again."""
     columns = _record_columns()
     if not rows:
         return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([dict(r) for r in rows])
     for column in columns:  # older or hand-made records may lack optional fields
         if column not in frame:
             frame[column] = None

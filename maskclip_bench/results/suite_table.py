@@ -1,4 +1,4 @@
-"""Standard-suite tables (`report --suite NAME`): one row per checkpoint with DataComp's average, the group
+"""Standard-suite tables (`report --suite NAME`): one row per checkpoint with the suite's average, its group
 averages and every task's main metric, from the evaluation records (the latest default-settings record of each
 task wins), written as ``suite_<name>.md`` and ``.csv``."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pandas as pd
 from maskclip_core.atomic_write import write_text_atomic
 
 from maskclip_bench.evaluation.standard_eval import task_kind, task_of_dataset
-from maskclip_bench.evaluation.standard_suites import (DATACOMP_GROUPS, FLICKR_SPLIT_NOTE, StandardTask, main_metric,
-                                                       suite_averages, suite_tasks)
+from maskclip_bench.evaluation.standard_suites import (FLICKR_SPLIT_NOTE, StandardTask, main_metric, suite_averages,
+                                                       suite_groups, suite_tasks)
 from maskclip_bench.results.markdown import table_lines
 from maskclip_bench.results.records import load_records
 
@@ -32,10 +32,10 @@ def checkpoint_scores(records: pd.DataFrame, tasks: Sequence[StandardTask]) -> d
     return scores
 
 
-def suite_rows(results_dir: str | Path, tasks: Sequence[StandardTask], groups: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per checkpoint in `results_dir` that has a record of the suite: its name, averages and scores."""
-    records = load_records(results_dir)
-    rows = []
+def suite_rows(records: pd.DataFrame, tasks: Sequence[StandardTask], groups: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per checkpoint of `records` (`load_records`' frame) that has a record of the suite: its name, averages
+    and scores."""
+    rows: list[dict[str, Any]] = []
     if records.empty:
         return rows
     for checkpoint_hash, mine in records.groupby("checkpoint_hash", sort=False):
@@ -63,30 +63,38 @@ def scores_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[StandardTask
     return pd.DataFrame(table)
 
 
-def suite_groups(name: str) -> tuple[str, ...]:
-    """The group averages a suite reports (DataComp's four for `datacomp`, none for CLIP_benchmark's collections)."""
-    return DATACOMP_GROUPS if name == "datacomp" else ()
+# What the main metrics are, for the table's header line.
+_METRICS = {
+    "datacomp": "DataComp's: acc1, mean per-class recall where DataComp uses it, the mean of the two recall@1 for "
+                "retrieval",
+    "compositional": "CLIP_benchmark's image_caption_selection: text_acc for SugarCrepe, the share of images closer to "
+                     "their caption than to its hard negative; acc for Winoground, its group score, both images' "
+                     "closest caption and both captions' closest image right; the SugarCrepe groups average its "
+                     "tasks by kind of negative",
+}
 
 
 def write_suite_table(name: str, results_dir: str | Path, out: str | Path, command: str) -> tuple[Path, Path, int]:
     """Write ``suite_<name>.md`` and ``.csv`` into `out`; returns their paths and the number of checkpoints."""
     tasks, groups = suite_tasks(name), suite_groups(name)
-    table = scores_table(suite_rows(results_dir, tasks, groups), tasks, groups)
+    table = scores_table(suite_rows(load_records(results_dir), tasks, groups), tasks, groups)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / f"suite_{name}.csv", out / f"suite_{name}.md"
     write_text_atomic(csv_path, table.to_csv(index=False))
 
     def cell(value: Any) -> str:
+        if value is None:  # a task without a score: blank, as in the CSV
+            return ""
         if isinstance(value, float):
             return "" if value != value else f"{100 * value:.1f}"
         return str(value)
 
     lines = [f"# Standard suite: {name}", "", f"Produced by: `{command}`.", "",
-             "Main metric of each task in percent (DataComp's: acc1, mean per-class recall where DataComp uses it, "
-             "the mean of the two recall@1 for retrieval); Average and the group averages are plain means over the "
-             "tasks with a score, and `tasks scored` says how many of the suite's tasks that is: an average over "
-             "fewer than all is partial and not comparable with a full one.", ""]
+             f"Main metric of each task in percent ({_METRICS.get(name, _METRICS['datacomp'])}); Average and the "
+             "group averages are plain means over the tasks with a score, and `tasks scored` says how many of the "
+             "suite's tasks that is: an average over fewer than all is partial and not comparable with a full one.",
+             ""]
     if name in ("datacomp", "retrieval"):
         lines += [FLICKR_SPLIT_NOTE + ".", ""]
     lines += table_lines(list(table.columns), ([cell(v) for v in row] for row in table.itertuples(index=False)))
