@@ -115,6 +115,9 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
     code, out3, err3 = eval_cli("report", "--suite", "datacomp", "--results-dir", results, "--out", report)
     assert code == 0, err3
     rows = list(csv.DictReader((report / "suite_datacomp.csv").open()))
+    # The checkpoint, then the published reference rows (tests/test_suite_published_rows.py checks their values).
+    assert [r["checkpoint"].split(",")[0] for r in rows[1:]] == ["published: CLIP", "published: MaskCLIP"]
+    rows = rows[:1]
     assert len(rows) == 1 and rows[0]["tasks scored"] == "3/38"
     assert float(rows[0]["Average"]) == pytest.approx((caltech + imagenet + flickr) / 3)
     assert float(rows[0]["Caltech-101"]) == pytest.approx(caltech) and rows[0]["Food-101"] == ""
@@ -139,7 +142,8 @@ def test_two_checkpoints_in_one_call_get_a_row_each(tiny_checkpoint, dataset_roo
     assert code == 0, err
     assert out.count("datacomp Average:") == 2 and len(list(results.glob("*.json"))) == 6
     eval_cli("report", "--suite", "datacomp", "--results-dir", results, "--out", report)
-    rows = list(csv.DictReader((report / "suite_datacomp.csv").open()))
+    rows = [r for r in csv.DictReader((report / "suite_datacomp.csv").open())
+            if not r["checkpoint"].startswith("published: ")]
     assert sorted(r["checkpoint"].rsplit("/", 1)[-1] for r in rows) == ["last.pt", "other.pt"]
 
 

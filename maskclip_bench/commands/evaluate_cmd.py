@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
-from maskclip_bench.commands.options import (BATCH, CACHE_DIR, CKPT, DATA_SEED, DATASET, DEVICE, MODEL, NO_CACHE, QUIET,
-                                             RESULTS, SEED, TEMPLATES, THREADS, WORKERS)
+from maskclip_bench.commands.options import (BATCH, CACHE_DIR, CKPT, DATA_SEED, DATASET, DEVICE, FLICKR_SPLIT, MODEL,
+                                             NO_CACHE, QUIET, RESULTS, SEED, TEMPLATES, THREADS, WORKERS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from maskclip_bench.evaluation.api import Evaluation
@@ -197,9 +197,11 @@ def eval_command(
                                       "sets the options of the suite's shapes tasks"),
     dataset_root: Optional[Path] = typer.Option(None, "--dataset-root", help="standard suites: folder holding "
                                                 "CLIP_benchmark's wds_<name> (or DataComp's wds_<name>_test) copies, "
-                                                "and sugar_crepe/ and winoground/ for compositional"),
+                                                "nlphuji_flickr30k/ for --flickr-split full, and sugar_crepe/ and "
+                                                "winoground/ for compositional"),
     redo: bool = typer.Option(False, "--redo", help="standard suites: evaluate tasks that already have a record "
                               "for this checkpoint again"),
+    flickr_split: str = FLICKR_SPLIT,
     model: Optional[str] = MODEL, templates: Optional[str] = TEMPLATES,
     batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
     device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
@@ -207,17 +209,20 @@ def eval_command(
 ) -> None:
     """Run a suite of evaluations on one checkpoint, encoding each image set once (see maskclip_bench.evaluation.suites
     and, for the standard suites over real datasets, maskclip_bench.evaluation.standard_suites)."""
-    from maskclip_bench.evaluation.standard_suites import STANDARD_SUITES
+    from maskclip_bench.evaluation.standard_suites import KARPATHY, STANDARD_SUITES
+    from maskclip_core.errors import DataError
 
     checkpoints, common = ckpt, _common(locals())
     if suite in STANDARD_SUITES:
         for one in checkpoints:
-            _standard_suite(suite, dataset_root, redo, dataset, {**common, "ckpt": one})
+            _standard_suite(suite, dataset_root, redo, dataset, flickr_split, {**common, "ckpt": one})
         return
+    if flickr_split != KARPATHY:
+        raise DataError(f"--flickr-split is for the standard suites with Flickr30K (datacomp, retrieval), not "
+                        f"--suite {suite or 'quick'}")
     chosen = suite if suite or dataset else "quick"
     if chosen is not None:
         from maskclip_bench.evaluation.suites import SUITES
-        from maskclip_core.errors import DataError
 
         if chosen not in SUITES:
             raise DataError(f"unknown suite '{chosen}' (choose {', '.join([*SUITES, *STANDARD_SUITES])})")
@@ -231,7 +236,8 @@ def eval_command(
         execute(plan, specs=tuple(dataset), **{**common, "ckpt": one})
 
 
-def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str], common: dict[str, Any]) -> None:
+def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str], flickr_split: str,
+                    common: dict[str, Any]) -> None:
     """A standard suite: the missing and unsupported datasets listed up front, the found ones evaluated (skipping
     those with a record for this checkpoint), then the averages, each marked partial with its task count.
 
@@ -239,7 +245,7 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
     import pandas as pd
 
     from maskclip_bench.evaluation import standard_eval
-    from maskclip_bench.evaluation.standard_suites import FLICKR_SPLIT_NOTE, locate, suite_groups, suite_tasks
+    from maskclip_bench.evaluation.standard_suites import flickr_note, locate, suite_groups, suite_tasks
     from maskclip_bench.results.records import load_records, records_frame
     from maskclip_bench.results.suite_table import suite_rows
     from maskclip_core.errors import DataError
@@ -248,7 +254,7 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
         raise DataError(f"--suite {name} reads real datasets: give --dataset-root DIR")
     if extra:
         raise DataError(f"--suite {name} takes its datasets from --dataset-root, not --dataset")
-    tasks = suite_tasks(name)
+    tasks = suite_tasks(name, flickr_split)
     layout = locate(tasks, root)
     for task in layout.unsupported:
         typer.echo(f"not supported: {task.title} ({task.key}, main metric {task.metric}): {task.reason}", err=True)
@@ -276,8 +282,9 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
         return
     for label, average in rows[0]["averages"].items():
         typer.echo(f"{name} {label}: {average.label()}")
-    if name in ("datacomp", "retrieval"):
-        typer.echo(FLICKR_SPLIT_NOTE)
+    note = flickr_note(tasks)
+    if note:
+        typer.echo(note)
 
 
 def register(app: typer.Typer) -> None:

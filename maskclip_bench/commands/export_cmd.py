@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from maskclip_bench.commands.options import FLICKR_SPLIT
+
 data_app = typer.Typer(name="data", help="Dataset utilities.", no_args_is_help=True)
 
 
@@ -56,23 +58,27 @@ def data_export_command(
 @data_app.command("fetch")
 def data_fetch_command(
     names: list[str] = typer.Argument(None, help="CLIP_benchmark dataset names, e.g. cifar10 vtab/caltech101, or "
-                                      "winoground"),
+                                      "winoground, or nlphuji/flickr30k (all 31,014 Flickr30K images)"),
     dataset_root: Path = typer.Option(..., "--dataset-root", help="folder receiving wds_<name> folders (and "
-                                      "winoground/)"),
+                                      "winoground/, nlphuji_flickr30k/)"),
     suite: Optional[str] = typer.Option(None, "--suite", help="fetch every readable dataset of a standard suite "
                                         "(datacomp, vtab, vtab+, imagenet_robustness, retrieval, compositional) not "
                                         "there yet"),
+    flickr_split: str = FLICKR_SPLIT,
     split: str = typer.Option("test", "--split", help="split to fetch"),
 ) -> None:
-    """Download CLIP_benchmark's webdataset copies, or Winoground, from the Hugging Face hub (the only command that
-    downloads)."""
+    """Download CLIP_benchmark's webdataset copies, Winoground or nlphuji/flickr30k from the Hugging Face hub (the
+    only command that downloads)."""
     from maskclip_bench.eval_data.fetch import fetch_dataset
-    from maskclip_bench.evaluation.standard_suites import UNSUPPORTED, suite_tasks
+    from maskclip_bench.evaluation.standard_suites import KARPATHY, UNSUPPORTED, suite_tasks
     from maskclip_core.errors import DataError
 
     wanted = list(names or [])
+    if suite is None and flickr_split != KARPATHY:
+        raise DataError("--flickr-split picks the Flickr30K dataset of --suite; without one, name the dataset "
+                        "(nlphuji/flickr30k)")
     if suite is not None:
-        readable = [t for t in suite_tasks(suite) if t.kind != UNSUPPORTED]
+        readable = [t for t in suite_tasks(suite, flickr_split) if t.kind != UNSUPPORTED]
         wanted += [t.key for t in readable if t.fetchable]
         for task in (t for t in readable if not t.fetchable):  # SugarCrepe: COCO images and GitHub files
             typer.echo(f"not fetched here: {task.title}: {task.fetch_hint().replace('ROOT', str(dataset_root))}",

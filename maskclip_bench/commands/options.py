@@ -20,6 +20,11 @@ NO_CACHE = typer.Option(False, "--no-cache", help="do not read or write the feat
 DATA_SEED = typer.Option(0, "--data-seed", help="seed of the built-in shapes data (fixes the test set)")
 TEMPLATES = typer.Option(None, "--templates", help="zero-shot prompts: openai_imagenet, slip, simple or a file")
 THREADS = typer.Option(0, "--threads", help="torch and BLAS CPU threads (0: default; 1 is fastest on a busy machine)")
+# The standard suites with Flickr30K (eval --suite, report --suite, data fetch --suite): which split is scored.
+FLICKR_SPLIT = typer.Option("karpathy", "--flickr-split", help="datacomp and retrieval suites: karpathy (default: "
+                            "CLIP_benchmark's wds_flickr30k, the 1K Karpathy test that papers quote and DataComp's "
+                            "tasklist has scored since May 2023) or full (all 31,014 images of nlphuji/flickr30k, "
+                            "from DIR/nlphuji_flickr30k; DataComp's tasklist before May 2023)")
 DATASET = typer.Option(..., "--dataset", help="dataset spec: shapes/shape_color, clip_benchmark_wds:DIR, "
                        "imagefolder:DIR, ...")
 

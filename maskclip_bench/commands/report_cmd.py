@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from maskclip_bench.commands.console import command_line
+from maskclip_bench.commands.options import FLICKR_SPLIT
 
 
 def report_command(
@@ -21,8 +22,10 @@ def report_command(
                                "of the benchmark tables"),
     curves_out: Path = typer.Option(Path("results/curves"), "--curves-out", help="folder for the curve PNGs"),
     suite: Optional[str] = typer.Option(None, "--suite", help="a standard suite (datacomp, vtab, vtab+, "
-                                        "imagenet_robustness, retrieval): write suite_<name>.md/.csv from the "
-                                        "records instead of the benchmark tables"),
+                                        "imagenet_robustness, retrieval, compositional): write suite_<name>.md/.csv "
+                                        "from the records, with the published reference rows, instead of the "
+                                        "benchmark tables"),
+    flickr_split: str = FLICKR_SPLIT,
 ) -> None:
     """One row per checkpoint, one column per dataset/metric (latest record wins); see maskclip_bench.results.report.
     With --curves: one PNG per loss/eval metric, every run against samples seen and wall seconds."""
@@ -30,8 +33,13 @@ def report_command(
         _curves(curves, curves_out)
         return
     if suite is not None:
-        _suite(suite, results_dir, out)
+        _suite(suite, flickr_split, results_dir, out)
         return
+    if flickr_split != "karpathy":
+        from maskclip_core.errors import DataError
+
+        raise DataError("--flickr-split picks the Flickr30K column of a --suite table; give --suite datacomp or "
+                        "retrieval")
     from maskclip_bench.results.comparison import write_comparison
     from maskclip_bench.results.report import write_report
 
@@ -43,12 +51,11 @@ def report_command(
                f"{files.markdown}, {files.csv}, {files.long_csv}, {comparison}")
 
 
-def _suite(name: str, results_dir: Path, out: Path) -> None:
-
+def _suite(name: str, flickr_split: str, results_dir: Path, out: Path) -> None:
     from maskclip_bench.results.suite_table import write_suite_table
 
-    command = command_line(f"maskclip-bench report --suite {name}")
-    md, csv, count = write_suite_table(name, results_dir, out, command)
+    command = command_line(f"maskclip-bench report --suite {name} --flickr-split {flickr_split}")
+    md, csv, count = write_suite_table(name, results_dir, out, command, flickr_split)
     typer.echo(f"{count} checkpoint(s) scored on {name}: {md}, {csv}")
 
 

@@ -12,6 +12,8 @@ selects the kind, so paths may contain colons:
 ``imagefolder:DIR``            a torchvision ImageFolder tree, optionally with train/val/test
 ``flickr30k:ROOT``             CLIP_benchmark's Flickr30k Karpathy layout
 ``mscoco:ROOT``                CLIP_benchmark's MS-COCO Karpathy layout (``mscoco_captions``)
+``flickr30k_full:DIR``         all 31,014 Flickr30K images, a snapshot of nlphuji/flickr30k
+                               (see ``flickr30k_full``)
 ``ade20k:ROOT``                ADEChallengeData2016 semantic segmentation
 ``clip_benchmark:NAME[@ROOT]`` anything ``clip_benchmark.datasets.builder.build_dataset`` builds;
                                ``sugar_crepe/<task>`` and ``winoground`` through ``caption_selection``
@@ -32,6 +34,7 @@ from maskclip_core.errors import DataError
 from .ade20k import build_ade20k
 from .cb_datasets import build_clip_benchmark
 from .dataset import EvalDataset, root_path
+from .flickr30k_full import build_flickr30k_full
 from .folders import build_imagefolder
 from .karpathy import build_karpathy
 from .shapes_tasks import build_shapes
@@ -75,6 +78,10 @@ def _karpathy(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
                           verify_images=r.verify_images)
 
 
+def _flickr30k_full(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
+    return build_flickr30k_full(root_path(rest), transform=r.transform, split=r.split, verify_images=r.verify_images)
+
+
 def _ade20k(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
     return build_ade20k(root_path(rest), transform=r.transform, split=r.split, templates=r.templates,
                         verify_images=r.verify_images)
@@ -88,7 +95,7 @@ def _clip_benchmark(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
 # The dispatcher: spec kind -> reader (a new layout is one reader module and one entry here).
 BUILDERS: dict[str, Callable[[str, str, BuildRequest], EvalDataset | list[EvalDataset]]] = {
     "shapes": _shapes, "clip_benchmark_wds": _wds, "wds": _wds, "imagefolder": _imagefolder, "flickr30k": _karpathy, "mscoco": _karpathy,
-    "ade20k": _ade20k, "clip_benchmark": _clip_benchmark,
+    "flickr30k_full": _flickr30k_full, "ade20k": _ade20k, "clip_benchmark": _clip_benchmark,
 }
 KINDS: tuple[str, ...] = tuple(BUILDERS)
 TASKS: tuple[str, ...] = ("classification", "retrieval", "segmentation", "caption_selection")

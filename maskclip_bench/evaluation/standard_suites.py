@@ -14,16 +14,20 @@ What is not read (each listed by name with its reason, never skipped silently): 
 metric needs per-sample metadata or a scorer this harness does not have (WinoGAViL's Jaccard score, iWildCam's
 macro F1, FMoW's worst-region accuracy, Dollar Street's and GeoDE's worst-group accuracies).
 
-**Flickr30K split.** DataComp scores retrieval on nlphuji/flickr30k from the Hugging Face hub (all 31,014 images,
-five captions each), not on the 1K Karpathy test split that papers quote. Both suites here read CLIP_benchmark's
-``wds_flickr30k`` (the 1K Karpathy test), so the datacomp suite's Flickr number is the papers' split; the table
-says so. MSCOCO is the 5K Karpathy test in both DataComp and CLIP_benchmark.
+**Flickr30K split** (``flickr_split``, ``--flickr-split``): ``karpathy`` (the default) reads CLIP_benchmark's
+``wds_flickr30k``, the 1K Karpathy test that papers quote and that DataComp's tasklist has scored since 15 May 2023
+(nlphuji/flickr_1k_test_image_text_retrieval); ``full`` swaps the Flickr task for all 31,014 images of
+nlphuji/flickr30k (`maskclip_bench.eval_data.flickr30k_full`, read from ``nlphuji_flickr30k/`` under the root), the
+split DataComp's tasklist scored before that. The two are different tasks (keys ``flickr30k`` and
+``nlphuji/flickr30k``, titles "Flickr" and "Flickr (31K)", record folders ``wds_flickr30k`` and
+``nlphuji_flickr30k``), so their records never stand in for each other; `flickr_note` says which one a task list
+has. MSCOCO is the 5K Karpathy test in DataComp and CLIP_benchmark alike.
 """
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -31,13 +35,28 @@ from maskclip_core.errors import DataError
 
 from maskclip_bench.eval_data.caption_selection import (COCO_VAL2017_URL, SUGAR_CREPE_TASKS, SUGAR_CREPE_URL,
                                                         WINOGROUND_NEEDS, WINOGROUND_REPO, sugar_crepe_needs)
+from maskclip_bench.eval_data.flickr30k_full import FLICKR30K_REPO
+from maskclip_bench.eval_data.flickr30k_full import FOLDER as FLICKR30K_FULL_FOLDER
+from maskclip_bench.eval_data.flickr30k_full import NEEDS as FLICKR30K_FULL_NEEDS
 
 # Task kinds: the EvalDataset task a suite task's dataset must have, or UNSUPPORTED.
 CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION, UNSUPPORTED = (
     "classification", "retrieval", "caption_selection", "unsupported")
 # DataComp's group averages (besides the plain average over every scored task).
 IMAGENET, SHIFTS, VTAB, RETRIEVAL_GROUP = "ImageNet", "ImageNet dist. shifts", "VTAB", "Retrieval"
-FLICKR_SPLIT_NOTE = "Flickr: the 1K Karpathy test (DataComp scores nlphuji/flickr30k's 31,014 images)"
+# The Flickr30K splits a suite can score (module docstring), the default first.
+KARPATHY, FULL = "karpathy", "full"
+FLICKR_SPLITS: tuple[str, ...] = (KARPATHY, FULL)
+FLICKR_KARPATHY_KEY, FLICKR_FULL_KEY = "flickr30k", FLICKR30K_REPO
+# What each split's task is, for the tables' and the summary's note line.
+FLICKR_NOTES = {
+    FLICKR_KARPATHY_KEY: "Flickr: the 1K Karpathy test (CLIP_benchmark's wds_flickr30k: 1,000 images, 5,000 "
+                         "captions), the split papers quote and DataComp's tasklist has scored since May 2023; "
+                         "--flickr-split full scores all 31,014 images of nlphuji/flickr30k instead",
+    FLICKR_FULL_KEY: "Flickr (31K): all 31,014 images of nlphuji/flickr30k (155,070 captions; Karpathy's train, val "
+                     "and test together), the split DataComp's tasklist scored before May 2023; not comparable with "
+                     "the 1K Karpathy test that papers quote (--flickr-split karpathy)",
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,9 @@ class StandardTask:
     needs: tuple[str, ...] = ()
     how_to_get: str = ""
     fetchable: bool = True  # whether `maskclip-bench data fetch KEY` can download it
+    # The spec kind of this package's reader for a task in its own folder that CLIP_benchmark does not build
+    # (``flickr30k_full``); empty: CLIP_benchmark's name (``clip_benchmark:KEY@FOLDER``) or its webdataset copy.
+    reader: str = ""
 
     @property
     def folders(self) -> tuple[str, ...]:
@@ -70,11 +92,13 @@ class StandardTask:
     @property
     def record_names(self) -> tuple[str, ...]:
         """What a record's dataset spec names this dataset by (see `standard_eval.dataset_name`): CLIP_benchmark's
-        name for a task in its own folder (several tasks share one), else the webdataset folder's name."""
-        return (self.key,) if self.folder else self.folders
+        name for a task in its own folder (several tasks share one), else the folder's name."""
+        return (self.key,) if self.folder and not self.reader else self.folders
 
     def dataset_spec(self, folder: Path) -> str:
         """The dataset spec that reads this task from `folder` (one of `folders` under a root)."""
+        if self.reader:
+            return f"{self.reader}:{folder}"
         return f"clip_benchmark:{self.key}@{folder}" if self.folder else f"clip_benchmark_wds:{folder}"
 
     def fetch_hint(self) -> str:
@@ -167,6 +191,10 @@ COMPOSITIONAL: tuple[StandardTask, ...] = (
 )
 COMPOSITIONAL_GROUPS: tuple[str, ...] = (SUGAR_CREPE, SC_ADD, SC_REPLACE, SC_SWAP)
 
+# Flickr30K's full split: what `--flickr-split full` puts in place of the Flickr task (its groups stay the suite's).
+FLICKR_FULL = StandardTask(FLICKR_FULL_KEY, "Flickr (31K)", RETRIEVAL, "mean_recall@1",
+                           folder=FLICKR30K_FULL_FOLDER, needs=FLICKR30K_FULL_NEEDS, reader="flickr30k_full")
+
 
 @functools.lru_cache(maxsize=None)
 def _collection(name: str) -> tuple[StandardTask, ...]:
@@ -194,13 +222,29 @@ STANDARD_SUITES: tuple[str, ...] = ("datacomp", "vtab", "vtab+", "imagenet_robus
 _OWN_SUITES = {"datacomp": (DATACOMP, DATACOMP_GROUPS), "compositional": (COMPOSITIONAL, COMPOSITIONAL_GROUPS)}
 
 
-def suite_tasks(name: str) -> tuple[StandardTask, ...]:
-    """The tasks of a standard suite; DataError naming the choices for an unknown one."""
+def suite_tasks(name: str, flickr_split: str = KARPATHY) -> tuple[StandardTask, ...]:
+    """The tasks of a standard suite, its Flickr task on `flickr_split` (module docstring); DataError naming the
+    choices for an unknown suite or split, or for the full split on a suite without Flickr."""
+    if flickr_split not in FLICKR_SPLITS:
+        raise DataError(f"unknown Flickr30K split '{flickr_split}' (choose {', '.join(FLICKR_SPLITS)})")
     if name in _OWN_SUITES:
-        return _OWN_SUITES[name][0]
-    if name in STANDARD_SUITES:
-        return _collection(name)
-    raise DataError(f"unknown standard suite '{name}' (choose {', '.join(STANDARD_SUITES)})")
+        tasks = _OWN_SUITES[name][0]
+    elif name in STANDARD_SUITES:
+        tasks = _collection(name)
+    else:
+        raise DataError(f"unknown standard suite '{name}' (choose {', '.join(STANDARD_SUITES)})")
+    if flickr_split == KARPATHY:
+        return tasks
+    if not any(t.key == FLICKR_KARPATHY_KEY for t in tasks):
+        with_flickr = [s for s in STANDARD_SUITES if any(t.key == FLICKR_KARPATHY_KEY for t in suite_tasks(s))]
+        raise DataError(f"--flickr-split {flickr_split}: suite '{name}' has no Flickr30K task (these do: "
+                        f"{', '.join(with_flickr)})")
+    return tuple(replace(FLICKR_FULL, groups=t.groups) if t.key == FLICKR_KARPATHY_KEY else t for t in tasks)
+
+
+def flickr_note(tasks: Sequence[StandardTask]) -> str | None:
+    """Which Flickr30K split a task list's Flickr column is (a line for tables and summaries); None without one."""
+    return next((FLICKR_NOTES[t.key] for t in tasks if t.key in FLICKR_NOTES), None)
 
 
 def suite_groups(name: str) -> tuple[str, ...]:

@@ -67,6 +67,18 @@ PUBLISHED: tuple[Published, ...] = (
               "ViT-B; CLIP trained on 400M pairs, MaskCLIP on YFCC-15M", "different pre-training data"),
 )
 
+METHOD_NAMES = {"clip": "CLIP", "maskclip": "MaskCLIP"}  # the two value columns of a Published entry
+
+
+def published_entry(benchmark: str) -> Published:
+    """The PUBLISHED entry named `benchmark` (e.g. "Flickr30K I2T R@1"), for tables that place published numbers
+    beside measured ones; KeyError naming the known benchmarks for another name."""
+    for entry in PUBLISHED:
+        if entry.benchmark == benchmark:
+            return entry
+    raise KeyError(f"no published entry '{benchmark}' (known: {', '.join(p.benchmark for p in PUBLISHED)})")
+
+
 # Config fields that may differ inside one comparison group (besides the method itself).
 _FREE_KEYS = (("method", "name"), ("run", "seed"), ("run", "out"), ("run", "threads"), ("data", "workers"),
               ("run", "log_every"), ("run", "checkpoint_every"))
