@@ -133,10 +133,17 @@ def test_two_checkpoints_in_one_call_get_a_row_each(tiny_checkpoint, dataset_roo
     state["clip"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in state["clip"].items()}
     torch.save(state, other)
     results, report = tmp_path / "runs", tmp_path / "tables"
-    code, out, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--ckpt", other, "--suite", "imagenet_robustness",
+    listing = tmp_path / "checkpoints.txt"  # --ckpt @FILE: one a line, comments and blank lines skipped
+    listing.write_text(f"# two checkpoints\n{tiny_checkpoint}\n\n{other}  # scaled copy\n")
+    code, out, err = eval_cli("eval", "--ckpt", f"@{listing}", "--suite", "imagenet_robustness",
                               "--dataset-root", dataset_root, "--results-dir", results, "--no-cache")
     assert code == 0, err
     assert out.count("imagenet_robustness: nothing to evaluate") == 2  # none of its five datasets is under the root
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    for bad, message in (("empty.txt", "names no checkpoint"), ("missing.txt", "cannot read the checkpoint list")):
+        code, _, err = eval_cli("eval", "--ckpt", f"@{tmp_path / bad}", "--suite", "imagenet_robustness",
+                                "--dataset-root", dataset_root)
+        assert code != 0 and message in err and "Traceback" not in err
     code, out, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--ckpt", other, "--suite", "datacomp",
                               "--dataset-root", dataset_root, "--results-dir", results, "--no-cache", "--threads", 1)
     assert code == 0, err

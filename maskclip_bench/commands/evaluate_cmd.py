@@ -189,7 +189,8 @@ def dense_command(
 
 def eval_command(
     ckpt: list[str] = typer.Option(..., "--ckpt", help="checkpoint as for the other commands; repeat it to "
-                                   "evaluate several, one after the other (features are never shared between them)"),
+                                   "evaluate several, one after the other (features are never shared between them), "
+                                   "or give @FILE: a file listing them, one a line (# comments)"),
     suite: Optional[str] = typer.Option(None, "--suite", help="quick | shapes | full (quick when no --dataset), or a "
                                         "standard suite over --dataset-root: datacomp | vtab | vtab+ | "
                                         "imagenet_robustness | retrieval | compositional"),
@@ -212,7 +213,7 @@ def eval_command(
     from maskclip_bench.evaluation.standard_suites import KARPATHY, STANDARD_SUITES
     from maskclip_core.errors import DataError
 
-    checkpoints, common = ckpt, _common(locals())
+    checkpoints, common = checkpoint_list(ckpt), _common(locals())
     if suite in STANDARD_SUITES:
         for one in checkpoints:
             _standard_suite(suite, dataset_root, redo, dataset, flickr_split, {**common, "ckpt": one})
@@ -234,6 +235,30 @@ def eval_command(
 
     for one in checkpoints:
         execute(plan, specs=tuple(dataset), **{**common, "ckpt": one})
+
+
+def checkpoint_list(values: list[str]) -> list[str]:
+    """The checkpoints of repeated ``--ckpt`` values, an ``@FILE`` value standing for the lines of FILE (blank lines
+    and ``#`` comments skipped; paths as written, relative to the current folder). DataError for a missing or empty
+    list file."""
+    from maskclip_core.errors import DataError
+
+    out: list[str] = []
+    for value in values:
+        if not value.startswith("@"):
+            out.append(value)
+            continue
+        path = Path(value[1:]).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read the checkpoint list {path}: {exc.__class__.__name__}") from None
+        listed = [line.split("#", 1)[0].strip() for line in lines]
+        listed = [line for line in listed if line]
+        if not listed:
+            raise DataError(f"the checkpoint list {path} names no checkpoint")
+        out.extend(listed)
+    return out
 
 
 def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str], flickr_split: str,
