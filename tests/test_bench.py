@@ -32,7 +32,7 @@ def perf_md(tmp_path_factory):
     assert first.exit_code == 0, first.output
     after_first = out.read_text()
     second = run_bench([*TINY, "--warmup", "0", "--precision", "bf16", "--device", "cpu",
-                        "--variants", "open_clip,clip", "--out", str(out)])
+                        "--variants", "open_clip,clip", "--rounds", "2", "--out", str(out)])
     assert second.exit_code == 0, second.output
     assert torch.get_num_threads() == threads  # --threads is restored for the rest of the process
     return after_first, out.read_text(), first.output
@@ -85,6 +85,21 @@ def test_second_precision_keeps_the_first_section(perf_md):
     assert text.count("<!-- perf-section: ") == 4  # cpu fp32, cpu bf16, two CUDA placeholders: nothing duplicated
 
 
+def test_rounds_alternate_the_variants_and_pool_their_steps(perf_md):
+    _, both, stdout = perf_md
+    bf16 = section(both, "cpu", "bf16")
+    assert "--rounds 2" in bf16 and "2 rounds of 0 warm-up + 1 timed step(s) per variant" in bf16
+    # By hand: two rounds of one variant; the median is over all four steps, memory the higher peak, FLOPs counted
+    # once (in the first round), an error of any round kept.
+    first = perf.VariantResult("clip", 8, step_times=[1.0, 3.0], peak_bytes=100, flops=7)
+    second = perf.VariantResult("clip", 8, step_times=[2.0, 10.0], peak_bytes=300)
+    merged = perf.merge_rounds([first, second])
+    assert merged.step_times == [1.0, 3.0, 2.0, 10.0] and merged.seconds == 2.5
+    assert merged.peak_bytes == 300 and merged.flops == 7 and merged.ok
+    failed = perf.merge_rounds([first, perf.VariantResult("clip", 8, error="OOM")])
+    assert failed.error == "OOM" and not failed.ok
+
+
 def test_rerun_replaces_only_its_own_section_and_a_gpu_run_replaces_the_placeholder():
     existing = perf.merge_sections("", {"cpu|X|M|fp32": "<!-- perf-section: cpu|X|M|fp32 -->\nold cpu\n"},
                                    "cpu", ["M"])
@@ -121,7 +136,7 @@ def test_user_errors_are_one_line_with_exit_2(capsys):
     from maskclip_bench.cli import main
 
     cases = [(["--variants", "clip,nope"], "unknown variant 'nope'"), (["--precision", "fp16"], "unknown precision"),
-             (["--model", "MaskCLIP-Tiny-9"], "unknown model")]
+             (["--model", "MaskCLIP-Tiny-9"], "unknown model"), (["--rounds", "0"], "--rounds must be >= 1")]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "no CUDA device"))
     for args, message in cases:

@@ -22,6 +22,9 @@ def bench_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     steps: int = typer.Option(10, "--steps", help="timed steps per variant"),
     warmup: int = typer.Option(2, "--warmup", help="untimed steps per variant before timing"),
+    rounds: int = typer.Option(1, "--rounds", help="measure the variants in turn this many times (each round "
+                               "rebuilds them; medians over every round's steps), so that a slow spell of the "
+                               "machine falls on every variant alike"),
     threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0: torch's default)"),
     variants: list[str] = typer.Option([], "--variants", help="subset of open_clip, clip, maskclip, "
                                        "maskclip-masked-view, maskclip-masked-view-mlm-half (repeatable or a comma "
@@ -73,8 +76,8 @@ def bench_command(
             raise ConfigError(f"unknown variant '{v}' (choose {', '.join(perf.VARIANTS)})")
     if batch_size < 2:
         raise ConfigError(f"--batch-size must be >= 2 for a contrastive loss, got {batch_size}")
-    if steps < 1 or warmup < 0:
-        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise ConfigError("--steps and --rounds must be >= 1 and --warmup >= 0")
     if max_batch and memory_gb <= 0:
         raise ConfigError("--max-batch needs --memory-gb N (the budget, GiB, > 0)")
     if memory_gb and not max_batch:
@@ -90,7 +93,8 @@ def bench_command(
         torch.set_num_threads(threads)
     command = "maskclip-bench bench " + shlex.join([
         "--model", model, "--batch-size", str(batch_size), *[a for p in precisions for a in ("--precision", p)],
-        "--device", device, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads),
+        "--device", device, "--steps", str(steps), "--warmup", str(warmup),
+        *(["--rounds", str(rounds)] if rounds > 1 else []), "--threads", str(threads),
         "--variants", ",".join(chosen), "--out", str(out),
         *(["--breakdown", "--loop-steps", str(loop_steps)] if breakdown else []),
         *(["--torchcompile"] if torchcompile else []),
@@ -104,23 +108,30 @@ def bench_command(
     try:
         images, text = perf.make_batch(model, batch_size, dev)
         for prec in precisions:
-            results: dict[str, perf.VariantResult] = {}
-            for variant in chosen:
-                console.print(f"[dim]{prec} {variant}: {warmup} warm-up + {steps} timed step(s)...[/dim]")
-                try:
-                    results[variant] = perf.measure_variant(variant, model, images, text, prec, steps, warmup,
-                                                            compile=torchcompile and variant != "open_clip",
-                                                            flops=not torchcompile,  # FLOPs: the eager sections
-                                                            fused=fused_adamw and variant != "open_clip")
-                except MaskClipError:
-                    raise
-                except Exception as exc:  # one failing variant (e.g. out of memory) is reported, not fatal
-                    message = " ".join(f"{type(exc).__name__}: {exc}".split())[:200].replace("|", "/")
-                    results[variant] = perf.VariantResult(variant, batch_size, error=message)
-                    console.print(f"[red]{variant} failed[/red]: {message}")
+            per_round: dict[str, list[perf.VariantResult]] = {v: [] for v in chosen}
+            for round_index in range(rounds):
+                for variant in chosen:
+                    if per_round[variant] and not per_round[variant][-1].ok:
+                        continue  # failed in an earlier round: reported once
+                    tag = f" (round {round_index + 1} of {rounds})" if rounds > 1 else ""
+                    console.print(f"[dim]{prec} {variant}: {warmup} warm-up + {steps} timed step(s){tag}...[/dim]")
+                    try:
+                        per_round[variant].append(perf.measure_variant(
+                            variant, model, images, text, prec, steps, warmup,
+                            compile=torchcompile and variant != "open_clip",
+                            flops=not torchcompile and round_index == 0,  # FLOPs: the eager sections, counted once
+                            fused=fused_adamw and variant != "open_clip"))
+                    except MaskClipError:
+                        raise
+                    except Exception as exc:  # one failing variant (e.g. out of memory) is reported, not fatal
+                        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:200].replace("|", "/")
+                        per_round[variant].append(perf.VariantResult(variant, batch_size, error=message))
+                        console.print(f"[red]{variant} failed[/red]: {message}")
+            results = {v: perf.merge_rounds(r) for v, r in per_round.items()}
             info = perf.RunInfo(command=command, device=dev, device_name=name, model=model, precision=prec,
                                 batch_size=batch_size, steps=steps, warmup=warmup,
-                                threads=torch.get_num_threads(), compiled=torchcompile, fused=fused_adamw)
+                                threads=torch.get_num_threads(), compiled=torchcompile, fused=fused_adamw,
+                                rounds=rounds)
             key, body = perf.render_section(info, results)
             if breakdown:
                 body += "\n" + run_breakdown(console, model, images, text, prec, chosen, loop_steps, command,

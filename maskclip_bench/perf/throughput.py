@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import open_clip
 import torch
@@ -332,6 +332,22 @@ def measure_variant(variant: str, model_name: str, images: torch.Tensor, text: t
     return result
 
 
+def merge_rounds(rounds: Sequence[VariantResult]) -> VariantResult:
+    """One variant's measurements from several rounds as one result: every round's step times (so the median is
+    over all of them), the highest peak memory, the first FLOP count, the first error. Variants measured in turn,
+    round after round, share the machine's slow and fast spells, which a ratio of one run each does not."""
+    first = rounds[0]
+    merged = VariantResult(first.variant, first.batch_size, params=first.params, peak_is_own=first.peak_is_own)
+    for r in rounds:
+        merged.step_times.extend(r.step_times)
+        if r.peak_bytes is not None:
+            merged.peak_bytes = max(merged.peak_bytes or 0, r.peak_bytes)
+        merged.flops = merged.flops if merged.flops is not None else r.flops
+        merged.error = merged.error or r.error
+        merged.peak_is_own = merged.peak_is_own and r.peak_is_own
+    return merged
+
+
 @dataclass
 class RunInfo:
     """What a section of results/perf.md says about the run that produced it."""
@@ -347,6 +363,7 @@ class RunInfo:
     threads: int
     compiled: bool = False  # our variants ran through torch.compile (section key and title say so)
     fused: bool = False  # our variants' AdamW fused
+    rounds: int = 1  # variants measured in turn this many times (`merge_rounds`)
     torch_version: str = torch.__version__
     open_clip_version: str = ""
     date: str = ""
@@ -489,7 +506,11 @@ def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[st
         f"- Device: {dev} ({info.device_name}); torch threads: {info.threads}",
         f"- torch {info.torch_version}, open_clip {info.open_clip_version}, Python {platform.python_version()}; "
         f"date: {info.date}",
-        f"- Batch {info.batch_size}, {info.warmup} warm-up + {info.steps} timed step(s) per variant, one process",
+        (f"- Batch {info.batch_size}, {info.warmup} warm-up + {info.steps} timed step(s) per variant, one process"
+         if info.rounds == 1 else
+         f"- Batch {info.batch_size}, {info.rounds} rounds of {info.warmup} warm-up + {info.steps} timed step(s) per "
+         f"variant (the variants in turn in each round, each rebuilt from the same weights; medians over the "
+         f"{info.rounds * info.steps} timed steps), one process"),
         "",
         f"| variant | s / step (median) | samples / s | {mem_header} | GFLOPs / step | TFLOP/s | {mfu_header} |",
         "|---|---|---|---|---|---|---|",
