@@ -330,7 +330,7 @@ def test_changed_config_is_refused_and_failing_cell_reported(tiny_grid, tmp_path
 
 
 def _record(method, seed, acc1):
-    from maskclip_bench.results.records import make_record
+    from maskclip_bench.evaluation.records import make_record
 
     cfg = TrainConfig().to_dict()
     cfg["method"]["name"], cfg["run"]["seed"], cfg["run"]["out"] = method, seed, f"runs/{method}/{seed}"
@@ -341,7 +341,7 @@ def _record(method, seed, acc1):
 
 def test_comparison_rows_from_records_and_empty_case(tmp_path):
     from maskclip_bench.results.comparison import write_comparison
-    from maskclip_bench.results.records import write_record
+    from maskclip_bench.evaluation.records import write_record
 
     empty = write_comparison([tmp_path / "none"], tmp_path / "empty").read_text()
     assert "No records found" in empty and "ImageNet zero-shot top-1 | 37.6 | 42.7 | +5.1" in empty

@@ -16,7 +16,7 @@ import torch
 from maskclip_bench.evaluation.feature_cache import FeatureCache
 from maskclip_bench.experiments.grid_status import write_json_atomic
 from maskclip_bench.perf.throughput import write_perf_md
-from maskclip_bench.results.records import write_record
+from maskclip_bench.evaluation.records import write_record
 from maskclip_core import atomic_write
 from maskclip_core.atomic_write import default_file_mode, write_bytes_atomic, write_text_atomic
 from maskclip_core.checkpoint import save_checkpoint

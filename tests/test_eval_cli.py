@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskclip_bench.results.records import REQUIRED_FIELDS
+from maskclip_bench.evaluation.records import REQUIRED_FIELDS
 
 MODEL = "MaskCLIP-Micro-8"  # the model of conftest.py's shared tiny_checkpoint
 

@@ -401,7 +401,7 @@ def test_clip_stored_as_a_list_is_one_line(tmp_path):
 # Row: a record whose timestamp is an int --------------------------------------------------------------------------
 
 def test_record_with_an_int_timestamp_is_skipped_with_a_warning(tmp_path):
-    from maskclip_bench.results.records import load_records
+    from maskclip_bench.evaluation.records import load_records
 
     good = {"task": "zeroshot", "dataset": "d", "metrics": {"acc1": 0.5}, "checkpoint_hash": "h",
             "timestamp": "2026-01-01T00:00:00Z"}

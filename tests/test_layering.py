@@ -121,3 +121,12 @@ def test_no_command_imports_another_command():
     graph = _graph()
     offenders = {name: sorted(graph[name] & commands) for name in commands if graph[name] & commands}
     assert offenders == {}
+
+
+def test_evaluation_writes_records_and_never_reads_tables():
+    # Data flows one way: evaluator -> record -> table. The evaluation side (and the readers and evaluators below
+    # it) writes records; only maskclip_bench.results turns them into tables.
+    below = ("maskclip_bench.evaluation", "maskclip_bench.eval_data", "maskclip_bench.evaluators")
+    offenders = {name: sorted(m for m in deps if m.startswith("maskclip_bench.results"))
+                 for name, deps in _graph().items() if name.startswith(below)}
+    assert {k: v for k, v in offenders.items() if v} == {}

@@ -254,7 +254,7 @@ def test_headline_metrics_are_named_as_report_columns():
 def test_train_command_evaluates_the_quick_suite_into_records_and_metrics(tmp_path, capsys):
     """The real evaluator through `train --eval-every`: records per task and step, the same numbers in
     metrics.jsonl under the report's column names, and TensorBoard beside them."""
-    from maskclip_bench.results.records import load_records
+    from maskclip_bench.evaluation.records import load_records
 
     out = tmp_path / "run"
     code, err = main_exit(capsys, "train", "--model", "MaskCLIP-Micro-8", "--steps", "4", "--batch-size", "16",

@@ -1,4 +1,4 @@
-"""Tests for evaluation records (maskclip_bench.results.records) and the benchmark report (maskclip_bench.results.report)."""
+"""Tests for evaluation records (maskclip_bench.evaluation.records) and the benchmark report (maskclip_bench.results.report)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from maskclip_bench.results.records import REQUIRED_FIELDS, key_config_fields, load_records, make_record, write_record
+from maskclip_bench.evaluation.records import REQUIRED_FIELDS, key_config_fields, load_records, make_record, write_record
 from maskclip_bench.results.report import clip_benchmark_table, wide_table, write_report
 
 TRAIN_CONFIG = {

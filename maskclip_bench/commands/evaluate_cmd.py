@@ -271,7 +271,7 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
 
     from maskclip_bench.evaluation import standard_eval
     from maskclip_bench.evaluation.standard_suites import flickr_note, locate, suite_groups, suite_tasks
-    from maskclip_bench.results.records import load_records, records_frame
+    from maskclip_bench.evaluation.records import load_records, records_frame
     from maskclip_bench.results.suite_table import suite_rows
     from maskclip_core.errors import DataError
 

@@ -15,10 +15,10 @@ from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
 from maskclip_bench.eval_data.spec import split_kind
 from maskclip_bench.evaluation.feature_cache import FeatureCache
 from maskclip_bench.evaluation.model_loading import LoadedModel, load_model
+from maskclip_bench.evaluation.records import write_record
 from maskclip_bench.evaluation.session import EvalSession
 from maskclip_bench.evaluation.suites import PlannedTask, run_suite
 from maskclip_bench.evaluation.tasks import TaskResult, result_record
-from maskclip_bench.results.records import write_record
 from maskclip_core.precision import exact_fp32
 from maskclip_core.thread_limit import thread_limit
 

@@ -17,11 +17,10 @@ from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
 from maskclip_bench.evaluation.api import metric_values
 from maskclip_bench.evaluation.feature_cache import FeatureCache
 from maskclip_bench.evaluation.model_loading import load_live
+from maskclip_bench.evaluation.records import metric_column, write_record
 from maskclip_bench.evaluation.session import EvalSession
 from maskclip_bench.evaluation.suites import SUITES, plan_suite, run_suite
 from maskclip_bench.evaluation.tasks import TaskResult, result_record
-from maskclip_bench.results.records import write_record
-from maskclip_bench.results.report import metric_column
 from maskclip_core.config import TrainConfig
 from maskclip_core.errors import ConfigError, DataError
 from maskclip_core.periodic_eval import EvalHook

@@ -16,13 +16,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from maskclip_bench.evaluation.feature_cache import BASE_KIND
+from maskclip_bench.evaluation.records import make_record
 from maskclip_bench.evaluation.session import EvalSession
 from maskclip_bench.evaluators import (evaluate_caption_selection, evaluate_dense_probe, evaluate_linear_probe,
                                        evaluate_retrieval, evaluate_zeroshot, finetune)
 from maskclip_bench.evaluators.features import encode_texts
-from maskclip_bench.evaluators.retrieval import recall_from_scores
 from maskclip_bench.evaluators.linprobe import SOLVERS, choose_solver
-from maskclip_bench.results.records import make_record
+from maskclip_bench.evaluators.retrieval import recall_from_scores
 from maskclip_core.errors import DataError
 
 ZEROSHOT, RETRIEVAL, SELECTION, LINEAR_PROBE, FINETUNE, DENSE = (

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from maskclip_bench.evaluation.records import load_record_trees
 from maskclip_bench.results.markdown import mean_std, table_lines
-from maskclip_bench.results.records import load_record_trees
 from maskclip_bench.results.report import latest_records
 from maskclip_core.atomic_write import write_text_atomic
 

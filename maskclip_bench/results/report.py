@@ -22,8 +22,9 @@ from typing import Any
 
 import pandas as pd
 
+from maskclip_bench.evaluation.records import (DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_record_trees,
+                                               metric_column)
 from maskclip_bench.results.markdown import table_lines
-from maskclip_bench.results.records import DEFAULT_RESULTS_DIR, KEY_CONFIG_FIELDS, TASKS, load_record_trees
 from maskclip_core.atomic_write import write_text_atomic
 
 DEDUP_KEY = ["checkpoint_hash", "dataset", "split", "task", "variant"]
@@ -37,12 +38,6 @@ def latest_records(records: pd.DataFrame) -> pd.DataFrame:
         return records
     ordered = records.sort_values("timestamp", kind="stable")
     return ordered.drop_duplicates(DEDUP_KEY, keep="last").reset_index(drop=True)
-
-
-def metric_column(dataset: str, metric: str, split: str = "test", variant: str = "") -> str:
-    """Wide-table column name: ``<dataset>[@split]/<metric>[[variant]]``."""
-    name = dataset if split in (None, "", "test") else f"{dataset}@{split}"
-    return f"{name}/{metric}" + (f"[{variant}]" if variant else "")
 
 
 def long_metrics(records: pd.DataFrame) -> pd.DataFrame:

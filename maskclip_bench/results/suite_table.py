@@ -16,15 +16,14 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from maskclip_core.atomic_write import write_text_atomic
-
+from maskclip_bench.evaluation.records import load_records
 from maskclip_bench.evaluation.standard_eval import task_kind, task_of_dataset
 from maskclip_bench.evaluation.standard_suites import (FLICKR_FULL_KEY, FLICKR_KARPATHY_KEY, KARPATHY, StandardTask,
                                                        flickr_note, main_metric, suite_averages, suite_groups,
                                                        suite_tasks)
 from maskclip_bench.results.comparison import METHOD_NAMES, published_entry
 from maskclip_bench.results.markdown import table_lines
-from maskclip_bench.results.records import load_records
+from maskclip_core.atomic_write import write_text_atomic
 
 # Suite columns (task keys) that published numbers fill: the PUBLISHED benchmarks whose mean is the task's main
 # metric. Retrieval's is DataComp's mean_recall@1, the mean of the two directions' R@1. The sources quote the 1K

@@ -276,3 +276,9 @@ def load_record_trees(roots: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     unique = dict.fromkeys(Path(r).expanduser() for r in roots)
     frames = [f for root in unique for f in (load_records(d) for d in record_folders(root)) if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_record_columns())
+
+
+def metric_column(dataset: str, metric: str, split: str = "test", variant: str = "") -> str:
+    """Wide-table column name of a record's metric: ``<dataset>[@split]/<metric>[[variant]]``."""
+    name = dataset if split in (None, "", "test") else f"{dataset}@{split}"
+    return f"{name}/{metric}" + (f"[{variant}]" if variant else "")
