@@ -352,3 +352,11 @@ def test_comparison_rows_from_records_and_empty_case(tmp_path):
     assert "| zero-shot | shapes/shape_color | acc1 | 30.0 ± 10.0 | 60.0 ± 10.0 | +30.0 | yes |" in md
     assert md.count(f"`{tmp_path / 'recs'}`") == 1
     assert "A-CLIP README" in md and "Published reference" in md
+
+
+def test_table_rows_label_float_values_as_their_folders_do():
+    cells = [{"values": {"ema_momentum": 0.9483602220505678}, "seed": 0, "metrics": {"shapes/x/acc1": 0.5}},
+             {"values": {"ema_momentum": 0.996}, "seed": 0, "metrics": {"shapes/x/acc1": 0.25}}]
+    table = aggregate.summarize(aggregate.cells_frame(cells), ["ema_momentum"], {"ema_momentum": 0.9483602220505678})
+    md = aggregate.markdown_table(table, ["ema_momentum"], ["shapes/x/acc1"])
+    assert "| **0.94836** (ref) | 1 | 50.0 |" in md and "| 0.996 | 1 | 25.0 | -25.0 |" in md

@@ -64,9 +64,12 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str], metrics: Sequence[s
     header = [*axes, "seeds"]
     for m in metrics:
         header += [m, "Δ ref"]
+    def label(value: Any) -> str:  # floats to 6 significant digits, as in the cells' folder names
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
     rows = []
     for _, row in table.iterrows():
-        cells = [f"**{row[a]}** (ref)" if row["reference"] and a == axes[0] else str(row[a]) for a in axes]
+        cells = [f"**{label(row[a])}** (ref)" if row["reference"] and a == axes[0] else label(row[a]) for a in axes]
         cells.append(str(int(row["n"])))
         for m in metrics:
             cells += [mean_std(row[f"{m} mean"], row[f"{m} std"]), "" if row["reference"] else signed(row[f"{m} diff"])]
