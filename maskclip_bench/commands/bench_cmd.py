@@ -215,7 +215,7 @@ def results_table(info, results):  # type: ignore[no-untyped-def]
     peak = perf.peak_bf16_tflops(info.device_name) if cuda else None
     table = Table(title=f"{info.device.type}: {info.device_name} · {info.model} · {info.precision} · batch "
                         f"{info.batch_size} · {info.threads} thread(s)",
-                  caption="\n".join(r.line() for r in perf.ratios(results, info.compiled or info.fused)))
+                  caption="\n".join(r.line() for r in perf.ratios(results, info.best_settings)))
     for column in ("variant", "s / step", "samples / s",
                    "peak MiB (cuda max allocated)" if cuda else "peak RSS MiB (this variant)",
                    "TFLOP/s", "MFU" if peak or not cuda else "MFU (peak unknown)"):

@@ -368,6 +368,11 @@ class RunInfo:
     open_clip_version: str = ""
     date: str = ""
 
+    @property
+    def best_settings(self) -> bool:
+        """Whether our variants ran with the trainer's speed options (compilation, fused AdamW)."""
+        return self.compiled or self.fused
+
     def __post_init__(self) -> None:
         if not self.open_clip_version:
             self.open_clip_version = getattr(open_clip, "__version__", "?")
@@ -530,7 +535,7 @@ def render_section(info: RunInfo, results: dict[str, VariantResult]) -> tuple[st
                      f"{'-' if not r.flops else f'{r.flops / 1e9:,.1f}'} | {'-' if tf is None else f'{tf:.3f}'} | "
                      f"{mfu} |")
     lines += ["", "Ratios (this run, median step times):", ""]
-    lines += [f"- {r.line()}" for r in ratios(results, info.compiled or info.fused)]
+    lines += [f"- {r.line()}" for r in ratios(results, info.best_settings)]
     lines += [f"- {line}" for line in flop_ratio_lines(results, info.model)]
     return key, "\n".join(lines) + "\n"
 
