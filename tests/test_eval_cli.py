@@ -45,7 +45,7 @@ def test_zeroshot_record_has_every_field_and_matches_the_evaluator(tiny_checkpoi
     (rec,) = records_of(results)
     assert set(REQUIRED_FIELDS) <= set(rec)
     assert rec["task"] == "zeroshot_classification" and rec["dataset"] == ZS_SPEC
-    assert set(rec["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert set(rec["metrics"]) == {"acc1", "acc5", "mean_per_class_recall", "f1_macro"}
     assert all(0.0 <= v <= 1.0 for v in rec["metrics"].values())
     assert rec["checkpoint"] == str(tiny_checkpoint.absolute()) and rec["checkpoint_hash"] == sha256(tiny_checkpoint)
     assert rec["checkpoint_kind"] == "maskclip" and rec["checkpoint_step"] == rec["steps"]

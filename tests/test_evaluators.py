@@ -155,9 +155,16 @@ def _brute_force_zeroshot(model, tokenizer, images, labels, classnames, template
     k = min(5, len(classnames))
     labels = labels.tolist()
     per_class = [[ranked[i][0] == c for i in range(len(labels)) if labels[i] == c] for c in sorted(set(labels))]
+    f1 = []  # per present class: 2 TP / (2 TP + FP + FN)
+    for c in sorted(set(labels)):
+        tp = sum(r[0] == c and y == c for r, y in zip(ranked, labels))
+        fp = sum(r[0] == c and y != c for r, y in zip(ranked, labels))
+        fn = sum(r[0] != c and y == c for r, y in zip(ranked, labels))
+        f1.append(2 * tp / (2 * tp + fp + fn))
     return {"acc1": sum(r[0] == y for r, y in zip(ranked, labels)) / len(labels),
             "acc5": sum(y in r[:k] for r, y in zip(ranked, labels)) / len(labels),
             "mean_per_class_recall": sum(sum(hits) / len(hits) for hits in per_class) / len(per_class),
+            "f1_macro": sum(f1) / len(f1),
             "predictions": [r[0] for r in ranked]}
 
 
@@ -172,7 +179,7 @@ def test_zeroshot_against_brute_force_on_a_model_above_chance(model, tokenizer) 
     assert expected["acc1"] == pytest.approx(16 / 24)  # chance is 1/6
     loader = DataLoader(data, batch_size=8)
     ours = evaluate_zeroshot(model, loader, tokenizer, CLASSNAMES, templates)
-    assert set(ours) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert set(ours) == {"acc1", "acc5", "mean_per_class_recall", "f1_macro"}
     for key in ours:
         assert ours[key] == pytest.approx(expected[key], abs=1e-9), key
     # precomputed features give the same numbers without reading the dataloader

@@ -152,6 +152,9 @@ def test_zeroshot_single_label_metrics_by_hand():
     assert metrics["acc5"] == pytest.approx(4 / 5)
     # per-class recall over the classes present: class 0: 1/2, class 1: 0/1, class 2: 1/1, class 3: 0/1
     assert metrics["mean_per_class_recall"] == pytest.approx((0.5 + 0 + 1 + 0) / 4)
+    # macro F1 over the classes present (0-3; class 5 is predicted twice but never true, so it adds no term):
+    # class 0: P 1/1, R 1/2 -> F1 2/3; class 1: no hit -> 0; class 2: P 1, R 1 -> 1; class 3: no hit -> 0
+    assert metrics["f1_macro"] == pytest.approx((2 / 3 + 0 + 1 + 0) / 4)
 
 
 def test_zeroshot_acc5_below_five_classes_is_top_all():

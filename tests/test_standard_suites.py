@@ -34,6 +34,9 @@ def test_datacomp_has_its_38_scored_tasks_and_groups():
     per_class = sorted(t.title for t in DATACOMP if t.metric == "mean_per_class_recall")
     assert per_class == ["Caltech-101", "FGVC Aircraft", "Oxford Flowers-102", "Oxford-IIIT Pet"]
     assert all(t.reason for t in DATACOMP if t.kind == UNSUPPORTED)
+    assert sorted(t.title for t in DATACOMP if t.kind == UNSUPPORTED) == ["Dollar Street", "FMoW", "GeoDE",
+                                                                         "WinoGAViL"]
+    assert [t.metric for t in DATACOMP if t.title == "iWildCam"] == ["f1_macro"]  # DataComp's F1-macro_all
 
 
 def test_collections_come_from_clip_benchmark():
@@ -63,18 +66,19 @@ def test_main_metric_and_partial_averages_by_hand():
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
-    """Three DataComp datasets in their two folder conventions (shapes images stand in for the real ones)."""
+    """Four DataComp datasets in their two folder conventions (shapes images stand in for the real ones)."""
     root = tmp_path_factory.mktemp("datasets")
     export_dataset("shapes/shape_color:test=12", "test", "wds", root / "wds_vtab-caltech101")  # CLIP_benchmark's
     export_dataset("shapes/shape:test=10", "test", "wds", root / "wds_imagenet1k_test")  # DataComp's name
     export_dataset("shapes/retrieval:test=8", "test", "wds", root / "wds_flickr30k")
+    export_dataset("shapes/shape:test=10", "test", "wds", root / "wds_wilds-iwildcam_test")
     return root
 
 
 def test_locate_finds_both_folder_names_and_lists_the_rest(dataset_root):
     layout = locate(DATACOMP, dataset_root)
-    assert sorted(t.key for t, _ in layout.found) == ["flickr30k", "imagenet1k", "vtab/caltech101"]
-    assert len(layout.missing) == 38 - 3 - 5 and len(layout.unsupported) == 5
+    assert sorted(t.key for t, _ in layout.found) == ["flickr30k", "imagenet1k", "vtab/caltech101", "wilds/iwildcam"]
+    assert len(layout.missing) == 38 - 4 - 4 and len(layout.unsupported) == 4
     with pytest.raises(DataError, match="is not a folder"):
         locate(DATACOMP, dataset_root / "nothing")
 
@@ -89,8 +93,8 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
         in err
     assert "not supported: WinoGAViL" in err and "not supported: GeoDE" in err
     records = sorted(results.glob("*.json"))
-    assert len(records) == 3
-    assert "datacomp Average:" in out and "(partial: 3/38)" in out and "ImageNet 1k" not in out
+    assert len(records) == 4 and "iWildCam" not in err
+    assert "datacomp Average:" in out and "(partial: 4/38)" in out and "ImageNet 1k" not in out
 
     # The scores printed are the records' main metrics (by hand from the record files).
     import json
@@ -101,15 +105,18 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
     imagenet = metrics["wds_imagenet1k_test"]["acc1"]
     flickr = 0.5 * (metrics["wds_flickr30k"]["image_retrieval_recall@1"]
                     + metrics["wds_flickr30k"]["text_retrieval_recall@1"])
-    assert f"datacomp Average: {(caltech + imagenet + flickr) / 3:.4f} (partial: 3/38)" in out
+    iwildcam = metrics["wds_wilds-iwildcam_test"]["f1_macro"]
+    assert iwildcam != metrics["wds_wilds-iwildcam_test"]["acc1"]  # so a mix-up of the two shows
+    average = (caltech + imagenet + flickr + iwildcam) / 4
+    assert f"datacomp Average: {average:.4f} (partial: 4/38)" in out
     assert f"datacomp ImageNet: {imagenet:.4f}" in out  # one task, all of the group: not partial
     assert f"datacomp VTAB: {caltech:.4f} (partial: 1/13)" in out
 
     # A rerun evaluates nothing again; --redo does.
     code, out2, err2 = eval_cli(*args)
     assert code == 0, err2
-    assert len(list(results.glob("*.json"))) == 3 and "3 task(s) had a record" in err2
-    assert f"datacomp Average: {(caltech + imagenet + flickr) / 3:.4f}" in out2
+    assert len(list(results.glob("*.json"))) == 4 and "4 task(s) had a record" in err2
+    assert f"datacomp Average: {average:.4f}" in out2
 
     report = tmp_path / "tables"
     code, out3, err3 = eval_cli("report", "--suite", "datacomp", "--results-dir", results, "--out", report)
@@ -118,8 +125,9 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
     # The checkpoint, then the published reference rows (tests/test_suite_published_rows.py checks their values).
     assert [r["checkpoint"].split(",")[0] for r in rows[1:]] == ["published: CLIP", "published: MaskCLIP"]
     rows = rows[:1]
-    assert len(rows) == 1 and rows[0]["tasks scored"] == "3/38"
-    assert float(rows[0]["Average"]) == pytest.approx((caltech + imagenet + flickr) / 3)
+    assert len(rows) == 1 and rows[0]["tasks scored"] == "4/38"
+    assert float(rows[0]["Average"]) == pytest.approx(average)
+    assert float(rows[0]["iWildCam"]) == pytest.approx(iwildcam)
     assert float(rows[0]["Caltech-101"]) == pytest.approx(caltech) and rows[0]["Food-101"] == ""
     assert "1K Karpathy test" in (report / "suite_datacomp.md").read_text()
 
@@ -147,7 +155,7 @@ def test_two_checkpoints_in_one_call_get_a_row_each(tiny_checkpoint, dataset_roo
     code, out, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--ckpt", other, "--suite", "datacomp",
                               "--dataset-root", dataset_root, "--results-dir", results, "--no-cache", "--threads", 1)
     assert code == 0, err
-    assert out.count("datacomp Average:") == 2 and len(list(results.glob("*.json"))) == 6
+    assert out.count("datacomp Average:") == 2 and len(list(results.glob("*.json"))) == 8
     eval_cli("report", "--suite", "datacomp", "--results-dir", results, "--out", report)
     rows = [r for r in csv.DictReader((report / "suite_datacomp.csv").open())
             if not r["checkpoint"].startswith("published: ")]

@@ -11,8 +11,10 @@ Hugging Face repository) has (``sugar_crepe/`` and ``winoground/``, see `maskcli
 and a task counts as found only when every file it needs is there. Nothing here downloads.
 
 What is not read (each listed by name with its reason, never skipped silently): the DataComp tasks whose main
-metric needs per-sample metadata or a scorer this harness does not have (WinoGAViL's Jaccard score, iWildCam's
-macro F1, FMoW's worst-region accuracy, Dollar Street's and GeoDE's worst-group accuracies).
+metric needs per-sample metadata or a scorer this harness does not have (WinoGAViL's Jaccard score, FMoW's
+worst-region accuracy, Dollar Street's and GeoDE's worst-group accuracies). iWildCam is read: its main metric,
+WILDS' macro F1 over the classes present (DataComp's ``F1-macro_all``), needs only labels and predictions and is
+the zero-shot records' ``f1_macro``.
 
 **Flickr30K split** (``flickr_split``, ``--flickr-split``): ``karpathy`` (the default) reads CLIP_benchmark's
 ``wds_flickr30k``, the 1K Karpathy test that papers quote and that DataComp's tasklist has scored since 15 May 2023
@@ -66,7 +68,7 @@ class StandardTask:
     key: str  # the dataset name DataComp / CLIP_benchmark use, e.g. "vtab/caltech101"
     title: str  # DataComp's display name, e.g. "Caltech-101"
     kind: str  # CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION or UNSUPPORTED
-    metric: str = "acc1"  # the main metric: acc1, mean_per_class_recall, mean_recall@1, text_acc or acc
+    metric: str = "acc1"  # the main metric: acc1, mean_per_class_recall, f1_macro, mean_recall@1, text_acc or acc
     groups: tuple[str, ...] = ()
     chance: float | None = None  # the score of random guessing: DataComp's random_score, where it gives one
     reason: str = ""  # why an UNSUPPORTED task is not read
@@ -153,7 +155,8 @@ DATACOMP: tuple[StandardTask, ...] = (
     StandardTask("mscoco_captions", "MSCOCO", RETRIEVAL, "mean_recall@1", (RETRIEVAL_GROUP,)),
     _unsupported("misc/winogavil", "WinoGAViL", "jaccard_score_10-12",
                  "its Jaccard score over candidate associations has no scorer here", RETRIEVAL_GROUP),
-    _unsupported("wilds/iwildcam", "iWildCam", "F1-macro_all", "its main metric, macro F1, is not computed yet"),
+    # DataComp scores iWildCam by WILDS' macro F1 ("F1-macro_all"), which needs only labels and predictions.
+    _cls("wilds/iwildcam", "iWildCam", 0.143056, metric="f1_macro"),
     _cls("wilds/camelyon17", "Camelyon17", 0.5),
     _unsupported("wilds/fmow", "FMoW", "acc_worst_region", "its worst-region accuracy needs WILDS' region metadata"),
     _unsupported("fairness/dollar_street", "Dollar Street", "acc_top5_wg",

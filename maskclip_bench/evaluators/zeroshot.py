@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from clip_benchmark.metrics.zeroshot_classification import (
     accuracy,
     average_precision_per_class,
     zero_shot_classifier,
 )
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from .features import encode_images
 from .templates import normalize_templates
@@ -23,14 +24,18 @@ from .templates import normalize_templates
 def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor, n_classes: int) -> dict[str, float]:
     """CLIP_benchmark's metrics from logits [N, C] and targets ([N] labels, or [N, C] multi-label 0/1).
 
-    Single-label: `acc1`, `acc5` (top-min(5, n_classes), where CLIP_benchmark gives NaN below 5 classes)
-    and `mean_per_class_recall` (sklearn's balanced accuracy). Multi-label: `mean_average_precision`.
+    Single-label: `acc1`, `acc5` (top-min(5, n_classes), where CLIP_benchmark gives NaN below 5 classes),
+    `mean_per_class_recall` (sklearn's balanced accuracy) and `f1_macro`, the macro F1 over the classes present
+    in `targets` (WILDS' ``F1(average="macro")``, DataComp's iWildCam metric ``F1-macro_all``: a class that is
+    predicted but never true adds no term). Multi-label: `mean_average_precision`.
     """
     if targets.ndim == 2:
         return {"mean_average_precision": average_precision_per_class(logits, targets).mean().item()}
     acc1, acc5 = accuracy(logits, targets, topk=(1, min(5, n_classes)))
-    recall = balanced_accuracy_score(targets.numpy(), logits.argmax(dim=1).numpy())
-    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": float(recall)}
+    true, pred = targets.numpy(), logits.argmax(dim=1).numpy()
+    recall = balanced_accuracy_score(true, pred)
+    f1 = f1_score(true, pred, average="macro", labels=np.unique(true))
+    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": float(recall), "f1_macro": float(f1)}
 
 
 def evaluate_zeroshot(
@@ -42,7 +47,8 @@ def evaluate_zeroshot(
     device: str | torch.device = "cpu",
     features: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Zero-shot classification metrics `acc1`, `acc5`, `mean_per_class_recall` (see `zeroshot_metrics`).
+    """Zero-shot classification metrics `acc1`, `acc5`, `mean_per_class_recall`, `f1_macro` (see
+    `zeroshot_metrics`).
 
     `templates` are `{c}` or `{}` format strings, or CLIP_benchmark's per-class dict of prompts (CuPL).
     `features` is `encode_images` output ("image_features" and "targets"); when given, `dataloader`
