@@ -139,3 +139,42 @@ def eval_cli(capsys, one_thread):
 # ==================================================================================================
 # END evaluation commands / records / tables (issue 3)
 # ==================================================================================================
+
+# ==================================================================================================
+# BEGIN per-sample metadata in webdataset copies (tests/test_worst_group.py, test_standard_suites.py)
+# ==================================================================================================
+
+
+@pytest.fixture(scope="session")
+def write_npy_metadata():
+    """The function `_write_npy_metadata`."""
+    return _write_npy_metadata
+
+
+def _write_npy_metadata(wds_dir: Path, rows: list[list[int]], split: str = "test") -> None:
+    """Give the samples of a wds split an ``npy`` metadata member each (`rows[i]` for the i-th sample in shard
+    order), written right after the sample's ``cls`` as DataComp's copies hold it: the tars are rewritten."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    shards = sorted((wds_dir / split).glob("*.tar"), key=lambda p: int(p.stem))
+    row = iter(rows)
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar if m.isreg()]
+        with tarfile.open(shard, "w") as out:
+            for member, data in members:
+                out.addfile(member, io.BytesIO(data))
+                if member.name.endswith(".cls"):
+                    buffer = io.BytesIO()
+                    np.save(buffer, np.asarray(next(row), dtype=np.int64))
+                    info = tarfile.TarInfo(member.name[:-len("cls")] + "npy")
+                    info.size = buffer.tell()
+                    out.addfile(info, io.BytesIO(buffer.getvalue()))
+    assert next(row, None) is None, "more metadata rows than samples"
+
+# ==================================================================================================
+# END per-sample metadata in webdataset copies
+# ==================================================================================================

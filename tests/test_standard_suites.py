@@ -34,9 +34,11 @@ def test_datacomp_has_its_38_scored_tasks_and_groups():
     per_class = sorted(t.title for t in DATACOMP if t.metric == "mean_per_class_recall")
     assert per_class == ["Caltech-101", "FGVC Aircraft", "Oxford Flowers-102", "Oxford-IIIT Pet"]
     assert all(t.reason for t in DATACOMP if t.kind == UNSUPPORTED)
-    assert sorted(t.title for t in DATACOMP if t.kind == UNSUPPORTED) == ["Dollar Street", "FMoW", "GeoDE",
-                                                                         "WinoGAViL"]
-    assert [t.metric for t in DATACOMP if t.title == "iWildCam"] == ["f1_macro"]  # DataComp's F1-macro_all
+    assert [t.title for t in DATACOMP if t.kind == UNSUPPORTED] == ["WinoGAViL"]
+    # DataComp's F1-macro_all, acc_worst_region, acc_top5_wg and acc_wg; the groups are field 0 of the metadata
+    assert {t.title: (t.metric, t.group_field) for t in DATACOMP if t.key.startswith(("wilds/", "fairness/"))} == {
+        "iWildCam": ("f1_macro", None), "Camelyon17": ("acc1", None), "FMoW": ("acc1_worst_group", 0),
+        "Dollar Street": ("acc5_worst_group", 0), "GeoDE": ("acc1_worst_group", 0)}
 
 
 def test_collections_come_from_clip_benchmark():
@@ -65,20 +67,27 @@ def test_main_metric_and_partial_averages_by_hand():
 
 
 @pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    """Four DataComp datasets in their two folder conventions (shapes images stand in for the real ones)."""
+def dataset_root(tmp_path_factory, write_npy_metadata):
+    """Five DataComp datasets in their two folder conventions (shapes images stand in for the real ones)."""
     root = tmp_path_factory.mktemp("datasets")
     export_dataset("shapes/shape_color:test=12", "test", "wds", root / "wds_vtab-caltech101")  # CLIP_benchmark's
     export_dataset("shapes/shape:test=10", "test", "wds", root / "wds_imagenet1k_test")  # DataComp's name
     export_dataset("shapes/retrieval:test=8", "test", "wds", root / "wds_flickr30k")
     export_dataset("shapes/shape:test=10", "test", "wds", root / "wds_wilds-iwildcam_test")
+    # FMoW with its [region, year, y] metadata: one region, so the worst region's accuracy is the accuracy; a
+    # year per image, so reading the wrong field would make every image its own group.
+    export_dataset("shapes/shape:test=10", "test", "wds", root / "wds_wilds-fmow_test")
+    write_npy_metadata(root / "wds_wilds-fmow_test", [[3, 2000 + i, 0] for i in range(10)])
+    # GeoDE without its metadata: named as not scored, the rest of the suite runs.
+    export_dataset("shapes/shape:test=4", "test", "wds", root / "wds_geode_test")
     return root
 
 
 def test_locate_finds_both_folder_names_and_lists_the_rest(dataset_root):
     layout = locate(DATACOMP, dataset_root)
-    assert sorted(t.key for t, _ in layout.found) == ["flickr30k", "imagenet1k", "vtab/caltech101", "wilds/iwildcam"]
-    assert len(layout.missing) == 38 - 4 - 4 and len(layout.unsupported) == 4
+    assert sorted(t.key for t, _ in layout.found) == ["fairness/geode", "flickr30k", "imagenet1k", "vtab/caltech101",
+                                                      "wilds/fmow", "wilds/iwildcam"]
+    assert len(layout.missing) == 38 - 6 - 1 and len(layout.unsupported) == 1
     with pytest.raises(DataError, match="is not a folder"):
         locate(DATACOMP, dataset_root / "nothing")
 
@@ -91,10 +100,11 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
     assert code == 0, err
     assert "missing under" in err and f"Food-101: maskclip-bench data fetch food101 --dataset-root {dataset_root}" \
         in err
-    assert "not supported: WinoGAViL" in err and "not supported: GeoDE" in err
+    assert "not supported: WinoGAViL" in err
+    assert "not scored: GeoDE (main metric acc1_worst_group)" in err and "has no npy metadata" in err
     records = sorted(results.glob("*.json"))
-    assert len(records) == 4 and "iWildCam" not in err
-    assert "datacomp Average:" in out and "(partial: 4/38)" in out and "ImageNet 1k" not in out
+    assert len(records) == 5 and "iWildCam" not in err
+    assert "datacomp Average:" in out and "(partial: 5/38)" in out and "ImageNet 1k" not in out
 
     # The scores printed are the records' main metrics (by hand from the record files).
     import json
@@ -107,15 +117,18 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
                     + metrics["wds_flickr30k"]["text_retrieval_recall@1"])
     iwildcam = metrics["wds_wilds-iwildcam_test"]["f1_macro"]
     assert iwildcam != metrics["wds_wilds-iwildcam_test"]["acc1"]  # so a mix-up of the two shows
-    average = (caltech + imagenet + flickr + iwildcam) / 4
-    assert f"datacomp Average: {average:.4f} (partial: 4/38)" in out
+    fmow = metrics["wds_wilds-fmow_test"]
+    assert 0 < fmow["acc1"] < 1  # so that the check below can fail
+    assert fmow["acc1_worst_group"] == fmow["acc1"] and fmow["acc5_worst_group"] == fmow["acc5"]
+    average = (caltech + imagenet + flickr + iwildcam + fmow["acc1"]) / 5
+    assert f"datacomp Average: {average:.4f} (partial: 5/38)" in out
     assert f"datacomp ImageNet: {imagenet:.4f}" in out  # one task, all of the group: not partial
     assert f"datacomp VTAB: {caltech:.4f} (partial: 1/13)" in out
 
     # A rerun evaluates nothing again; --redo does.
     code, out2, err2 = eval_cli(*args)
     assert code == 0, err2
-    assert len(list(results.glob("*.json"))) == 4 and "4 task(s) had a record" in err2
+    assert len(list(results.glob("*.json"))) == 5 and "5 task(s) had a record" in err2
     assert f"datacomp Average: {average:.4f}" in out2
 
     report = tmp_path / "tables"
@@ -125,7 +138,7 @@ def test_eval_datacomp_runs_what_is_there_resumes_and_reports(tiny_checkpoint, d
     # The checkpoint, then the published reference rows (tests/test_suite_published_rows.py checks their values).
     assert [r["checkpoint"].split(",")[0] for r in rows[1:]] == ["published: CLIP", "published: MaskCLIP"]
     rows = rows[:1]
-    assert len(rows) == 1 and rows[0]["tasks scored"] == "4/38"
+    assert len(rows) == 1 and rows[0]["tasks scored"] == "5/38"
     assert float(rows[0]["Average"]) == pytest.approx(average)
     assert float(rows[0]["iWildCam"]) == pytest.approx(iwildcam)
     assert float(rows[0]["Caltech-101"]) == pytest.approx(caltech) and rows[0]["Food-101"] == ""
@@ -155,7 +168,7 @@ def test_two_checkpoints_in_one_call_get_a_row_each(tiny_checkpoint, dataset_roo
     code, out, err = eval_cli("eval", "--ckpt", tiny_checkpoint, "--ckpt", other, "--suite", "datacomp",
                               "--dataset-root", dataset_root, "--results-dir", results, "--no-cache", "--threads", 1)
     assert code == 0, err
-    assert out.count("datacomp Average:") == 2 and len(list(results.glob("*.json"))) == 8
+    assert out.count("datacomp Average:") == 2 and len(list(results.glob("*.json"))) == 10
     eval_cli("report", "--suite", "datacomp", "--results-dir", results, "--out", report)
     rows = [r for r in csv.DictReader((report / "suite_datacomp.csv").open())
             if not r["checkpoint"].startswith("published: ")]

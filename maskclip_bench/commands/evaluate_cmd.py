@@ -291,9 +291,12 @@ def _standard_suite(name: str, root: Optional[Path], redo: bool, extra: list[str
         typer.echo(f"{name}: nothing to evaluate (none of its datasets was found under {root})")
         return
     skipped: list[Any] = []
+    unscored: list[Any] = []
     # Read once: the planner skips the finished tasks, and the scores are these plus the records written now.
     records = load_records(common["results_dir"])
-    done = execute(standard_eval.plan_standard(layout, records, redo, skipped), specs=(), **common)
+    done = execute(standard_eval.plan_standard(layout, records, redo, skipped, unscored), specs=(), **common)
+    for task, why in dict.fromkeys(unscored):  # once, however many checkpoints
+        typer.echo(f"not scored: {task.title} (main metric {task.metric}): {why}", err=True)
     if skipped:
         typer.echo(f"{len(skipped)} task(s) had a record for this checkpoint and were not rerun (--redo reruns "
                    f"them): {', '.join(t.title for t in skipped)}", err=True)

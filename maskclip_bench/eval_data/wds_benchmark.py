@@ -5,6 +5,7 @@ The layout is the one ``clip_benchmark.datasets.builder.build_wds_dataset`` read
 
     DIR/<split>/nshards.txt            number of shards n
     DIR/<split>/0.tar .. (n-1).tar     samples: image ("webp", "png", "jpg" or "jpeg") + "cls" or "txt"
+                                       (+ "npy": per-sample metadata, in DataComp's WILDS and fairness copies)
     DIR/classnames.txt                 one class name per line (classification)
     DIR/zeroshot_classification_templates.txt   one "{c}" template per line (optional)
     DIR/dataset_type.txt               "retrieval" for captions; anything else (or none) = classification
@@ -19,16 +20,21 @@ Images are decoded with ``maskclip_core.data.images.open_rgb`` (the training sou
 than webdataset's ``ImageHandler("pil")``; for RGB images both give the same pixels, and odd modes (CMYK,
 16-bit, alpha) are converted as in training. Samples without an image or label, and images that do not
 decode, are skipped and counted.
-``multilabel`` datasets (``npy`` labels) are not supported.
+``multilabel`` datasets (``npy`` labels) are not supported. In a classification dataset an ``npy`` member is
+per-sample metadata (DataComp's copies of FMoW: region, year, label; Dollar Street: income group, income, region;
+GeoDE: region, country), read only when a metric asks for a field (`WdsBenchmarkDataset.metadata_field`).
 """
 from __future__ import annotations
 
+import io
 import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset
 from webdataset.tariterators import base_plus_ext
 
@@ -68,6 +74,7 @@ class WdsSample:
     image_ext: str
     image: _Member
     label: _Member
+    metadata: _Member | None = None  # the "npy" member, if the sample has one
 
 
 def shard_paths(split_dir: Path) -> list[Path]:
@@ -115,7 +122,7 @@ def index_shards(shards: list[Path], label_ext: str) -> tuple[list[WdsSample], i
             if image_ext is None or label_ext not in parts:
                 incomplete += 1
                 continue
-            samples.append(WdsSample(key, image_ext, parts[image_ext], parts[label_ext]))
+            samples.append(WdsSample(key, image_ext, parts[image_ext], parts[label_ext], parts.get("npy")))
     return samples, incomplete
 
 
@@ -170,6 +177,22 @@ class WdsBenchmarkDataset(Dataset):
         if self.retrieval:
             return image, data.decode("utf-8").splitlines()
         return image, int(data)
+
+    def metadata_field(self, field: int) -> torch.Tensor:
+        """Field `field` of every sample's ``npy`` metadata vector, as [N] integers in sample order (the order the
+        features are encoded in); DataError if a sample has no metadata or the vector is shorter."""
+        values = []
+        for sample in self.samples:
+            if sample.metadata is None:
+                raise DataError(f"sample {sample.key} has no npy metadata (a per-group metric needs it)")
+            try:
+                vector = np.load(io.BytesIO(sample.metadata.read()), allow_pickle=False).reshape(-1)
+            except (ValueError, OSError) as exc:
+                raise DataError(f"sample {sample.key}: npy metadata does not load ({first_line(exc)})") from None
+            if vector.shape[0] <= field:
+                raise DataError(f"sample {sample.key}: npy metadata has {vector.shape[0]} field(s), no field {field}")
+            values.append(int(vector[field]))
+        return torch.tensor(values, dtype=torch.long)
 
 
 def read_dataset_type(root: Path) -> str:

@@ -11,10 +11,11 @@ Hugging Face repository) has (``sugar_crepe/`` and ``winoground/``, see `maskcli
 and a task counts as found only when every file it needs is there. Nothing here downloads.
 
 What is not read (each listed by name with its reason, never skipped silently): the DataComp tasks whose main
-metric needs per-sample metadata or a scorer this harness does not have (WinoGAViL's Jaccard score, FMoW's
-worst-region accuracy, Dollar Street's and GeoDE's worst-group accuracies). iWildCam is read: its main metric,
-WILDS' macro F1 over the classes present (DataComp's ``F1-macro_all``), needs only labels and predictions and is
-the zero-shot records' ``f1_macro``.
+metric needs a scorer this harness does not have (WinoGAViL's Jaccard score over candidate associations). The
+WILDS and fairness tasks are read with their DataComp metrics: iWildCam's macro F1 over the classes present
+(``F1-macro_all``, the zero-shot records' ``f1_macro``), and the worst-group accuracies of FMoW (worst region),
+Dollar Street (worst income group, top-5) and GeoDE (worst region), grouped by a field of the per-sample ``npy``
+metadata in DataComp's webdataset copies (``acc1_worst_group`` / ``acc5_worst_group``).
 
 **Flickr30K split** (``flickr_split``, ``--flickr-split``): ``karpathy`` (the default) reads CLIP_benchmark's
 ``wds_flickr30k``, the 1K Karpathy test that papers quote and that DataComp's tasklist has scored since 15 May 2023
@@ -68,7 +69,9 @@ class StandardTask:
     key: str  # the dataset name DataComp / CLIP_benchmark use, e.g. "vtab/caltech101"
     title: str  # DataComp's display name, e.g. "Caltech-101"
     kind: str  # CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION or UNSUPPORTED
-    metric: str = "acc1"  # the main metric: acc1, mean_per_class_recall, f1_macro, mean_recall@1, text_acc or acc
+    # The main metric: acc1, mean_per_class_recall, f1_macro, acc1_worst_group / acc5_worst_group, mean_recall@1,
+    # text_acc or acc.
+    metric: str = "acc1"
     groups: tuple[str, ...] = ()
     chance: float | None = None  # the score of random guessing: DataComp's random_score, where it gives one
     reason: str = ""  # why an UNSUPPORTED task is not read
@@ -81,6 +84,8 @@ class StandardTask:
     # The spec kind of this package's reader for a task in its own folder that CLIP_benchmark does not build
     # (``flickr30k_full``); empty: CLIP_benchmark's name (``clip_benchmark:KEY@FOLDER``) or its webdataset copy.
     reader: str = ""
+    # The field of the per-sample ``npy`` metadata whose values are the groups of a worst-group metric.
+    group_field: int | None = None
 
     @property
     def folders(self) -> tuple[str, ...]:
@@ -109,8 +114,9 @@ class StandardTask:
         return self.how_to_get or f"maskclip-bench data fetch {self.key} --dataset-root ROOT"
 
 
-def _cls(key: str, title: str, chance: float, *groups: str, metric: str = "acc1") -> StandardTask:
-    return StandardTask(key, title, CLASSIFICATION, metric, groups, chance)
+def _cls(key: str, title: str, chance: float | None, *groups: str, metric: str = "acc1",
+         group_field: int | None = None) -> StandardTask:
+    return StandardTask(key, title, CLASSIFICATION, metric, groups, chance, group_field=group_field)
 
 
 def _unsupported(key: str, title: str, metric: str, reason: str, *groups: str) -> StandardTask:
@@ -158,10 +164,14 @@ DATACOMP: tuple[StandardTask, ...] = (
     # DataComp scores iWildCam by WILDS' macro F1 ("F1-macro_all"), which needs only labels and predictions.
     _cls("wilds/iwildcam", "iWildCam", 0.143056, metric="f1_macro"),
     _cls("wilds/camelyon17", "Camelyon17", 0.5),
-    _unsupported("wilds/fmow", "FMoW", "acc_worst_region", "its worst-region accuracy needs WILDS' region metadata"),
-    _unsupported("fairness/dollar_street", "Dollar Street", "acc_top5_wg",
-                 "its worst-group accuracy needs the income-group metadata"),
-    _unsupported("fairness/geode", "GeoDE", "acc_wg", "its worst-group accuracy needs the region metadata"),
+    # Worst-group accuracies over a field of the copies' npy metadata (DataComp's wilds_eval.py and
+    # fairness_eval.py name the fields): FMoW's acc_worst_region, top-1 over [region, year, y][0]; Dollar Street's
+    # acc_top5_wg, top-5 over [income_ds, income_meta, region][0]; GeoDE's acc_wg, top-1 over [region, country][0].
+    # DataComp's FMoW evaluator means to leave out the "Other" region, but its evaluator has no metadata map, so
+    # group names are numbers and nothing is left out: every region with samples counts, as here.
+    _cls("wilds/fmow", "FMoW", 0.027193, metric="acc1_worst_group", group_field=0),
+    _cls("fairness/dollar_street", "Dollar Street", None, metric="acc5_worst_group", group_field=0),
+    _cls("fairness/geode", "GeoDE", None, metric="acc1_worst_group", group_field=0),
 )
 DATACOMP_GROUPS: tuple[str, ...] = (IMAGENET, SHIFTS, VTAB, RETRIEVAL_GROUP)
 

@@ -87,8 +87,23 @@ def _result(session: EvalSession, ds: Any, task: str, metrics: dict[str, float],
                       dataset_info=dict(ds.info), feature_cache=session.take_status())
 
 
-def run_zeroshot(session: EvalSession, ds: Any, *, templates: str | None = None) -> TaskResult:
-    """Zero-shot classification (fp32, eval mode): acc1, acc5, mean_per_class_recall."""
+def _groups(ds: Any, field: int, n: int) -> torch.Tensor:
+    """Group ids from field `field` of the dataset's per-sample metadata, aligned with its `n` encoded images."""
+    reader = getattr(ds.dataset, "metadata_field", None)
+    if reader is None:
+        raise DataError(f"'{ds.name}' has no per-sample metadata; a per-group metric needs it")
+    groups = reader(field)
+    if groups.shape[0] != n:
+        # An image that failed to decode while loading was dropped, so the ids no longer line up with the images.
+        raise DataError(f"'{ds.name}': {n} images encoded for {groups.shape[0]} metadata rows; "
+                        "cannot score groups when images drop out while loading")
+    return groups
+
+
+def run_zeroshot(session: EvalSession, ds: Any, *, templates: str | None = None,
+                 group_field: int | None = None) -> TaskResult:
+    """Zero-shot classification (fp32, eval mode): acc1, acc5, mean_per_class_recall, f1_macro; with
+    `group_field` (a field of the dataset's per-sample metadata), also the worst-group accuracies."""
     _require(ds, ZEROSHOT)
     start = time.perf_counter()
     session.take_status()
@@ -99,9 +114,12 @@ def run_zeroshot(session: EvalSession, ds: Any, *, templates: str | None = None)
     with warnings.catch_warnings():
         # sklearn's balanced accuracy warns when a class is predicted but absent from the test labels.
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        groups = None if group_field is None else _groups(ds, group_field, _count(feats))
         metrics = evaluate_zeroshot(session.loaded.model, None, session.loaded.tokenizer, ds.classnames,
-                                    ds.templates, device=session.device, features=feats)
+                                    ds.templates, device=session.device, features=feats, groups=groups)
     params = {"templates": templates or "dataset", "num_templates": len(ds.templates)}
+    if group_field is not None:
+        params["group_field"] = group_field
     return _result(session, ds, ZEROSHOT, metrics, _count(feats), start, params,
                    variant=variant_of(params, {"templates": "dataset"}))
 
