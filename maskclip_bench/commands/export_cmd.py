@@ -80,7 +80,7 @@ def data_fetch_command(
     if suite is not None:
         readable = [t for t in suite_tasks(suite, flickr_split) if t.kind != UNSUPPORTED]
         wanted += [t.key for t in readable if t.fetchable]
-        for task in (t for t in readable if not t.fetchable):  # SugarCrepe: COCO images and GitHub files
+        for task in (t for t in readable if not t.fetchable):  # SugarCrepe, WinoGAViL: files from elsewhere
             typer.echo(f"not fetched here: {task.title}: {task.fetch_hint().replace('ROOT', str(dataset_root))}",
                        err=True)
     if not wanted:

@@ -5,7 +5,7 @@
 samples ``clip_benchmark eval`` would. See ``spec`` for the spec forms and one module per kind:
 ``shapes_tasks``, ``wds_benchmark``, ``folders`` (imagefolder), ``karpathy`` (flickr30k / mscoco),
 ``flickr30k_full`` (all of nlphuji/flickr30k), ``ade20k``, ``cb_datasets`` (clip_benchmark:NAME),
-``caption_selection`` (SugarCrepe, Winoground); ``common`` holds the bad-image handling.
+``caption_selection`` (SugarCrepe, Winoground), ``winogavil``; ``common`` holds the bad-image handling.
 """
 from __future__ import annotations
 

@@ -120,6 +120,15 @@ def winoground_instances(root: Path) -> list[Instance]:
                      tuple(_text(e, k, where) for k in ("caption_0", "caption_1"))) for e in examples]
 
 
+def files_digest(root: Path, names: list[str]) -> str:
+    """A digest of the files' names, sizes and modification times: a replaced image gives another cache entry."""
+    digest = hashlib.sha256()
+    for n in names:
+        st = os.stat(root / n)
+        digest.update(f"{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 class ImageFiles(Dataset):
     """The distinct images of a selection dataset, one transformed image per item (what the session encodes)."""
 
@@ -136,7 +145,7 @@ class ImageFiles(Dataset):
         return self.transform(image) if self.transform is not None else image
 
 
-class _ImagesOnly:
+class ImagesOnly:
     """The label collector of a shared pass over `ImageFiles`: there are no labels to keep."""
 
     @staticmethod
@@ -175,18 +184,14 @@ class CaptionSelectionDataset(Dataset):
     def shared_image_set(self) -> tuple[dict[str, Any], Dataset]:
         """(identity, dataset to encode): the distinct images, keyed by their names, sizes and modification times
         (a replaced image or a changed annotation file gives another cache entry)."""
-        digest = hashlib.sha256()
-        for n in self.image_names:
-            st = os.stat(self.root / n)
-            digest.update(f"{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         identity = {"kind": "image_caption_selection", "name": self.name, "root": str(self.root),
-                    "num_images": len(self.image_names), "images": digest.hexdigest()}
+                    "num_images": len(self.image_names), "images": files_digest(self.root, self.image_names)}
         return identity, ImageFiles(self.root, self.image_names, self.transform)
 
     @staticmethod
-    def shared_pass_labels() -> _ImagesOnly:
+    def shared_pass_labels() -> ImagesOnly:
         """The label collector of one encoding pass over the distinct images."""
-        return _ImagesOnly()
+        return ImagesOnly()
 
     def select_features(self, shared: dict[str, Any], kinds: Iterable[str]) -> dict[str, Any]:
         """Features regrouped per instance ([N, I, ...]) and "captions" (N lists of C captions)."""

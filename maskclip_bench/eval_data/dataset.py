@@ -26,7 +26,7 @@ class EvalDataset:
     """
 
     name: str  # canonical spec, e.g. "shapes/shape_color", "flickr30k:/data/f30k"
-    task: str  # "classification" | "retrieval" | "segmentation" | "caption_selection"
+    task: str  # "classification" | "retrieval" | "segmentation" | "caption_selection" | "association"
     dataset: Dataset
     classnames: list[str] | None
     templates: list[str] | Mapping[str, list[str]] | None  # "{c}" format strings (CuPL dicts pass through)

@@ -17,6 +17,8 @@ selects the kind, so paths may contain colons:
 ``ade20k:ROOT``                ADEChallengeData2016 semantic segmentation
 ``clip_benchmark:NAME[@ROOT]`` anything ``clip_benchmark.datasets.builder.build_dataset`` builds;
                                ``sugar_crepe/<task>`` and ``winoground`` through ``caption_selection``
+``winogavil:DIR``              WinoGAViL's visual associations, DataComp's 3,563 instances (see
+                               ``winogavil``)
 =============================  ===============================================================
 
 Errors a user can cause (a missing root, an empty folder, a missing class file, an unknown kind)
@@ -39,6 +41,7 @@ from .folders import build_imagefolder
 from .karpathy import build_karpathy
 from .shapes_tasks import build_shapes
 from .wds_benchmark import build_wds
+from .winogavil import build_winogavil
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ def _ade20k(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
                         verify_images=r.verify_images)
 
 
+def _winogavil(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
+    return build_winogavil(root_path(rest), transform=r.transform, split=r.split, verify_images=r.verify_images)
+
+
 def _clip_benchmark(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
     return build_clip_benchmark(rest, transform=r.transform, split=r.split, templates=r.templates,
                                 verify_images=r.verify_images)
@@ -96,9 +103,10 @@ def _clip_benchmark(kind: str, rest: str, r: BuildRequest) -> EvalDataset:
 BUILDERS: dict[str, Callable[[str, str, BuildRequest], EvalDataset | list[EvalDataset]]] = {
     "shapes": _shapes, "clip_benchmark_wds": _wds, "wds": _wds, "imagefolder": _imagefolder, "flickr30k": _karpathy, "mscoco": _karpathy,
     "flickr30k_full": _flickr30k_full, "ade20k": _ade20k, "clip_benchmark": _clip_benchmark,
+    "winogavil": _winogavil,
 }
 KINDS: tuple[str, ...] = tuple(BUILDERS)
-TASKS: tuple[str, ...] = ("classification", "retrieval", "segmentation", "caption_selection")
+TASKS: tuple[str, ...] = ("classification", "retrieval", "segmentation", "caption_selection", "association")
 
 
 def split_kind(spec: str) -> tuple[str, str]:

@@ -17,15 +17,20 @@ from maskclip_core.errors import DataError
 
 from maskclip_bench.eval_data.dataset import EvalDataset
 from maskclip_bench.evaluation.session import EvalSession
+from maskclip_bench.evaluation.standard_suites import ASSOCIATION as ASSOCIATION_KIND
 from maskclip_bench.evaluation.standard_suites import (CAPTION_SELECTION, CLASSIFICATION, StandardTask,
                                                        SuiteLayout, main_metric)
 from maskclip_bench.evaluation.suites import PlannedTask
-from maskclip_bench.evaluation.tasks import RETRIEVAL, SELECTION, ZEROSHOT
+from maskclip_bench.evaluation.tasks import ASSOCIATION, RETRIEVAL, SELECTION, ZEROSHOT
+
+
+_HARNESS_TASK = {CLASSIFICATION: ZEROSHOT, CAPTION_SELECTION: SELECTION, ASSOCIATION_KIND: ASSOCIATION}
 
 
 def task_kind(task: StandardTask) -> str:
-    """The harness' task name for a standard task: zero-shot classification, retrieval or caption selection."""
-    return {CLASSIFICATION: ZEROSHOT, CAPTION_SELECTION: SELECTION}.get(task.kind, RETRIEVAL)
+    """The harness' task name for a standard task: zero-shot classification, retrieval, caption selection or
+    visual association."""
+    return _HARNESS_TASK.get(task.kind, RETRIEVAL)
 
 
 def dataset_name(dataset: str) -> str:

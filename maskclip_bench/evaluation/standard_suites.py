@@ -8,11 +8,13 @@ copies are named ``wds_<name>`` and DataComp's ``wds_<name>_test``, with ``/`` i
 (DataComp also drops its ``fairness/`` prefix); either folder serves. The compositional suite's datasets have no
 webdataset copies: each lives in its own folder under the root, in the layout CLIP_benchmark's reader (or the
 Hugging Face repository) has (``sugar_crepe/`` and ``winoground/``, see `maskclip_bench.eval_data.caption_selection`),
-and a task counts as found only when every file it needs is there. Nothing here downloads.
+and a task counts as found only when every file it needs is there; so does DataComp's WinoGAViL (``winogavil/``,
+see `maskclip_bench.eval_data.winogavil`), scored by DataComp's Jaccard index of the picked and the associated
+candidates. Nothing here downloads.
 
-What is not read (each listed by name with its reason, never skipped silently): the DataComp tasks whose main
-metric needs a scorer this harness does not have (WinoGAViL's Jaccard score over candidate associations). The
-WILDS and fairness tasks are read with their DataComp metrics: iWildCam's macro F1 over the classes present
+Every DataComp task is read (a task a suite cannot read would be listed by name with its reason, never skipped
+silently; CLIP_benchmark's multi-label vtab+ datasets are). The WILDS and fairness tasks are read with their
+DataComp metrics: iWildCam's macro F1 over the classes present
 (``F1-macro_all``, the zero-shot records' ``f1_macro``), and the worst-group accuracies of FMoW (worst region),
 Dollar Street (worst income group, top-5) and GeoDE (worst region), grouped by a field of the per-sample ``npy``
 metadata in DataComp's webdataset copies (``acc1_worst_group`` / ``acc5_worst_group``).
@@ -41,10 +43,13 @@ from maskclip_bench.eval_data.caption_selection import (COCO_VAL2017_URL, SUGAR_
 from maskclip_bench.eval_data.flickr30k_full import FLICKR30K_REPO
 from maskclip_bench.eval_data.flickr30k_full import FOLDER as FLICKR30K_FULL_FOLDER
 from maskclip_bench.eval_data.flickr30k_full import NEEDS as FLICKR30K_FULL_NEEDS
+from maskclip_bench.eval_data.winogavil import FOLDER as WINOGAVIL_FOLDER
+from maskclip_bench.eval_data.winogavil import NEEDS as WINOGAVIL_NEEDS
+from maskclip_bench.eval_data.winogavil import SOURCE as WINOGAVIL_SOURCE
 
 # Task kinds: the EvalDataset task a suite task's dataset must have, or UNSUPPORTED.
-CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION, UNSUPPORTED = (
-    "classification", "retrieval", "caption_selection", "unsupported")
+CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION, ASSOCIATION, UNSUPPORTED = (
+    "classification", "retrieval", "caption_selection", "association", "unsupported")
 # DataComp's group averages (besides the plain average over every scored task).
 IMAGENET, SHIFTS, VTAB, RETRIEVAL_GROUP = "ImageNet", "ImageNet dist. shifts", "VTAB", "Retrieval"
 # The Flickr30K splits a suite can score (module docstring), the default first.
@@ -68,7 +73,7 @@ class StandardTask:
 
     key: str  # the dataset name DataComp / CLIP_benchmark use, e.g. "vtab/caltech101"
     title: str  # DataComp's display name, e.g. "Caltech-101"
-    kind: str  # CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION or UNSUPPORTED
+    kind: str  # CLASSIFICATION, RETRIEVAL, CAPTION_SELECTION, ASSOCIATION or UNSUPPORTED
     # The main metric: acc1, mean_per_class_recall, f1_macro, acc1_worst_group / acc5_worst_group, mean_recall@1,
     # text_acc or acc.
     metric: str = "acc1"
@@ -159,8 +164,12 @@ DATACOMP: tuple[StandardTask, ...] = (
     _cls("vtab/svhn", "SVHN", 0.117897, VTAB),
     StandardTask("flickr30k", "Flickr", RETRIEVAL, "mean_recall@1", (RETRIEVAL_GROUP,)),
     StandardTask("mscoco_captions", "MSCOCO", RETRIEVAL, "mean_recall@1", (RETRIEVAL_GROUP,)),
-    _unsupported("misc/winogavil", "WinoGAViL", "jaccard_score_10-12",
-                 "its Jaccard score over candidate associations has no scorer here", RETRIEVAL_GROUP),
+    # Not a webdataset copy: WinoGAViL-experiments' annotation file and images in their own folder.
+    StandardTask("misc/winogavil", "WinoGAViL", ASSOCIATION, "jaccard_score_10-12", (RETRIEVAL_GROUP,), 0.205,
+                 folder=WINOGAVIL_FOLDER, needs=WINOGAVIL_NEEDS, reader="winogavil", fetchable=False,
+                 how_to_get=f"git clone {WINOGAVIL_SOURCE}; in it, python download-images.py (fills assets/images/ "
+                            f"from the image URLs); then copy assets/winogavil_dataset.csv and assets/images/ "
+                            f"into ROOT/{WINOGAVIL_FOLDER}/"),
     # DataComp scores iWildCam by WILDS' macro F1 ("F1-macro_all"), which needs only labels and predictions.
     _cls("wilds/iwildcam", "iWildCam", 0.143056, metric="f1_macro"),
     _cls("wilds/camelyon17", "Camelyon17", 0.5),

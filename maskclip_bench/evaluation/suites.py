@@ -23,8 +23,9 @@ from typing import Any, Callable, Sequence
 from maskclip_bench.eval_data.shapes_tasks import parse_shapes_spec
 from maskclip_bench.evaluation.feature_cache import BASE_KIND
 from maskclip_bench.evaluation.session import EvalSession
-from maskclip_bench.evaluation.tasks import (DEFAULT_LP_FEATURES, DENSE, FINETUNE, LINEAR_PROBE, LP_FEATURES, RETRIEVAL,
-                                             RUNNERS, SELECTION, TASK_KINDS, ZEROSHOT, TaskResult)
+from maskclip_bench.evaluation.tasks import (ASSOCIATION, DEFAULT_LP_FEATURES, DENSE, FINETUNE, LINEAR_PROBE,
+                                             LP_FEATURES, RETRIEVAL, RUNNERS, SELECTION, TASK_KINDS, ZEROSHOT,
+                                             TaskResult)
 from maskclip_core.data.spec_syntax import split_spec
 from maskclip_core.errors import DataError
 
@@ -127,6 +128,8 @@ def plan_suite(session: EvalSession, suite: str | None, datasets: Sequence[str] 
                         add(planned, task, ds)
             elif ds.task == "caption_selection":
                 add(planned, SELECTION, ds)  # its only task, like zero-shot for a classification set
+            elif ds.task == "association":
+                add(planned, ASSOCIATION, ds)
             elif ds.task == "retrieval" and RETRIEVAL in kinds:
                 add(planned, RETRIEVAL, ds)
             elif ds.task == "segmentation" and DENSE in kinds:
@@ -139,7 +142,7 @@ def plan_suite(session: EvalSession, suite: str | None, datasets: Sequence[str] 
 def _announce(session: EvalSession, item: PlannedTask) -> None:
     """Tell the session which features `item` will request."""
     ds, split = item.dataset, item.dataset.info.get("split", "test")
-    if item.task in (ZEROSHOT, RETRIEVAL, SELECTION):
+    if item.task in (ZEROSHOT, RETRIEVAL, SELECTION, ASSOCIATION):
         session.plan(ds, split, {BASE_KIND})
     elif item.task == LINEAR_PROBE:
         kind = LP_FEATURES[item.options.get("features", DEFAULT_LP_FEATURES)]

@@ -1,8 +1,8 @@
 """Evaluation task runners on an `EvalSession`: zero-shot, retrieval, image-caption selection, linear probe,
 fine-tuning, dense probe.
 
-Each runner (`run_zeroshot`, `run_retrieval`, `run_caption_selection`, `run_linear_probe`, `run_finetune`,
-`run_dense`, by kind in
+Each runner (`run_zeroshot`, `run_retrieval`, `run_caption_selection`, `run_association`, `run_linear_probe`,
+`run_finetune`, `run_dense`, by kind in
 `RUNNERS`) takes the session and one EvalDataset and returns a `TaskResult` whose metrics use CLIP_benchmark's key
 names; `result_record` turns it into a run record (`records`).
 """
@@ -18,19 +18,20 @@ import torch
 from maskclip_bench.evaluation.feature_cache import BASE_KIND
 from maskclip_bench.evaluation.records import make_record
 from maskclip_bench.evaluation.session import EvalSession
-from maskclip_bench.evaluators import (evaluate_caption_selection, evaluate_dense_probe, evaluate_linear_probe,
-                                       evaluate_retrieval, evaluate_zeroshot, finetune)
+from maskclip_bench.evaluators import (evaluate_association, evaluate_caption_selection, evaluate_dense_probe,
+                                       evaluate_linear_probe, evaluate_retrieval, evaluate_zeroshot, finetune)
 from maskclip_bench.evaluators.features import encode_texts
 from maskclip_bench.evaluators.linprobe import SOLVERS, choose_solver
 from maskclip_bench.evaluators.retrieval import recall_from_scores
 from maskclip_core.errors import DataError
 
-ZEROSHOT, RETRIEVAL, SELECTION, LINEAR_PROBE, FINETUNE, DENSE = (
-    "zeroshot_classification", "zeroshot_retrieval", "image_caption_selection", "linear_probe", "finetune",
-    "dense_probe")
-TASK_KINDS = (ZEROSHOT, RETRIEVAL, SELECTION, LINEAR_PROBE, FINETUNE, DENSE)
+ZEROSHOT, RETRIEVAL, SELECTION, ASSOCIATION, LINEAR_PROBE, FINETUNE, DENSE = (
+    "zeroshot_classification", "zeroshot_retrieval", "image_caption_selection", "visual_association",
+    "linear_probe", "finetune", "dense_probe")
+TASK_KINDS = (ZEROSHOT, RETRIEVAL, SELECTION, ASSOCIATION, LINEAR_PROBE, FINETUNE, DENSE)
 # Which dataset task each evaluation needs.
 DATASET_TASK = {ZEROSHOT: "classification", RETRIEVAL: "retrieval", SELECTION: "caption_selection",
+                ASSOCIATION: "association",
                 LINEAR_PROBE: "classification", FINETUNE: "classification", DENSE: "segmentation"}
 LP_FEATURES = {"pre": "pooled_features", "post": BASE_KIND}
 DEFAULT_LP_FEATURES = "pre"  # CLIP's protocol for ViTs: the pooled features before the projection
@@ -148,6 +149,17 @@ def run_caption_selection(session: EvalSession, ds: Any) -> TaskResult:
     feats = session.features(ds, ds.info.get("split", "test"), {BASE_KIND})
     metrics = evaluate_caption_selection(session.loaded.model, session.loaded.tokenizer, feats, session.device)
     return _result(session, ds, SELECTION, metrics, _count(feats), start, {})
+
+
+def run_association(session: EvalSession, ds: Any) -> TaskResult:
+    """Visual association (WinoGAViL) as DataComp scores it: the Jaccard index of the cue's k closest candidate
+    images and its k associations, averaged (avg_jaccard_score, jaccard_score_5-6, jaccard_score_10-12, ...)."""
+    _require(ds, ASSOCIATION)
+    start = time.perf_counter()
+    session.take_status()
+    feats = session.features(ds, ds.info.get("split", "test"), {BASE_KIND})
+    metrics = evaluate_association(session.loaded.model, session.loaded.tokenizer, feats, session.device)
+    return _result(session, ds, ASSOCIATION, metrics, len(feats["cues"]), start, {"prompt": "A/An <cue>"})
 
 
 def _binding_scores(session: EvalSession, feats: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,6 +293,6 @@ def result_record(result: TaskResult, session: EvalSession) -> dict[str, Any]:
 
 
 RUNNERS: dict[str, Callable[..., TaskResult]] = {
-    ZEROSHOT: run_zeroshot, RETRIEVAL: run_retrieval, SELECTION: run_caption_selection,
+    ZEROSHOT: run_zeroshot, RETRIEVAL: run_retrieval, SELECTION: run_caption_selection, ASSOCIATION: run_association,
     LINEAR_PROBE: run_linear_probe, FINETUNE: run_finetune, DENSE: run_dense,
 }
