@@ -266,8 +266,8 @@ def test_train_command_evaluates_the_quick_suite_into_records_and_metrics(tmp_pa
     # Dataset names carry the shapes options each task depends on, as `maskclip-bench eval` names them.
     zeroshot, probe, retrieval = ("shapes/shape_color:test=60", "shapes/shape_color:test=60,train=120,val=60",
                                   "shapes/retrieval:test=60")
-    quick = {f"{zeroshot}/acc1", f"{zeroshot}/acc5", f"{zeroshot}/mean_per_class_recall", f"{probe}/lp_acc1",
-             f"{probe}/lp_acc5", f"{probe}/lp_mean_per_class_recall", f"{probe}/lp_C",
+    quick = {f"{zeroshot}/acc1", f"{zeroshot}/acc5", f"{zeroshot}/mean_per_class_recall", f"{zeroshot}/f1_macro",
+             f"{probe}/lp_acc1", f"{probe}/lp_acc5", f"{probe}/lp_mean_per_class_recall", f"{probe}/lp_C",
              *(f"{retrieval}/{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10))}
     assert {k[len("eval/"):] for k in rows[0] if k.startswith("eval/")} == quick
     records = load_records(out / "evals")
