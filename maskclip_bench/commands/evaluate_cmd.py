@@ -129,7 +129,7 @@ def zeroshot_command(
     device: str = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, no_cache: bool = NO_CACHE,
     data_seed: int = DATA_SEED, quiet: bool = QUIET, threads: int = THREADS,
 ) -> None:
-    """Zero-shot classification (acc1, acc5, mean_per_class_recall), computed as CLIP_benchmark does."""
+    """Zero-shot classification (acc1, acc5, mean_per_class_recall as CLIP_benchmark computes them; f1_macro)."""
     execute(_single("zeroshot_classification", dataset, templates), specs=(dataset,), **_common(locals()))
 
 
