@@ -136,6 +136,21 @@ def test_scores_agree_with_clip_benchmark(session, compositional_root, one_threa
         assert result.metrics == _clip_benchmark_metrics(session, theirs)
 
 
+def test_sugar_crepe_tasks_share_one_image_set(session, compositional_root, one_thread):
+    from maskclip_bench.evaluation.session import EvalSession
+    from maskclip_bench.evaluation.tasks import run_caption_selection
+
+    session = EvalSession(session.loaded, batch_size=2)  # nothing encoded yet
+    add, swap = (session.build(f"clip_benchmark:sugar_crepe/{t}@{compositional_root / 'sugar_crepe'}")[0]
+                 for t in ("add_obj", "swap_att"))
+    # The pool: every image either file names that is there (add_obj's first, in file order; its missing one not).
+    assert add.dataset.image_names == [f"val2017/00000000000{i}.jpg" for i in (3, 0, 1, 2)]
+    assert add.dataset.shared_image_set()[0] == swap.dataset.shared_image_set()[0]
+    first, second = run_caption_selection(session, add), run_caption_selection(session, swap)
+    assert (first.feature_cache, second.feature_cache) == ("off", "memory")  # encoded once, for both tasks
+    assert (first.num_samples, first.bad_samples, second.num_samples) == (3, 1, 3)
+
+
 def test_eval_compositional_lists_missing_resumes_and_reports(tiny_checkpoint, compositional_root, tmp_path,
                                                               eval_cli):
     results = tmp_path / "runs"

@@ -25,7 +25,9 @@ Layouts (nothing downloads; a missing file is a DataError naming it):
 Items are CLIP_benchmark's: ``(image, [captions])`` for one image, ``(stacked images [I, 3, H, W], [captions])``
 for several, batched with ``image_captions_collate_fn`` (the EvalDataset's ``collate_fn``). For the session the
 dataset is also a *shared image set view* (see `maskclip_bench.evaluation.session`): its distinct images are
-encoded once, one per row, and ``select_features`` regroups them as ``[N, I, dim]``. Images are checked up front
+encoded once, one per row, and ``select_features`` regroups them as ``[N, I, dim]``. SugarCrepe's seven tasks
+share one image set, every image their files under the root name (`sugar_crepe_pool`), so a session encodes COCO's
+images once for all seven tasks. Images are checked up front
 with ``open_rgb``; an instance with an image that is missing or does not decode is skipped and counted in
 ``bad_samples``; an annotation file naming an image outside ROOT is a DataError.
 """
@@ -103,6 +105,29 @@ def sugar_crepe_instances(root: Path, task: str) -> list[Instance]:
                      (_text(e, "caption", where), _text(e, "negative_caption", where))) for e in data.values()]
 
 
+# The decodable images of a SugarCrepe root's pool, by (root, digest of the pool's files, verify): the seven tasks'
+# builds in one process check the pool once.
+_POOL_CHECKED: dict[tuple[str, str, bool], list[str]] = {}
+
+
+def sugar_crepe_pool(root: Path, verify: bool = True) -> list[str]:
+    """The image set SugarCrepe's tasks share: every image that a task file under `root` names (tasks in their
+    order, then file order) and that decodes. The seven tasks all show COCO val2017 images, many of them the same,
+    so a session encodes the pool once for all of them (issue 14: each image set once per checkpoint)."""
+    names: list[str] = []
+    for task in SUGAR_CREPE_TASKS:
+        if (root / f"{task}.json").is_file():
+            names.extend(n for inst in sugar_crepe_instances(root, task) for n in inst.images)
+    names = list(dict.fromkeys(names))
+    where = f"SugarCrepe images under {root}"
+    check_inside_root(names, root, where)
+    present = [n for n in names if (root / n).is_file()]
+    key = (str(root), files_digest(root, present), verify)
+    if key not in _POOL_CHECKED:
+        _POOL_CHECKED[key] = filter_decodable(present, lambda n: root / n, where=where, verify=verify)[0]
+    return _POOL_CHECKED[key]
+
+
 def winoground_instances(root: Path) -> list[Instance]:
     """Winoground's instances from the repository snapshot's ``data/examples.jsonl``, in its order."""
     path = root / WINOGROUND_EXAMPLES
@@ -162,10 +187,13 @@ class CaptionSelectionDataset(Dataset):
     """Instances of I images and C captions; items as CLIP_benchmark's datasets give them (module docstring)."""
 
     def __init__(self, root: Path, name: str, instances: list[Instance], transform: Callable[[Any], Any] | None,
-                 bad_samples: int = 0) -> None:
+                 bad_samples: int = 0, image_set: tuple[str, list[str]] | None = None) -> None:
+        """`image_set`: (name, images) of a larger image set the instances' images belong to (SugarCrepe's
+        shared pool); by default the instances' own images, named by the dataset."""
         self.root, self.name, self.instances, self.transform = root, name, instances, transform
         self.bad_samples = bad_samples
-        self.image_names = list(dict.fromkeys(n for inst in instances for n in inst.images))
+        self.image_set_name, names = image_set or (name, [n for inst in instances for n in inst.images])
+        self.image_names = list(dict.fromkeys(names))
         row = {n: i for i, n in enumerate(self.image_names)}
         self.rows = torch.tensor([[row[n] for n in inst.images] for inst in instances], dtype=torch.long)
 
@@ -184,7 +212,7 @@ class CaptionSelectionDataset(Dataset):
     def shared_image_set(self) -> tuple[dict[str, Any], Dataset]:
         """(identity, dataset to encode): the distinct images, keyed by their names, sizes and modification times
         (a replaced image or a changed annotation file gives another cache entry)."""
-        identity = {"kind": "image_caption_selection", "name": self.name, "root": str(self.root),
+        identity = {"kind": "image_caption_selection", "name": self.image_set_name, "root": str(self.root),
                     "num_images": len(self.image_names), "images": files_digest(self.root, self.image_names)}
         return identity, ImageFiles(self.root, self.image_names, self.transform)
 
@@ -216,16 +244,21 @@ def build_caption_selection(name: str, root: Path, *, transform: Callable[[Any],
     require_dir(root, f"{name} root")
     if split != "test":
         raise DataError(f"{name} has only a test split, not '{split}'")
+    image_set = None
     if name == "winoground":
         instances = winoground_instances(root)
+        kept, bad = _drop_bad(root, instances, f"clip_benchmark:{name}@{root}", verify_images)
     elif name.startswith("sugar_crepe/"):
         instances = sugar_crepe_instances(root, name.split("/", 1)[1])
+        pool = sugar_crepe_pool(root, verify_images)
+        good = set(pool)
+        kept = [inst for inst in instances if all(n in good for n in inst.images)]
+        bad, image_set = len(instances) - len(kept), ("sugar_crepe", pool)
     else:
         raise DataError(f"'{name}' is not an image-caption selection dataset (sugar_crepe/<task>, winoground)")
-    kept, bad = _drop_bad(root, instances, f"clip_benchmark:{name}@{root}", verify_images)
     if not kept:
         raise DataError(f"{name} under {root} has no instance whose images are all readable")
-    dataset = CaptionSelectionDataset(root, name, kept, transform, bad_samples=bad)
+    dataset = CaptionSelectionDataset(root, name, kept, transform, bad_samples=bad, image_set=image_set)
     return EvalDataset.from_reader(
         f"clip_benchmark:{name}@{root}", "caption_selection", dataset, collate_fn=collate_for("retrieval"),
         info={"kind": "clip_benchmark", "clip_benchmark_name": name, "root": str(root), "split": split,
