@@ -211,5 +211,12 @@ def test_data_fetch_downloads_into_the_folder_the_suite_reads(tmp_path, eval_cli
     code, out, err = eval_cli("data", "fetch", "cifar10", "missing_set", "--dataset-root", root)
     assert code != 0 and "could not fetch clip-benchmark/wds_missing_set: OSError: 404" in err
     assert "1 of 2 dataset(s) not fetched: missing_set" in err and "fetched: cifar10" in out
+    # DataComp's WILDS and fairness tasks: its own copies, which carry the npy metadata the worst-group metrics need.
+    code, out, err = eval_cli("data", "fetch", "wilds/fmow", "fairness/geode", "--dataset-root", root)
+    assert code == 0, err
+    assert [(c["repo_id"], c["local_dir"]) for c in calls[-2:]] == [
+        ("djghosh/wds_wilds-fmow_test", str(root / "wds_wilds-fmow_test")),
+        ("djghosh/wds_geode_test", str(root / "wds_geode_test"))]
+    assert {t.key for t, _ in locate(DATACOMP, root).found} >= {"wilds/fmow", "fairness/geode"}
     code, _, err = eval_cli("data", "fetch", "../etc", "--dataset-root", root)
     assert code != 0 and "is not a CLIP_benchmark dataset name" in err

@@ -4,7 +4,10 @@ from the Hugging Face hub into a dataset root.
 CLIP_benchmark publishes its evaluation sets as ``clip-benchmark/wds_<name>`` dataset repositories (``/`` in the name
 written ``-``), in exactly the layout ``clip_benchmark_wds:DIR`` reads. Fetching one is
 ``huggingface_hub.snapshot_download`` of the split's shards and the metadata files into ``ROOT/wds_<name>``, where
-``eval --suite NAME --dataset-root ROOT`` finds it. ``winoground`` is the gated repository facebook/winoground
+``eval --suite NAME --dataset-root ROOT`` finds it. DataComp's WILDS and fairness tasks (`DATACOMP_COPIES`) come
+from DataComp's own copies instead, ``djghosh/wds_<name>_test`` into ``ROOT/wds_<name>_test`` (its
+``download_evalsets.py`` names, ``fairness/`` dropped): their samples carry the ``npy`` metadata that DataComp's
+worst-group metrics group by (its ``eval_utils/wilds_eval.py`` and ``fairness_eval.py`` read it from there). ``winoground`` is the gated repository facebook/winoground
 (accept its terms on the hub, then ``huggingface-cli login``): its ``data/examples.jsonl`` and ``data/images.zip``
 into ``ROOT/winoground``, the archive extracted to ``data/images/`` (the layout of
 `maskclip_bench.eval_data.caption_selection`). ``nlphuji/flickr30k`` (the 31,014 images of ``--flickr-split full``):
@@ -30,6 +33,9 @@ from .flickr30k_full import FOLDER as FLICKR30K_FULL_FOLDER
 from .flickr30k_full import IMAGES as FLICKR30K_IMAGES
 
 HUB_ORGANISATION = "clip-benchmark"
+DATACOMP_ORGANISATION = "djghosh"
+DATACOMP_COPIES: tuple[str, ...] = ("wilds/iwildcam", "wilds/camelyon17", "wilds/fmow", "fairness/dollar_street",
+                                    "fairness/geode")
 # Dataset names as CLIP_benchmark writes them: lower-case words, digits, "_", "-", "." and at most one "/".
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.-]*)?$")
 
@@ -43,8 +49,8 @@ def hub_folder(name: str) -> str:
 
 def fetch_dataset(name: str, root: str | Path, split: str = "test",
                   download: Callable[..., Any] | None = None) -> tuple[Path, bool]:
-    """Put ``clip-benchmark/wds_<name>``'s `split` and metadata under `root`; returns (folder, whether it was
-    downloaded now). A folder whose split already has its ``nshards.txt`` is left as it is.
+    """Put ``clip-benchmark/wds_<name>``'s `split` and metadata under `root` (DataComp's copy for the tasks of
+    `DATACOMP_COPIES`); returns (folder, whether it was downloaded now). A folder whose split already has its ``nshards.txt`` is left as it is.
 
     `download` is ``huggingface_hub.snapshot_download`` unless given (tests pass a stand-in). ``winoground`` goes to
     `fetch_winoground`, ``nlphuji/flickr30k`` to `fetch_flickr30k_full`.
@@ -60,10 +66,13 @@ def fetch_dataset(name: str, root: str | Path, split: str = "test",
             raise DataError(f"{FLICKR30K_REPO} has one split, test (all 31,014 images), not '{split}'")
         return fetch_flickr30k_full(root, download)
     folder = hub_folder(name)
+    organisation = HUB_ORGANISATION
+    if name in DATACOMP_COPIES:
+        folder, organisation = f"wds_{name.removeprefix('fairness/').replace('/', '-')}_test", DATACOMP_ORGANISATION
     target = Path(root).expanduser() / folder
     if (target / split / "nshards.txt").is_file():
         return target, False
-    repo = f"{HUB_ORGANISATION}/{folder}"
+    repo = f"{organisation}/{folder}"
     _download(download, repo, target, [f"{split}/*", "*.txt"])
     if not (target / split / "nshards.txt").is_file():
         raise DataError(f"{repo} has no {split}/nshards.txt after the download (is '{split}' one of its splits?)")
