@@ -180,3 +180,23 @@ def write_suite_table(name: str, results_dir: str | Path, out: str | Path, comma
     lines += table_lines(list(table.columns), ([cell(v) for v in row] for row in table.itertuples(index=False)))
     write_text_atomic(md_path, "\n".join(lines) + "\n")
     return md_path, csv_path, len(measured)
+
+
+def cost_lines(suite: str, costs: Sequence[Any], images_per_s: float, command: str) -> list[str]:
+    """Markdown of `maskclip_bench.evaluation.suite_cost.suite_cost`: one row per task (images, estimated hours at
+    `images_per_s`, DataComp's tasklist time) and the total over the tasks with a known size."""
+    known = [c for c in costs if c.images is not None]
+    rows = [(c.title, f"{c.images:,}" if c.images is not None else "n/a",
+             f"{c.seconds / 3600:.2f}" if c.seconds is not None else "n/a",
+             c.datacomp_time_s if c.datacomp_time_s is not None else "") for c in costs]
+    total_images, total_s = sum(c.images for c in known), sum(c.seconds for c in known)
+    rows.append(("**total**" + ("" if len(known) == len(costs) else f" ({len(known)} of {len(costs)} tasks)"),
+                 f"{total_images:,}" if known else "n/a", f"{total_s / 3600:.1f}" if known else "n/a",
+                 sum(c.datacomp_time_s for c in costs if c.datacomp_time_s is not None) or ""))
+    return [f"# Estimated cost of `--suite {suite}` at {images_per_s:g} images/s", "",
+            "An estimate, not a measurement: each task's test images (DataComp's tasklist sizes; WinoGAViL's "
+            "distinct candidate images) divided by the rate given. DataComp's tasklist `time` is shown as it is; "
+            "the file does not say how or on what hardware it was measured.", "",
+            f"Command: `{command}`", "",
+            *table_lines(["task", "images", f"hours at {images_per_s:g} images/s", "DataComp tasklist time, s"],
+                         rows), ""]
