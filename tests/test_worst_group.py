@@ -55,3 +55,32 @@ def test_wds_metadata_is_read_in_sample_order(tmp_path, write_npy_metadata):
     export_dataset("shapes/shape:test=2", "test", "wds", plain)
     with pytest.raises(DataError, match="has no npy metadata"):
         build_wds(plain, transform=None).dataset.metadata_field(0)
+
+
+def test_a_record_without_the_main_metric_does_not_count_as_finished(tmp_path):
+    """A plain `eval --dataset` of the FMoW copy has acc1 but no worst-group accuracy: the suite still plans FMoW
+    (with its group field); a record that holds acc1_worst_group makes it finished."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from maskclip_bench.evaluation.standard_eval import plan_standard
+    from maskclip_bench.evaluation.standard_suites import DATACOMP, SuiteLayout
+
+    fmow = next(t for t in DATACOMP if t.key == "wilds/fmow")
+    folder = tmp_path / "wds_wilds-fmow_test"
+    dataset = SimpleNamespace(metadata_field=lambda field: torch.zeros(3, dtype=torch.long))
+    session = SimpleNamespace(loaded=SimpleNamespace(content_hash="h"),
+                              build=lambda spec: [SimpleNamespace(task="classification", name=spec, dataset=dataset)])
+    layout = SuiteLayout(((fmow, folder),), (), ())
+
+    def plan(metrics):
+        record = {"checkpoint_hash": "h", "variant": "", "task": "zeroshot_classification",
+                  "dataset": f"clip_benchmark_wds:{folder}", "metrics": metrics}
+        skipped: list = []
+        return plan_standard(layout, pd.DataFrame([record]), skipped=skipped)(session), skipped
+
+    planned, skipped = plan({"acc1": 0.5})
+    assert [p.options for p in planned] == [{"templates": None, "group_field": 0}] and skipped == []
+    planned, skipped = plan({"acc1": 0.5, "acc1_worst_group": 0.25})
+    assert planned == [] and skipped == [fmow]
