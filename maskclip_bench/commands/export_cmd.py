@@ -102,21 +102,24 @@ def data_fetch_command(
 def data_cost_command(
     suite: str = typer.Option(..., "--suite", help="a standard suite (datacomp, vtab, vtab+, imagenet_robustness, "
                               "retrieval, compositional)"),
-    images_per_s: float = typer.Option(..., "--images-per-s", help="the image tower's measured rate on your "
-                                       "hardware (e.g. from `maskclip-bench bench` or one task's record)"),
+    images_per_s: float = typer.Option(..., "--images-per-s", help="the image tower's rate on your hardware "
+                                       "(e.g. a task record's num_samples / wall_time_s)"),
+    texts_per_s: float = typer.Option(..., "--texts-per-s", help="the text tower's rate (captions or prompts a "
+                                      "second)"),
     flickr_split: str = FLICKR_SPLIT,
     out: Optional[Path] = typer.Option(None, "--out", help="also write the table to this markdown file"),
 ) -> None:
-    """Estimate how long a standard suite takes: each task's test images at the given images/s (no data needed)."""
+    """Estimate how long a standard suite takes: each task's images and texts at the given rates (no data
+    needed)."""
     from maskclip_bench.evaluation.standard_suites import KARPATHY, suite_tasks
     from maskclip_bench.evaluation.suite_cost import suite_cost
     from maskclip_bench.results.suite_table import cost_lines
     from maskclip_core.atomic_write import write_text_atomic
 
-    costs = suite_cost(suite_tasks(suite, flickr_split), images_per_s)
-    command = f"maskclip-bench data cost --suite {suite} --images-per-s {images_per_s:g}" + (
-        "" if flickr_split == KARPATHY else f" --flickr-split {flickr_split}")
-    text = "\n".join(cost_lines(suite, costs, images_per_s, command))
+    costs = suite_cost(suite_tasks(suite, flickr_split), images_per_s, texts_per_s)
+    command = f"maskclip-bench data cost --suite {suite} --images-per-s {images_per_s:g} --texts-per-s " \
+              f"{texts_per_s:g}" + ("" if flickr_split == KARPATHY else f" --flickr-split {flickr_split}")
+    text = "\n".join(cost_lines(suite, costs, images_per_s, texts_per_s, command))
     typer.echo(text)
     if out is not None:
         write_text_atomic(out, text)

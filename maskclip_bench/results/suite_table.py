@@ -182,21 +182,27 @@ def write_suite_table(name: str, results_dir: str | Path, out: str | Path, comma
     return md_path, csv_path, len(measured)
 
 
-def cost_lines(suite: str, costs: Sequence[Any], images_per_s: float, command: str) -> list[str]:
-    """Markdown of `maskclip_bench.evaluation.suite_cost.suite_cost`: one row per task (images, estimated hours at
-    `images_per_s`, DataComp's tasklist time) and the total over the tasks with a known size."""
-    known = [c for c in costs if c.images is not None]
-    rows = [(c.title, f"{c.images:,}" if c.images is not None else "n/a",
+def cost_lines(suite: str, costs: Sequence[Any], images_per_s: float, texts_per_s: float,
+               command: str) -> list[str]:
+    """Markdown of `maskclip_bench.evaluation.suite_cost.suite_cost`: one row per task (images, texts, estimated
+    hours, DataComp's tasklist time) and the total over the tasks whose counts are known."""
+    def count(n: int | None, assumed: bool = False) -> str:
+        return "n/a" if n is None else f"{n:,}" + (" (assumed)" if assumed else "")
+
+    known = [c for c in costs if c.seconds is not None]
+    rows = [(c.title, count(c.images), count(c.texts, c.assumed),
              f"{c.seconds / 3600:.2f}" if c.seconds is not None else "n/a",
              c.datacomp_time_s if c.datacomp_time_s is not None else "") for c in costs]
-    total_images, total_s = sum(c.images for c in known), sum(c.seconds for c in known)
     rows.append(("**total**" + ("" if len(known) == len(costs) else f" ({len(known)} of {len(costs)} tasks)"),
-                 f"{total_images:,}" if known else "n/a", f"{total_s / 3600:.1f}" if known else "n/a",
+                 count(sum(c.images for c in known) if known else None),
+                 count(sum(c.texts for c in known) if known else None),
+                 f"{sum(c.seconds for c in known) / 3600:.1f}" if known else "n/a",
                  sum(c.datacomp_time_s for c in costs if c.datacomp_time_s is not None) or ""))
-    return [f"# Estimated cost of `--suite {suite}` at {images_per_s:g} images/s", "",
-            "An estimate, not a measurement: each task's test images (DataComp's tasklist sizes; WinoGAViL's "
-            "distinct candidate images) divided by the rate given. DataComp's tasklist `time` is shown as it is; "
-            "the file does not say how or on what hardware it was measured.", "",
+    return [f"# Estimated cost of `--suite {suite}` at {images_per_s:g} images/s and {texts_per_s:g} texts/s", "",
+            "An estimate, not a measurement: each task's images (DataComp's tasklist sizes; WinoGAViL's distinct "
+            "candidate images) and texts (classes x templates of CLIP_benchmark's template file, captions, cues) "
+            "divided by the rates given. \"(assumed)\": the dataset's copy carries its own template file; counted "
+            "with CLIP_benchmark's fallback, ImageNet's 80. DataComp's tasklist `time` is shown as it is; the file "
+            "does not say how or on what hardware it was measured.", "",
             f"Command: `{command}`", "",
-            *table_lines(["task", "images", f"hours at {images_per_s:g} images/s", "DataComp tasklist time, s"],
-                         rows), ""]
+            *table_lines(["task", "images", "texts", "hours", "DataComp tasklist time, s"], rows), ""]
