@@ -47,3 +47,20 @@ def test_data_cost_prints_the_table_and_refuses_a_bad_rate(eval_cli, tmp_path):
 def test_collections_reuse_datacomps_sizes(suite):
     costs = suite_cost(suite_tasks(suite), 1.0, 1.0)
     assert costs and any(c.images for c in costs)
+
+
+def test_data_cost_measures_the_rates_of_a_model(eval_cli):
+    code, text, err = eval_cli("data", "cost", "--suite", "retrieval", "--measure", "MaskCLIP-Micro-8",
+                               "--threads", 1)
+    assert code == 0, err
+    first = text.splitlines()[0]
+    assert first.startswith("measured MaskCLIP-Micro-8 on ") and "1 thread(s), fp32, no gradient" in first
+    images, texts = (float(first.split(": ")[1].split(" images/s")[0]),
+                     float(first.split(", ")[-1].split(" texts/s")[0]))
+    assert images > 0 and texts > 0
+    # the table divides by what was measured: MSCOCO's 5,000 images and 25,010 captions
+    row = next(line for line in text.splitlines() if line.startswith("| MSCOCO |"))
+    assert float(row.split("|")[4]) == pytest.approx((5000 / images + 25010 / texts) / 3600, abs=0.006)
+    assert "`maskclip-bench data cost --suite retrieval --measure MaskCLIP-Micro-8 --threads 1`" in text
+    code, _, err = eval_cli("data", "cost", "--suite", "retrieval")
+    assert code != 0 and "give --images-per-s and --texts-per-s, or --measure MODEL" in err

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from maskclip_bench.commands.options import FLICKR_SPLIT
+from maskclip_bench.commands.options import FLICKR_SPLIT, THREADS
 
 data_app = typer.Typer(name="data", help="Dataset utilities.", no_args_is_help=True)
 
@@ -102,24 +102,47 @@ def data_fetch_command(
 def data_cost_command(
     suite: str = typer.Option(..., "--suite", help="a standard suite (datacomp, vtab, vtab+, imagenet_robustness, "
                               "retrieval, compositional)"),
-    images_per_s: float = typer.Option(..., "--images-per-s", help="the image tower's rate on your hardware "
-                                       "(e.g. a task record's num_samples / wall_time_s)"),
-    texts_per_s: float = typer.Option(..., "--texts-per-s", help="the text tower's rate (captions or prompts a "
-                                      "second)"),
+    images_per_s: Optional[float] = typer.Option(None, "--images-per-s", help="the image tower's rate on your "
+                                                 "hardware (e.g. a task record's num_samples / wall_time_s)"),
+    texts_per_s: Optional[float] = typer.Option(None, "--texts-per-s", help="the text tower's rate (captions or "
+                                                "prompts a second)"),
+    measure: Optional[str] = typer.Option(None, "--measure", help="measure both rates now for this model (random "
+                                          "weights, fp32, no gradient, as evaluation encodes), e.g. ViT-B-16"),
+    threads: int = THREADS,
     flickr_split: str = FLICKR_SPLIT,
     out: Optional[Path] = typer.Option(None, "--out", help="also write the table to this markdown file"),
 ) -> None:
-    """Estimate how long a standard suite takes: each task's images and texts at the given rates (no data
-    needed)."""
+    """Estimate how long a standard suite takes: each task's images and texts at the given (or measured) rates; no
+    data needed."""
     from maskclip_bench.evaluation.standard_suites import KARPATHY, suite_tasks
     from maskclip_bench.evaluation.suite_cost import suite_cost
     from maskclip_bench.results.suite_table import cost_lines
     from maskclip_core.atomic_write import write_text_atomic
+    from maskclip_core.errors import DataError
+    from maskclip_core.thread_limit import thread_limit
 
-    costs = suite_cost(suite_tasks(suite, flickr_split), images_per_s, texts_per_s)
-    command = f"maskclip-bench data cost --suite {suite} --images-per-s {images_per_s:g} --texts-per-s " \
-              f"{texts_per_s:g}" + ("" if flickr_split == KARPATHY else f" --flickr-split {flickr_split}")
-    text = "\n".join(cost_lines(suite, costs, images_per_s, texts_per_s, command))
+    tasks = suite_tasks(suite, flickr_split)
+    flags = "" if flickr_split == KARPATHY else f" --flickr-split {flickr_split}"
+    note = "as given on the command line"
+    if measure is not None:
+        from maskclip_bench.perf.encoding_rate import measure_encoding_rates
+
+        with thread_limit(threads):
+            rates = measure_encoding_rates(measure)
+        images_per_s, texts_per_s = rates.images_per_s, rates.texts_per_s
+        note = (f"measured {measure} on {rates.device}, {rates.threads} thread(s), fp32, no gradient: "
+                f"{images_per_s:.3g} images/s, {texts_per_s:.3g} texts/s")
+        typer.echo(note)
+        command = f"maskclip-bench data cost --suite {suite} --measure {measure}" + (
+            f" --threads {threads}" if threads > 0 else "") + flags
+    elif images_per_s is None or texts_per_s is None:
+        raise DataError("give --images-per-s and --texts-per-s, or --measure MODEL to measure them")
+    else:
+        command = f"maskclip-bench data cost --suite {suite} --images-per-s {images_per_s:g} --texts-per-s " \
+                  f"{texts_per_s:g}" + flags
+    costs = suite_cost(tasks, images_per_s, texts_per_s)
+    text = "\n".join(cost_lines(suite, costs, float(f"{images_per_s:.3g}"), float(f"{texts_per_s:.3g}"), command,
+                                note))
     typer.echo(text)
     if out is not None:
         write_text_atomic(out, text)

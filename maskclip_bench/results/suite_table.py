@@ -183,9 +183,10 @@ def write_suite_table(name: str, results_dir: str | Path, out: str | Path, comma
 
 
 def cost_lines(suite: str, costs: Sequence[Any], images_per_s: float, texts_per_s: float,
-               command: str) -> list[str]:
+               command: str, rates_note: str = "") -> list[str]:
     """Markdown of `maskclip_bench.evaluation.suite_cost.suite_cost`: one row per task (images, texts, estimated
-    hours, DataComp's tasklist time) and the total over the tasks whose counts are known."""
+    hours, DataComp's tasklist time) and the total over the tasks whose counts are known; `rates_note` says where
+    the rates come from (the measurement, when measured)."""
     def count(n: int | None, assumed: bool = False) -> str:
         return "n/a" if n is None else f"{n:,}" + (" (assumed)" if assumed else "")
 
@@ -204,5 +205,6 @@ def cost_lines(suite: str, costs: Sequence[Any], images_per_s: float, texts_per_
             "divided by the rates given. \"(assumed)\": the dataset's copy carries its own template file; counted "
             "with CLIP_benchmark's fallback, ImageNet's 80. DataComp's tasklist `time` is shown as it is; the file "
             "does not say how or on what hardware it was measured.", "",
+            *([f"Rates: {rates_note}.", ""] if rates_note else []),
             f"Command: `{command}`", "",
             *table_lines(["task", "images", "texts", "hours", "DataComp tasklist time, s"], rows), ""]
