@@ -137,7 +137,8 @@ def _published_note(tasks: Sequence[StandardTask]) -> list[str]:
 # What the main metrics are, for the table's header line.
 _METRICS = {
     "datacomp": "DataComp's: acc1, mean per-class recall where DataComp uses it, the mean of the two recall@1 for "
-                "retrieval",
+                "retrieval, WILDS' macro F1 for iWildCam, the worst region's (FMoW, GeoDE) or income group's top-5 "
+                "(Dollar Street) accuracy, and WinoGAViL's Jaccard index on its 10- and 12-candidate games",
     "compositional": "CLIP_benchmark's image_caption_selection: text_acc for SugarCrepe, the share of images closer to "
                      "their caption than to its hard negative; acc for Winoground, its group score, both images' "
                      "closest caption and both captions' closest image right; the SugarCrepe groups average its "
