@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -29,7 +30,7 @@ class EncodingRates:
     threads: int
 
 
-def _rate(fn, n: int, repeats: int, device: torch.device) -> float:
+def _rate(fn: Callable[[], Any], n: int, repeats: int, device: torch.device) -> float:
     fn()  # warm-up: allocator, kernels chosen
     times = []
     for _ in range(repeats):
