@@ -25,8 +25,9 @@ def test_an_explicit_columns_setting_wins(monkeypatch):
     assert command_console(stderr=True).width == 100
 
 
-def _bars_disabled(argv: list[str]) -> bool:
-    """Whether CLIP_benchmark's tqdm bars are off after the entry point saw `argv` (a fresh process)."""
+def _bars_disabled(*argvs: list[str]) -> list[bool]:
+    """Whether CLIP_benchmark's tqdm bars are off after the entry point saw each argv (a fresh process each, run
+    side by side: each mostly waits on its imports)."""
     import subprocess
     import sys
 
@@ -34,13 +35,15 @@ def _bars_disabled(argv: list[str]) -> bool:
             "import maskclip_bench.evaluation.tasks; from clip_benchmark.metrics import zeroshot_classification as z; "
             "print(z.tqdm([1]).disable)")
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=True)
-    return out.stdout.strip() == "True"
+    procs = [subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for argv in argvs]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    return [out.strip() == "True" for out, _ in outs]
 
 
 def test_quiet_commands_turn_clip_benchmarks_bars_off_at_the_entry_point():
     from maskclip_bench.cli import QUIET_COMMANDS
 
     assert QUIET_COMMANDS == ("ablate", "check", "demo")  # each also quiet, by the same branch as --quiet
-    assert _bars_disabled(["zeroshot", "--ckpt", "x", "--quiet"])
-    assert not _bars_disabled(["zeroshot", "--ckpt", "x"])
+    assert _bars_disabled(["zeroshot", "--ckpt", "x", "--quiet"], ["zeroshot", "--ckpt", "x"]) == [True, False]
