@@ -1,5 +1,6 @@
-"""`maskclip-bench export` (a checkpoint as an open_clip local-dir model) and `maskclip-bench data export`
-(an evaluation dataset in CLIP_benchmark's wds, open_clip's csv or an ImageFolder layout)."""
+"""`maskclip-bench export` (a checkpoint as an open_clip local-dir model) and the `data` group: `data export` (an
+evaluation dataset in CLIP_benchmark's wds, open_clip's csv or an ImageFolder layout), `data fetch` (the standard
+suites' datasets from the Hugging Face hub) and `data cost` (how long a standard suite takes)."""
 from __future__ import annotations
 
 from pathlib import Path
