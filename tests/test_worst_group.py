@@ -2,6 +2,9 @@
 metadata of a webdataset copy read in sample order."""
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -51,6 +54,16 @@ def test_wds_metadata_is_read_in_sample_order(tmp_path, write_npy_metadata):
     assert reader.metadata_field(0).tolist() == [10 + i % 3 for i in range(7)]
     with pytest.raises(DataError, match="has 3 field"):
         reader.metadata_field(3)
+    # A field is read from the members once (the planner and the scorer both ask), and a caller's edit of the
+    # returned ids does not reach the next caller.
+    reads = []
+    inner = reader.dataset  # the WdsBenchmarkDataset inside the bad-image wrapper
+    inner.samples = [dataclasses.replace(s, metadata=SimpleNamespace(read=lambda m=s.metadata: reads.append(1)
+                                                                     or m.read())) for s in inner.samples]
+    first = reader.metadata_field(1)
+    first[0] = 99
+    assert reader.metadata_field(1).tolist() == list(range(7)) and reads == []
+    assert reader.metadata_field(2).tolist() == [0] * 7 and len(reads) == 7  # a new field is read
     plain = tmp_path / "wds_plain"
     export_dataset("shapes/shape:test=2", "test", "wds", plain)
     with pytest.raises(DataError, match="has no npy metadata"):
@@ -60,8 +73,6 @@ def test_wds_metadata_is_read_in_sample_order(tmp_path, write_npy_metadata):
 def test_a_record_without_the_main_metric_does_not_count_as_finished(tmp_path):
     """A plain `eval --dataset` of the FMoW copy has acc1 but no worst-group accuracy: the suite still plans FMoW
     (with its group field); a record that holds acc1_worst_group makes it finished."""
-    from types import SimpleNamespace
-
     import pandas as pd
 
     from maskclip_bench.evaluation.standard_eval import plan_standard

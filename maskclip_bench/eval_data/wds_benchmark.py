@@ -164,6 +164,8 @@ class WdsBenchmarkDataset(Dataset):
         self.transform = transform
         self.classes = classes
         self.templates = templates
+        # Metadata fields already read: a suite reads each one twice (the planner checks it, the task scores it).
+        self._fields: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -181,6 +183,8 @@ class WdsBenchmarkDataset(Dataset):
     def metadata_field(self, field: int) -> torch.Tensor:
         """Field `field` of every sample's ``npy`` metadata vector, as [N] integers in sample order (the order the
         features are encoded in); DataError if a sample has no metadata or the vector is shorter."""
+        if field in self._fields:
+            return self._fields[field].clone()
         values = []
         for sample in self.samples:
             if sample.metadata is None:
@@ -192,7 +196,8 @@ class WdsBenchmarkDataset(Dataset):
             if vector.shape[0] <= field:
                 raise DataError(f"sample {sample.key}: npy metadata has {vector.shape[0]} field(s), no field {field}")
             values.append(int(vector[field]))
-        return torch.tensor(values, dtype=torch.long)
+        self._fields[field] = torch.tensor(values, dtype=torch.long)
+        return self._fields[field].clone()
 
 
 def read_dataset_type(root: Path) -> str:
