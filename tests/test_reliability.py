@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import invoke_cli
 from PIL import Image
 
 from maskclip_core.checkpoint import CheckpointDir, load_checkpoint
@@ -61,6 +62,12 @@ def _run(cmd: list[str], fault: str | None = None) -> subprocess.CompletedProces
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _train_here(out: Path, data: Path | str, resume: bool = False) -> None:
+    """A clean run (or resume) in this process: only a run that is killed needs an interpreter of its own."""
+    result = invoke_cli(_train_cmd(out, data, resume=resume)[3:])  # without `python -m maskclip_bench`
+    assert result.exit_code == 0, result.output
+
+
 def _assert_same_state(a: dict, b: dict) -> None:
     assert a["step"] == b["step"] and a["epoch"] == b["epoch"] and a["batch_in_epoch"] == b["batch_in_epoch"]
     for part in ("clip", "extras", "teacher"):
@@ -81,8 +88,7 @@ def _metrics_without_timing(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, csv_data):
     out = tmp_path_factory.mktemp("ref") / "run"
-    done = _run(_train_cmd(out, csv_data))
-    assert done.returncode == 0, done.stderr
+    _train_here(out, csv_data)
     return out
 
 
@@ -95,8 +101,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, csv_data, reference_run, fau
     killed = _run(_train_cmd(out, csv_data), fault=fault)
     assert killed.returncode == -9, killed.stderr  # SIGKILL: no handler ran
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3  # the newest checkpoint before the kill
-    resumed = _run(_train_cmd(out, csv_data, resume=True))
-    assert resumed.returncode == 0, resumed.stderr
+    _train_here(out, csv_data, resume=True)
     _assert_same_state(load_checkpoint(out / "checkpoints" / "last.pt"),
                        load_checkpoint(reference_run / "checkpoints" / "last.pt"))
     rows = _metrics_without_timing(out / "metrics.jsonl")
@@ -110,11 +115,10 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, csv_data, reference_run, fau
 def test_webdataset_run_killed_and_resumed_is_bit_exact(tmp_path, wds_data):
     """A stream cannot seek: resume re-reads the epoch up to its position, with the same shuffles and crops."""
     reference = tmp_path / "reference"
-    assert _run(_train_cmd(reference, wds_data)).returncode == 0
+    _train_here(reference, wds_data)
     out = tmp_path / "run"
     assert _run(_train_cmd(out, wds_data), fault="train_step@5").returncode == -9
-    resumed = _run(_train_cmd(out, wds_data, resume=True))
-    assert resumed.returncode == 0, resumed.stderr
+    _train_here(out, wds_data, resume=True)
     _assert_same_state(load_checkpoint(out / "checkpoints" / "last.pt"),
                        load_checkpoint(reference / "checkpoints" / "last.pt"))
     assert _metrics_without_timing(out / "metrics.jsonl") == _metrics_without_timing(reference / "metrics.jsonl")
