@@ -4,7 +4,8 @@
 prepend CLS, then the tower's own ln_pre, transformer, final norm/pool and projection. With `ids_keep=None` it is
 exactly open_clip's `VisionTransformer.forward`; with `mask` and `mask_token` it is the SimMIM/BEiT pass (the full
 sequence, a learned token in place of each masked patch embedding). `encode_text_hidden` is the text transformer
-with some token embeddings replaced (the MLM pass), for open_clip's `CLIP` and `CustomTextCLIP`.
+with some token embeddings replaced (the MLM pass), for open_clip's `CLIP` and `CustomTextCLIP`;
+`encode_text_features` is `CLIP.encode_text` without the work on trailing padding.
 
 These passes call a few of open_clip's non-public VisionTransformer members (`_pool`, `patch_dropout`, `attn_pool`):
 pyproject.toml's lower bound on open_clip_torch is the first release that has them all (tests/test_model.py
@@ -74,6 +75,29 @@ def padding_positions(text: torch.Tensor) -> torch.Tensor:
     id 0, which is also the token "!"."""
     end = text.argmax(dim=-1, keepdim=True)
     return torch.arange(text.shape[1], device=text.device).unsqueeze(0) > end
+
+
+def encode_text_features(clip: torch.nn.Module, text: torch.Tensor) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text(text)` (unnormalised) over the batch cut after its last pooled token.
+
+    Under CLIP's causal mask a token sees only the tokens before it, so nothing after the pooled end token reaches
+    the features: they are the full-context ones (up to float rounding) at a fraction of the cost (the `shapes`
+    captions of a batch of 64 end by token ~27 of 77). Other towers (`CustomTextCLIP`, bidirectional, pooling
+    that is not at the end token) take open_clip's own call.
+    """
+    pool = getattr(clip, "text_pool_type", None)
+    if getattr(clip, "text", None) is not None or getattr(clip, "attn_mask", None) is None or pool not in (
+            "argmax", "eos"):
+        return clip.encode_text(text)
+    # The position open_clip's text_global_pool reads: the end token (the largest id), or the first eos id.
+    idx = text.argmax(dim=-1) if pool == "argmax" else (text == clip.text_eos_id).int().argmax(dim=-1)
+    length = int(idx.max()) + 1
+    x = encode_text_hidden(clip, text[:, :length])
+    x = x[torch.arange(x.shape[0], device=x.device), idx]
+    projection = clip.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 def encode_text_hidden(

@@ -13,7 +13,8 @@ from torch import nn
 
 from .config import MethodConfig
 from .decoders import ImageDecoder, MaskedTokenHead, PrototypeHead, TextDecoder, decoder_dims
-from .encoders import check_vit, encode_image_tokens, encode_text_hidden, padding_positions, text_tower
+from .encoders import (check_vit, encode_image_tokens, encode_text_features, encode_text_hidden, padding_positions,
+                       text_tower)
 from .losses import contrastive_loss, feature_distill_loss, mlm_loss, pixel_targets, soft_distill_loss
 
 
@@ -180,7 +181,7 @@ class MaskCLIP(nn.Module):
             image_features = masked[0]
         else:
             image_features = self.clip.encode_image(image)
-        return image_features, self.clip.encode_text(text)
+        return image_features, encode_text_features(self.clip, text)
 
     @torch.no_grad()
     def contrastive_features(

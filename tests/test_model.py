@@ -7,7 +7,7 @@ import torch
 
 from maskclip_core.config import MethodConfig
 from maskclip_core.ema import Teacher, momentum_at
-from maskclip_core.encoders import encode_image_tokens
+from maskclip_core.encoders import encode_image_tokens, encode_text_features
 from maskclip_core.losses import contrastive_loss
 from maskclip_core.masking import random_masking
 from maskclip_core.mlm import mlm_mask
@@ -60,6 +60,27 @@ def test_visible_pass_only_runs_the_visible_tokens(tok):
     hook.remove()
     assert seen["shape"][1] == 16 + 1  # 16 visible patches + CLS
     assert tokens.shape == (8, 16, 192)
+
+
+def test_text_features_cut_after_the_end_token_equal_open_clips_full_context(tok):
+    """The contrastive text pass runs only up to the batch's last end token; its features (and their gradient)
+    are open_clip's 77-token `encode_text` ones."""
+    model = make(tok=tok)
+    captions = ["a star", "a small red star number 3 at the top left corner of a blue square", "!! a cross !!"]
+    text = tok(captions)
+    end = int(text.argmax(dim=-1).max()) + 1  # the longest caption's end token, counted by hand below
+    assert end == len(tok.encode(captions[1])) + 2  # start and end tokens
+    seen = {}
+    hook = model.clip.transformer.register_forward_hook(lambda m, i, o: seen.update(length=o.shape[1]))
+    ours = encode_text_features(model.clip, text)
+    hook.remove()
+    assert seen["length"] == end < text.shape[1]
+    reference = model.clip.encode_text(text)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    grads = [torch.autograd.grad(f.square().sum(), model.clip.token_embedding.weight)[0]
+             for f in (encode_text_features(model.clip, text), model.clip.encode_text(text))]
+    scale = grads[1].abs().max()
+    torch.testing.assert_close(grads[0] / scale, grads[1] / scale, rtol=0, atol=1e-5)
 
 
 def test_contrastive_loss_equals_open_clip_cliploss(tok):

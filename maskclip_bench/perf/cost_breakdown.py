@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from maskclip_bench.perf import throughput as perf
 from maskclip_core.config import TrainConfig
 from maskclip_core.decoders import MaskedTokenHead
-from maskclip_core.encoders import encode_text_hidden, padding_positions, text_tower
+from maskclip_core.encoders import encode_text_features, encode_text_hidden, padding_positions, text_tower
 from maskclip_core.losses import mlm_loss
 from maskclip_core.model import caption_length
 from maskclip_core.precision import attention_context, compute_context
@@ -116,7 +116,7 @@ def step_parts(step: perf.OurStep) -> dict[str, Callable[[], Any]]:
         else:
             dec_in = torch.cat([pooled.unsqueeze(1), tokens], dim=1).detach().requires_grad_(True)
             parts["image decoder"] = in_context(lambda: (model.image_decoder(dec_in, ids_keep, image_mask),))
-    parts["text pass"] = in_context(lambda: (model.clip.encode_text(text),))
+    parts["text pass"] = in_context(lambda: (encode_text_features(model.clip, text),))
     if model.text_decoder is not None:
         length = caption_length(text, model.pad_id)
         text_c, mask_c = text[:, :length], mlm_mask[:, :length]
