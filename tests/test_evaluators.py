@@ -24,6 +24,7 @@ from maskclip_bench.evaluators import (
     recall_from_scores,
 )
 from maskclip_bench.evaluators.dense import confusion_matrix, segmentation_metrics
+from maskclip_bench.evaluators.features import EndTokenText, encode_texts
 from maskclip_bench.evaluators.retrieval import recall_from_embeddings
 from maskclip_bench.evaluators.finetune import VisualClassifier, layer_decay_param_groups, lr_multiplier
 from maskclip_core.errors import DataError
@@ -166,6 +167,21 @@ def _brute_force_zeroshot(model, tokenizer, images, labels, classnames, template
             "mean_per_class_recall": sum(sum(hits) / len(hits) for hits in per_class) / len(per_class),
             "f1_macro": sum(f1) / len(f1),
             "predictions": [r[0] for r in ranked]}
+
+
+def test_text_features_are_open_clips_for_fewer_positions(model, tokenizer) -> None:
+    """The evaluators encode texts only up to each batch's last end token: open_clip's 77-position features."""
+    texts = ["a photo of a cat.", "a long caption about a small red star " * 3]
+    seen = []
+    hook = model.transformer.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    ours = encode_texts(model, tokenizer, texts)
+    prompt = EndTokenText(model).encode_text(tokenizer(texts[:1]))  # what CLIP_benchmark's classifier calls
+    hook.remove()
+    assert seen == [len(tokenizer.encode(texts[1])) + 2, len(tokenizer.encode(texts[0])) + 2]  # + start and end
+    with torch.no_grad():
+        full = model.encode_text(tokenizer(texts))
+    torch.testing.assert_close(ours, torch.nn.functional.normalize(full, dim=-1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(prompt, full[:1], rtol=0, atol=1e-5)
 
 
 def test_zeroshot_against_brute_force_on_a_model_above_chance(model, tokenizer) -> None:

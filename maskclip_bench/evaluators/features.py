@@ -10,7 +10,8 @@ and dense-probe tasks from the same pass:
 - "pooled_features": pooled image features before `proj` [N, width], if asked for
 - "patch_tokens": patch tokens after `ln_post`, without the class token [N, grid*grid, width], if asked for
 
-Everything runs in fp32 without autocast, in `model.eval()`, and ends up on the CPU.
+Everything runs in fp32 without autocast, in `model.eval()`, and ends up on the CPU. Texts are encoded only up to
+each batch's last end token (`maskclip_core.encoders.encode_text_features`; open_clip's features, less padding work).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from maskclip_core.encoders import encode_text_features
 
 # Label keys tried, in order, for dict batches when no key is given.
 LABEL_KEYS = ("label", "labels", "target", "targets", "mask", "segmentation", "captions", "caption", "texts", "text")
@@ -118,5 +121,18 @@ def encode_texts(
     chunks = []
     for start in range(0, len(texts), batch_size):
         tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
-        chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+        chunks.append(F.normalize(encode_text_features(model, tokens).float(), dim=-1).cpu())
     return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+class EndTokenText:
+    """`model` as CLIP_benchmark's `zero_shot_classifier` uses it (only `encode_text`), the pass cut after each
+    batch's last end token (`encode_text_features`: the same features; a prompt such as "a photo of a dog." is
+    ~8 of the 77 positions)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text features, as `CLIP.encode_text`."""
+        return encode_text_features(self.model, tokens)

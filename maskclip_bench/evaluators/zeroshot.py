@@ -17,7 +17,7 @@ from clip_benchmark.metrics.zeroshot_classification import (
 )
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from .features import encode_images
+from .features import EndTokenText, encode_images
 from .templates import normalize_templates
 
 
@@ -82,7 +82,8 @@ def evaluate_zeroshot(
     else:
         prompts = normalize_templates(templates)
     # zero_shot_classifier hands the device to torch.autocast too, which wants a string.
-    classifier = zero_shot_classifier(model, tokenizer, list(classnames), prompts, str(device), amp=False)
+    classifier = zero_shot_classifier(EndTokenText(model), tokenizer, list(classnames), prompts, str(device),
+                                      amp=False)
     if features is None:
         if dataloader is None:
             raise ValueError("evaluate_zeroshot needs a dataloader or precomputed features")

@@ -2,8 +2,9 @@
 divides a suite's images and texts by.
 
 An evaluation encodes without gradient, in eval mode, in fp32 (as the evaluators do), so this times exactly that:
-`encode_image` on a batch of noise images at the model's input size and `encode_text` on a batch of captions at its
-context length, randomly initialised (nothing downloads; the weights do not change the cost), the median of a few
+`encode_image` on a batch of noise images at the model's input size and the evaluators' text pass
+(`encode_text_features`: up to the batch's last end token) on a batch of `bench`'s 17-token captions, randomly
+initialised (nothing downloads; the weights do not change the cost), the median of a few
 timed repeats after a warm-up. Image decoding and resizing (done by DataLoader workers) are not included.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from maskclip_bench.perf.throughput import device_name, make_batch, synchronize
+from maskclip_core.encoders import encode_text_features
 from maskclip_core.towers import create_clip
 
 
@@ -53,5 +55,5 @@ def measure_encoding_rates(model_name: str, images: int = 16, texts: int = 128, 
     return EncodingRates(
         model=model_name,
         images_per_s=_rate(lambda: model.encode_image(image_batch), images, repeats, dev),
-        texts_per_s=_rate(lambda: model.encode_text(text_batch), texts, repeats, dev),
+        texts_per_s=_rate(lambda: encode_text_features(model, text_batch), texts, repeats, dev),
         device=device_name(dev), threads=torch.get_num_threads())
