@@ -46,13 +46,19 @@ def wds_data(csv_data):
     return f"wds:{csv_data.parent}/shard-{{0..1}}.tar"
 
 
-def _train_cmd(out: Path, data: Path | str, steps: int = STEPS, resume: bool = False) -> list[str]:
+def _train_args(out: Path, data: Path | str, steps: int = STEPS, resume: bool = False) -> list[str]:
+    """`maskclip-bench` arguments of the runs compared here."""
     spec = data if isinstance(data, str) else f"csv:{data}"
-    cmd = [sys.executable, "-m", "maskclip_bench", "train", "--method", "maskclip", "--data", spec, "--model", "MaskCLIP-Micro-8",
-           "--steps", str(steps), "--batch-size", "4", "--out", str(out), "--quiet",
-           "--set", "workers=0", "--set", "log_every=1", "--set", "checkpoint_every=3", "--set", "threads=1",
-           "--set", "keep_checkpoints=2", "--set", "warmup=2", "--set", "precision=fp32"]
-    return cmd + (["--resume"] if resume else [])
+    args = ["train", "--method", "maskclip", "--data", spec, "--model", "MaskCLIP-Micro-8",
+            "--steps", str(steps), "--batch-size", "4", "--out", str(out), "--quiet",
+            "--set", "workers=0", "--set", "log_every=1", "--set", "checkpoint_every=3", "--set", "threads=1",
+            "--set", "keep_checkpoints=2", "--set", "warmup=2", "--set", "precision=fp32"]
+    return args + (["--resume"] if resume else [])
+
+
+def _train_cmd(out: Path, data: Path | str, steps: int = STEPS, resume: bool = False) -> list[str]:
+    """The same run as a process of its own (for runs that are killed, or that test the console's exit codes)."""
+    return [sys.executable, "-m", "maskclip_bench", *_train_args(out, data, steps, resume)]
 
 
 def _run(cmd: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
@@ -64,7 +70,7 @@ def _run(cmd: list[str], fault: str | None = None) -> subprocess.CompletedProces
 
 def _train_here(out: Path, data: Path | str, resume: bool = False) -> None:
     """A clean run (or resume) in this process: only a run that is killed needs an interpreter of its own."""
-    result = invoke_cli(_train_cmd(out, data, resume=resume)[3:])  # without `python -m maskclip_bench`
+    result = invoke_cli(_train_args(out, data, resume=resume))
     assert result.exit_code == 0, result.output
 
 
