@@ -5,6 +5,8 @@ Tiny settings throughout (batch 4, one step, one thread): these check the measur
 """
 from __future__ import annotations
 
+import mmap
+
 import pytest
 import torch
 
@@ -227,10 +229,14 @@ def test_peak_rss_resets_per_variant():
         pytest.skip("this kernel does not let a process reset its peak RSS")
     # Reset first: an earlier test in this worker may have left a peak far above today's resident set.
     low = memory.peak_rss_bytes()
-    block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB touched
+    # A fresh anonymous mapping, written through: a tensor of this size may reuse heap pages that are already
+    # resident (CI saw the peak not move at all), a new mapping cannot.
+    block = mmap.mmap(-1, 64 * 2**20)
+    for _ in range(64):
+        block.write(b"\x01" * 2**20)
     high = memory.peak_rss_bytes()
     assert high > low + 48 * 2**20
-    del block
+    block.close()
     assert memory.reset_peak_rss()
     assert memory.peak_rss_bytes() < high - 32 * 2**20
 
