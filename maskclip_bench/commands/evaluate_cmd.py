@@ -164,6 +164,10 @@ def linprobe_command(
 def finetune_command(
     ckpt: str = CKPT, dataset: str = DATASET, model: Optional[str] = MODEL,
     epochs: int = typer.Option(2, "--epochs"), lr: float = typer.Option(1e-3, "--lr"),
+    layer_decay: float = typer.Option(0.65, "--layer-decay", help="learning-rate decay per block from the head "
+                                      "down (BEiT/MAE); 1 trains every layer at --lr (from scratch:MODEL)"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="linear warm-up steps (default: a tenth of all "
+                                         "steps), then cosine to 0"),
     batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
     device: str = DEVICE,
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="accepted like elsewhere; unused"),
@@ -173,7 +177,14 @@ def finetune_command(
     """Fine-tune the image tower with a linear head on the train split (ft_acc1, ft_acc5)."""
     # Fine-tuning trains on images, so there are no features to cache.
     options = {**_common(locals()), "cache_dir": None, "no_cache": True}
-    execute(_single("finetune", dataset, epochs=epochs, lr=lr), specs=(dataset,), **options)
+    from maskclip_core.errors import ConfigError
+
+    if not 0.0 < layer_decay <= 1.0:
+        raise ConfigError(f"--layer-decay must be in (0, 1], got {layer_decay}")
+    if warmup is not None and warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {warmup}")
+    execute(_single("finetune", dataset, epochs=epochs, lr=lr, layer_decay=layer_decay, warmup_steps=warmup),
+            specs=(dataset,), **options)
 
 
 def dense_command(

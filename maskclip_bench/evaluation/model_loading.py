@@ -1,6 +1,6 @@
 """Load any checkpoint the evaluation commands accept as a plain open_clip CLIP model.
 
-Three kinds of `--ckpt` are accepted:
+Four kinds of `--ckpt` are accepted:
 
 * a maskclip-bench trainer checkpoint (`maskclip_core.checkpoint.load_checkpoint`): the model name and
   the whole training config come from the checkpoint itself;
@@ -8,7 +8,10 @@ Three kinds of `--ckpt` are accepted:
   open_clip's trainer writes it (keys may carry DDP's "module." prefix), or a ``.safetensors`` file;
   it says nothing about its architecture, so ``model_name`` (``--model``) is required;
 * ``local-dir:DIR``: a folder open_clip reads itself (``open_clip_config.json`` + weights), as written
-  by ``maskclip-bench export``; when it was exported by us its config also carries the training config.
+  by ``maskclip-bench export``; when it was exported by us its config also carries the training config;
+* ``scratch:MODEL``: the named model as initialised, with no training (the "from scratch" rows of MAE-style
+  tables: `finetune` from it is supervised training of the tower, a linear probe on it reads random features).
+  The weights come from seed 0 in a private RNG, so every run sees the same model; records carry its weights hash.
 
 `load_live` wraps a live model instead (the student evaluated while training, `train --eval-every`).
 
@@ -33,6 +36,7 @@ from maskclip_core.errors import CheckpointError, MaskClipError
 from maskclip_core.towers import available_models, create_clip, get_tokenizer, image_size_of
 
 LOCAL_DIR_PREFIX = "local-dir:"
+SCRATCH_PREFIX = "scratch:"
 CONFIG_NAME = "open_clip_config.json"
 # Key under which `export` stores its provenance inside open_clip_config.json (open_clip ignores it).
 EXPORT_META_KEY = "maskclip_bench"
@@ -50,7 +54,7 @@ class LoadedModel:
     train_config: dict[str, Any] | None  # TrainConfig dict when the checkpoint carries one
     content_hash: str  # sha256 of the checkpoint file (or of a local dir's config + weight files)
     ckpt_path: str  # absolute path, or "local-dir:ABSOLUTE_DIR"
-    kind: str = "maskclip"  # "maskclip" | "open_clip" | "local-dir"
+    kind: str = "maskclip"  # "maskclip" | "open_clip" | "local-dir" | "scratch"
     step: int | None = None  # training step of a trainer checkpoint
 
     @property
@@ -246,8 +250,26 @@ def load_live(model: torch.nn.Module, *, model_name: str, train_config: dict[str
                    content_hash=weights_hash(clip), ckpt_path=where, kind="maskclip", step=step)
 
 
+def _load_scratch(spec: str, model_name: str | None) -> LoadedModel:
+    name = spec[len(SCRATCH_PREFIX):]
+    if not name:
+        raise CheckpointError("empty model name after 'scratch:' (e.g. scratch:MaskCLIP-Tiny-8)")
+    if model_name and model_name != name:
+        raise CheckpointError(f"'{spec}' builds '{name}', not '{model_name}' (drop --model)")
+    if name not in available_models():  # hf-hub: names would fetch a config from the network
+        raise CheckpointError(f"'{spec}': scratch: takes a built-in open_clip or maskclip-bench config name "
+                              "(e.g. MaskCLIP-Tiny-8 or ViT-B-16)")
+    # A private RNG: the same weights on every call, and the caller's random stream is left where it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _create(name)
+    return _finish(model, model_name=name, tokenizer=get_tokenizer(name), train_config=None,
+                   content_hash=weights_hash(model), ckpt_path=f"{SCRATCH_PREFIX}{name}", kind="scratch", step=0)
+
+
 def load_model(ckpt: str, model_name: str | None = None) -> LoadedModel:
-    """Load a trainer checkpoint, a plain open_clip checkpoint (needs `model_name`) or ``local-dir:DIR``.
+    """Load a trainer checkpoint, a plain open_clip checkpoint (needs `model_name`), ``local-dir:DIR`` or
+    ``scratch:MODEL`` (the model as initialised, seed 0).
 
     Returns a `LoadedModel` whose `model` is an open_clip CLIP in eval mode. `model_name` must match a
     trainer checkpoint's own model when both are given. Raises `CheckpointError` (one line) for a
@@ -255,6 +277,8 @@ def load_model(ckpt: str, model_name: str | None = None) -> LoadedModel:
     """
     if ckpt.startswith(LOCAL_DIR_PREFIX):
         return _load_local_dir(ckpt, model_name)
+    if ckpt.startswith(SCRATCH_PREFIX):
+        return _load_scratch(ckpt, model_name)
     path = Path(ckpt).expanduser().absolute()
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder: pass a checkpoint file, or local-dir:{path} for an "
