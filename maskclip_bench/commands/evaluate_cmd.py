@@ -168,6 +168,9 @@ def finetune_command(
                                       "down (BEiT/MAE); 1 trains every layer at --lr (from scratch:MODEL)"),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="linear warm-up steps (default: a tenth of all "
                                          "steps), then cosine to 0"),
+    head_init_std: float = typer.Option(2e-5, "--head-init-std", help="the head's initial weight scale: MAE's "
+                                        "2e-5 for pretrained towers; 0.02 (DeiT's) from scratch:MODEL, where 2e-5 "
+                                        "stalls training"),
     batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
     device: str = DEVICE,
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="accepted like elsewhere; unused"),
@@ -183,8 +186,10 @@ def finetune_command(
         raise ConfigError(f"--layer-decay must be in (0, 1], got {layer_decay}")
     if warmup is not None and warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {warmup}")
-    execute(_single("finetune", dataset, epochs=epochs, lr=lr, layer_decay=layer_decay, warmup_steps=warmup),
-            specs=(dataset,), **options)
+    if not head_init_std > 0.0:
+        raise ConfigError(f"--head-init-std must be > 0, got {head_init_std}")
+    execute(_single("finetune", dataset, epochs=epochs, lr=lr, layer_decay=layer_decay, warmup_steps=warmup,
+                    head_init_std=head_init_std), specs=(dataset,), **options)
 
 
 def dense_command(

@@ -35,7 +35,8 @@ DATASET_TASK = {ZEROSHOT: "classification", RETRIEVAL: "retrieval", SELECTION: "
                 LINEAR_PROBE: "classification", FINETUNE: "classification", DENSE: "segmentation"}
 LP_FEATURES = {"pre": "pooled_features", "post": BASE_KIND}
 DEFAULT_LP_FEATURES = "pre"  # CLIP's protocol for ViTs: the pooled features before the projection
-DEFAULT_FT = {"epochs": 2, "lr": 1e-3, "layer_decay": 0.65, "warmup_steps": None}  # None: a tenth of the steps
+# warmup_steps None: a tenth of the steps; head_init_std: MAE's, for pretrained towers
+DEFAULT_FT = {"epochs": 2, "lr": 1e-3, "layer_decay": 0.65, "warmup_steps": None, "head_init_std": 2e-5}
 DEFAULT_DENSE = {"epochs": 10}
 
 
@@ -235,7 +236,8 @@ def run_linear_probe(session: EvalSession, ds: Any, *, features: str = DEFAULT_L
 
 def run_finetune(session: EvalSession, ds: Any, *, epochs: int = DEFAULT_FT["epochs"],
                  lr: float = DEFAULT_FT["lr"], layer_decay: float = DEFAULT_FT["layer_decay"],
-                 warmup_steps: int | None = DEFAULT_FT["warmup_steps"]) -> TaskResult:
+                 warmup_steps: int | None = DEFAULT_FT["warmup_steps"],
+                 head_init_std: float = DEFAULT_FT["head_init_std"]) -> TaskResult:
     """Fine-tune a copy of the image tower with a linear head on the train split: ft_acc1, ft_acc5."""
     _require(ds, FINETUNE)
     if "train" not in ds.splits:
@@ -245,9 +247,10 @@ def run_finetune(session: EvalSession, ds: Any, *, epochs: int = DEFAULT_FT["epo
     train_loader = session.loader(ds.splits["train"], ds.collate_fn, shuffle=True)
     test_loader = session.loader(ds.dataset, ds.collate_fn)
     metrics = finetune(session.loaded.model, train_loader, test_loader, len(ds.classnames), epochs=epochs, lr=lr,
-                       layer_decay=layer_decay, warmup_steps=warmup_steps, device=session.device, seed=session.seed)
+                       layer_decay=layer_decay, warmup_steps=warmup_steps, head_init_std=head_init_std,
+                       device=session.device, seed=session.seed)
     params = {"epochs": epochs, "lr": lr, "layer_decay": layer_decay, "warmup_steps": warmup_steps,
-              "train_samples": len(ds.splits["train"])}
+              "head_init_std": head_init_std, "train_samples": len(ds.splits["train"])}
     result = _result(session, ds, FINETUNE, metrics, len(ds.dataset), start, params,
                      variant=variant_of(params, DEFAULT_FT))
     result.feature_cache = None  # fine-tuning trains on images, not on cached features
