@@ -169,7 +169,7 @@ def finetune_command(
     warmup: Optional[int] = typer.Option(None, "--warmup", help="linear warm-up steps (default: a tenth of all "
                                          "steps), then cosine to 0"),
     head_init_std: float = typer.Option(2e-5, "--head-init-std", help="the head's initial weight scale: MAE's "
-                                        "2e-5 for pretrained towers; 0.02 (DeiT's) from scratch:MODEL, where 2e-5 "
+                                        "2e-5 for pretrained towers; about 0.05 from scratch:MODEL, where 2e-5 "
                                         "stalls training"),
     batch_size: int = BATCH, results_dir: str = RESULTS, seed: int = SEED, workers: int = WORKERS,
     device: str = DEVICE,

@@ -21,6 +21,7 @@ from maskclip_bench.evaluation.session import EvalSession
 from maskclip_bench.evaluators import (evaluate_association, evaluate_caption_selection, evaluate_dense_probe,
                                        evaluate_linear_probe, evaluate_retrieval, evaluate_zeroshot, finetune)
 from maskclip_bench.evaluators.features import encode_texts
+from maskclip_bench.evaluators.finetune import HEAD_INIT_STD
 from maskclip_bench.evaluators.linprobe import SOLVERS, choose_solver
 from maskclip_bench.evaluators.retrieval import recall_from_scores
 from maskclip_core.errors import DataError
@@ -36,7 +37,7 @@ DATASET_TASK = {ZEROSHOT: "classification", RETRIEVAL: "retrieval", SELECTION: "
 LP_FEATURES = {"pre": "pooled_features", "post": BASE_KIND}
 DEFAULT_LP_FEATURES = "pre"  # CLIP's protocol for ViTs: the pooled features before the projection
 # warmup_steps None: a tenth of the steps; head_init_std: MAE's, for pretrained towers
-DEFAULT_FT = {"epochs": 2, "lr": 1e-3, "layer_decay": 0.65, "warmup_steps": None, "head_init_std": 2e-5}
+DEFAULT_FT = {"epochs": 2, "lr": 1e-3, "layer_decay": 0.65, "warmup_steps": None, "head_init_std": HEAD_INIT_STD}
 DEFAULT_DENSE = {"epochs": 10}
 
 
