@@ -72,8 +72,8 @@ MaskCLIP-Tiny-8 learns colour and position but not shape: zero-shot shape stays 
 to 2,000 steps, so the issue-12 target (twice chance within the demo budget) is not reached. Minimal-pair groups and
 shape-only captions did not change that and cost colour and retrieval, so they are off by default. Measured causes:
 at ``difficulty`` 1 even supervised training of the tower reaches only 14-18 % shape accuracy in the grids' 19,200
-samples (80 % at difficulty 0), at the demo's 4,800 samples 13-15 % even at difficulty 0 (so no caption design can
-reach the target at that budget), and on clean images contrastive training lowers the shape information a
+samples (80 % at difficulty 0), at the demo's 4,800 samples 13-15 % even at difficulty 0 (so captions are not expected
+to reach the target at that budget), and on clean images contrastive training lowers the shape information a
 near-random tower's features carry (linear probe 53 % -> 28 %) while it learns colour and position.
 """
 from __future__ import annotations
