@@ -1,7 +1,7 @@
 """Evaluation commands: `zeroshot`, `retrieval`, `linprobe`, `finetune`, `dense` and the suite runner `eval`.
 
-Each takes `--ckpt` (a trainer checkpoint, a plain open_clip checkpoint with `--model`, or
-`local-dir:DIR`) and a `--dataset` spec, prints a rich table and writes one JSON record per
+Each takes `--ckpt` (a trainer checkpoint, a plain open_clip checkpoint with `--model`,
+`local-dir:DIR`, or `scratch:MODEL`) and a `--dataset` spec, prints a rich table and writes one JSON record per
 (checkpoint, dataset, task) into `--results-dir`. Image features go through the on-disk feature cache
 (`--cache-dir`, `--no-cache`). Heavy modules (torch, open_clip, the evaluators) are imported inside the
 commands so `maskclip-bench --help` stays fast.
@@ -21,9 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from maskclip_bench.evaluation.session import EvalSession
     from maskclip_bench.evaluation.suites import PlannedTask
     from maskclip_bench.evaluation.tasks import TaskResult
-
-
-
 
 
 def _fmt(value: Any) -> str:

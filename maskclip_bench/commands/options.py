@@ -8,7 +8,8 @@ from __future__ import annotations
 import typer
 
 # Every evaluation command (zeroshot, retrieval, linprobe, finetune, dense, eval).
-CKPT = typer.Option(..., "--ckpt", help="trainer checkpoint, open_clip checkpoint (with --model) or local-dir:DIR")
+CKPT = typer.Option(..., "--ckpt", help="trainer checkpoint, open_clip checkpoint (with --model), local-dir:DIR or "
+                    "scratch:MODEL (the model as initialised, seed 0)")
 MODEL = typer.Option(None, "--model", help="open_clip model name, required for a plain open_clip checkpoint")
 BATCH = typer.Option(64, "--batch-size", help="images per batch")
 RESULTS = typer.Option("results/runs", "--results-dir", help="folder receiving one JSON record per evaluation")
