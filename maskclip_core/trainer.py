@@ -19,7 +19,6 @@ import torch
 
 from .checkpoint import CheckpointDir, TrainState, restore_objects
 from .config import TrainConfig, validate
-from .data.spec import build_train_dataset
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed
 from .ema import default_momentum
 from .errors import NonFiniteLossError
@@ -31,7 +30,7 @@ from .runlog import LOSS_KEYS, MetricsLog
 from .step import Stepper, make_step_batch
 from .thread_limit import thread_limit
 from .towers import image_size_of
-from .training_setup import build_training_setup, train_transform, wrap_forward
+from .training_setup import build_train_data, build_training_setup, wrap_forward
 
 logger = logging.getLogger(__name__)
 
@@ -151,12 +150,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
     # Set-up: the step's objects, the data.
     setup = build_training_setup(cfg, env)
     model, teacher, optimizer, scaler = setup.model, setup.teacher, setup.optimizer, setup.scaler
-    dataset = build_train_dataset(
-        cfg.data.spec, transform=train_transform(cfg, model.clip), tokenizer=setup.tokenizer, seed=run.seed,
-        image_size=image_size_of(model.clip), csv_img_key=cfg.data.csv_img_key,
-        csv_caption_key=cfg.data.csv_caption_key, shuffle_buffer=cfg.data.shuffle_buffer,
-        resampled=cfg.data.resampled, csv_root=cfg.data.csv_root, allow_outside_root=cfg.data.allow_outside_root,
-    )
+    dataset = build_train_data(cfg, setup.tokenizer, image_size_of(model.clip))
     # Restore: weights, optimizer, random streams and counters of the newest good checkpoint.
     state = TrainState()
     if ckpt is not None:

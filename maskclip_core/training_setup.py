@@ -1,9 +1,11 @@
-"""The objects one training step needs, built in one place for the trainer and for `maskclip-bench bench`.
+"""The objects one training step needs, and its data, built in one place for the trainer and for
+`maskclip-bench bench`.
 
 `build_training_setup(cfg, env)` seeds the initial weights, builds the student (open_clip towers plus the
 MaskCLIP extras), the EMA teacher when the method has one, AdamW, the fp16 GradScaler when the precision needs
 one, and the mask sampler. `wrap_forward` adds DDP and torch.compile around the student's forward only: the
-teacher and the optimizer always see the plain module.
+teacher and the optimizer always see the plain module. `build_train_data` is the training dataset as the trainer
+reads it.
 """
 from __future__ import annotations
 
@@ -14,16 +16,17 @@ from typing import Any
 
 import open_clip
 import torch
+from torch.utils.data import Dataset
 
 from .config import TrainConfig
-from .data.spec import parse_data_spec
+from .data.spec import build_train_dataset, parse_data_spec
 from .distributed import DistEnv
 from .ema import Teacher
 from .model import MaskCLIP
 from .optim import build_optimizer
 from .precision import grad_scaler
 from .step import MaskSampler
-from .towers import create_clip, get_tokenizer, image_size_of
+from .towers import create_clip, get_tokenizer
 
 
 def special_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], int]:
@@ -41,13 +44,23 @@ def build_model(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> tuple[M
     return MaskCLIP(clip, cfg.method, special, pad, rank=rank, world_size=world_size), tokenizer
 
 
-def train_transform(cfg: TrainConfig, clip: torch.nn.Module) -> Callable:
-    """open_clip's transforms. `shapes` is rendered at the model's size and never cropped: its captions name
-    positions ("top left"), which a random crop would falsify."""
-    size = image_size_of(clip)
+def train_transform(cfg: TrainConfig, size: int) -> Callable:
+    """open_clip's transforms at the model's input `size`. `shapes` is rendered at that size and never cropped: its
+    captions name positions ("top left"), which a random crop would falsify."""
     if parse_data_spec(cfg.data.spec).kind == "shapes":
         return open_clip.image_transform(size, is_train=False)
     return open_clip.image_transform(size, is_train=True, aug_cfg={"scale": (cfg.data.aug_scale_min, 1.0)})
+
+
+def build_train_data(cfg: TrainConfig, tokenizer: Any, size: int) -> Dataset:
+    """The training dataset `cfg.data` names, read as the trainer reads it (its transform at the model's input
+    `size`, its tokenizer, the run's seed). `bench` times its steps on this data's first batch for that reason."""
+    d = cfg.data
+    return build_train_dataset(
+        d.spec, transform=train_transform(cfg, size), tokenizer=tokenizer, seed=cfg.run.seed, image_size=size,
+        csv_img_key=d.csv_img_key, csv_caption_key=d.csv_caption_key, shuffle_buffer=d.shuffle_buffer,
+        resampled=d.resampled, csv_root=d.csv_root, allow_outside_root=d.allow_outside_root,
+    )
 
 
 def set_grad_checkpointing(model: torch.nn.Module) -> None:

@@ -186,6 +186,30 @@ def test_breakdown_parts_cover_the_step_flops(variant, one_thread):
         or variant == "clip"
 
 
+def test_the_timed_batch_is_the_first_batch_a_training_run_reads(tmp_path, monkeypatch, one_thread):
+    """`bench` times the step on real `shapes` data: the text passes stop at the batch's longest caption, so a
+    made-up batch would time a different amount of work than training does."""
+    from maskclip_core import trainer
+    from maskclip_core.config import TrainConfig
+
+    seen = []
+
+    def capture(batches, *args, **kwargs):
+        seen.append(batches[0])
+        raise KeyboardInterrupt  # one batch is all this test needs
+
+    monkeypatch.setattr(trainer, "make_step_batch", capture)
+    cfg = TrainConfig()
+    cfg.model.name, cfg.run.seed, cfg.run.batch_size, cfg.run.steps = MODEL, 3, 4, 1
+    cfg.run.out, cfg.run.device, cfg.data.workers = str(tmp_path / "run"), "cpu", 0
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(cfg)
+
+    images, text = perf.make_batch(MODEL, 4, torch.device("cpu"), seed=3)
+    assert torch.equal(images, seen[0]["image"]) and torch.equal(text, seen[0]["text"])
+    assert len({tuple(t.tolist()) for t in text}) == 4  # four different captions, not one repeated
+
+
 def test_training_loop_reports_data_wait(tmp_path, one_thread):
     from maskclip_bench.perf import cost_breakdown
 
@@ -209,6 +233,34 @@ def test_training_loop_samples_per_s_is_the_median_step_interval_after_the_first
     loop = cost_breakdown.measure_training_loop("clip", MODEL, 4, "fp32", steps=5, window=2)
     # intervals after the first window: 3-1, 4-3, 6-4 = 2, 1, 2 s; median 2 s; batch 4 -> 2 samples/s
     assert loop.samples_per_s == 2.0 and loop.window_samples_per_s == 3.0 and loop.data_wait_fraction == 0.25
+
+
+def test_data_prep_is_the_median_read_time_after_a_warm_up_read(monkeypatch):
+    from maskclip_bench.perf import cost_breakdown
+
+    clock = {"now": 0.0}
+    reads = iter([100.0, 1.0, 3.0, 2.0, 5.0])  # seconds each read takes; the first is the warm-up
+
+    def read():
+        clock["now"] += next(reads)
+
+    monkeypatch.setattr(cost_breakdown.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(perf, "train_stream", lambda *a, **k: iter(read, "never"))
+    # reads after the warm-up: 1, 3, 2, 5 s; median (2 + 3) / 2
+    assert cost_breakdown.measure_data_prep(MODEL, 4, batches=4) == 2.5
+
+
+def test_loop_lines_give_the_batch_read_as_a_share_of_the_step():
+    from maskclip_bench.perf.cost_breakdown import WHOLE_STEP, LoopResult, PartCost, render_breakdown
+
+    tables = {"clip": [PartCost(WHOLE_STEP, 0, 0.5)]}
+    loops = {"clip": LoopResult(samples_per_s=60.0, data_wait_fraction=0.01, steps=8, batch_size=64)}
+    md = render_breakdown(MODEL, "fp32", 64, tables, "cmd", loops, step_only={"clip": 64.0}, data_seconds=0.1,
+                          cores=2)
+    # bench: 64 samples/s at batch 64 = 1 s a step; a 0.1 s read is 10 % of it; 60 / 64 = 0.9375 < 0.95
+    assert "trainer / bench step-only samples/s: 0.938 (target: >= 0.95): NOT met" in md
+    assert "reading its batch costs 10.0 % of the step" in md
+    assert "takes 100.0 ms" in md and "same 2 CPU core(s)" in md
 
 
 def test_largest_fitting_batch_equals_a_brute_force_scan():

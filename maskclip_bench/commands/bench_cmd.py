@@ -165,8 +165,9 @@ def run_breakdown(console, model: str, images, text, precision: str, chosen: lis
             console.print(f"[dim]{precision} {variant}: {loop_steps}-step training run...[/dim]")
             loops[variant] = cost_breakdown.measure_training_loop(
                 variant, model, images.shape[0], precision, steps=loop_steps, window=max(1, loop_steps // 2))
+    data_seconds = cost_breakdown.measure_data_prep(model, images.shape[0]) if loop_steps else None
     text_md = cost_breakdown.render_breakdown(model, precision, images.shape[0], tables, command, loops,
-                                              {v: memory.get(v) for v in variants}, step_only)
+                                              {v: memory.get(v) for v in variants}, step_only, data_seconds)
     console.print(text_md)
     return text_md
 

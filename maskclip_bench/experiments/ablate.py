@@ -121,9 +121,11 @@ def apply_cost(cfg: TrainConfig, value: str) -> None:
 
 def flop_ratio(base: TrainConfig) -> float:
     """FLOPs of one `maskclip` training step over one `clip` step for the base run's model, batch and method
-    settings, counted by torch's FlopCounterMode on one real step each (the same count as `bench`)."""
+    settings, counted by torch's FlopCounterMode on one real step each (the same count as `bench`) on the base
+    run's own first batch (the text passes' cost follows its captions' length)."""
 
-    images, text = perf.make_batch(base.model.name, base.run.batch_size, torch.device("cpu"))
+    images, text = perf.make_batch(base.model.name, base.run.batch_size, torch.device("cpu"), seed=base.run.seed,
+                                   spec=base.data.spec)
     counts = {}
     for name in ("clip", "maskclip"):
         step = perf.OurStep(name, base.model.name, images, text, "fp32",

@@ -12,6 +12,7 @@ The data wait comes from a real short training run (`measure_training_loop`): th
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from maskclip_core.losses import mlm_loss
 from maskclip_core.model import caption_length
 from maskclip_core.precision import attention_context, compute_context
 from maskclip_core.step import make_step_batch
+from maskclip_core.thread_limit import thread_limit
 from maskclip_core.trainer import train
 
 WHOLE_STEP = "whole step (Stepper)"
@@ -202,11 +204,36 @@ def measure_training_loop(variant: str, model_name: str, batch_size: int, precis
                       float(last["samples_per_s"]))
 
 
+def measure_data_prep(model_name: str, batch_size: int, batches: int = 4, seed: int = 0) -> float:
+    """Median seconds to read one batch of the trainer's `shapes` data in this process (no loader worker):
+    render, transform, tokenize, collate. In training a loader worker does this work; it hides behind the step
+    only where the step leaves a CPU core free."""
+    stream = perf.train_stream(model_name, batch_size, seed)
+    times = []
+    with thread_limit(1):  # as in a loader worker, which torch runs with one thread
+        next(stream)  # warm-up: the first read builds the sampler's permutation
+        for _ in range(batches):
+            start = time.perf_counter()
+            next(stream)
+            times.append(time.perf_counter() - start)
+    return _median(times)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity), the cores a loader worker shares with the step."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def render_breakdown(model: str, precision: str, batch_size: int, tables: dict[str, list[PartCost]],
                      command: str, loops: dict[str, LoopResult] | None = None,
                      memory: dict[str, int | None] | None = None,
-                     step_only: dict[str, float] | None = None) -> str:
-    """Markdown: one column pair (GFLOPs, ms) per variant, one row per part; then the data wait lines."""
+                     step_only: dict[str, float] | None = None, data_seconds: float | None = None,
+                     cores: int | None = None) -> str:
+    """Markdown: one column pair (GFLOPs, ms) per variant, one row per part; then the data wait lines, each with
+    the in-process cost of reading a batch (`data_seconds`, see `measure_data_prep`) as a share of the step."""
     variants = list(tables)
     names: list[str] = []
     for costs in tables.values():
@@ -246,5 +273,12 @@ def render_breakdown(model: str, precision: str, batch_size: int, tables: dict[s
                 ratio = r.samples_per_s / bench
                 line += (f"; trainer / bench step-only samples/s: {ratio:.3f} (target: >= 0.95): "
                          f"{'met' if ratio >= 0.95 else 'NOT met'}")
+                if data_seconds is not None:
+                    line += f"; reading its batch costs {100 * data_seconds * bench / r.batch_size:.1f} % of the step"
             lines.append(line)
+        if data_seconds is not None:
+            lines += ["", f"Reading one batch of {batch_size} in one process (render, transform, tokenize, collate: "
+                      f"`measure_data_prep`, no worker) takes {1e3 * data_seconds:,.1f} ms. The loader worker does "
+                      f"this on the same {cores or cpu_cores()} CPU core(s) the step's threads use, so where the "
+                      "step leaves no core free the work slows the step instead of hiding behind it."]
     return "\n".join(lines) + "\n"

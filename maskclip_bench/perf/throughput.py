@@ -39,7 +39,8 @@ from maskclip_core.precision import compute_context
 from maskclip_core.schedule import cosine_lr
 from maskclip_core.step import MAX_LOGIT_SCALE, Stepper, make_step_batch
 from maskclip_core.towers import check_model_name, create_clip, get_tokenizer
-from maskclip_core.training_setup import build_training_setup, wrap_forward
+from maskclip_core.loader import BatchStream
+from maskclip_core.training_setup import build_train_data, build_training_setup, wrap_forward
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "open_clip": {},
@@ -52,7 +53,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_VARIANTS = ("open_clip", "clip", "maskclip", "maskclip-masked-view")
 PRECISIONS = ("fp32", "bf16")
-CAPTION = "a large red star in the top left and a small blue ring number {i}"
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, matched in order as a substring of
 # torch.cuda.get_device_name(); the more specific names come first ("H100 PCIe" before "H100", "L40S" before "L4").
@@ -115,18 +115,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_batch(model_name: str, batch_size: int, device: torch.device, seed: int = 0
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed (images, tokens) batch for the model config: normal-noise images at the model's input size and
-    distinct shapes-like captions, already on `device`."""
-
+def train_stream(model_name: str, batch_size: int, seed: int = 0, spec: str = "shapes") -> BatchStream:
+    """The batches a training run of `model_name` with `seed` reads from data `spec`: the trainer's own dataset
+    and sampler, read in this process (no loader worker)."""
     check_model_name(model_name)
     size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
-    size = size if isinstance(size, (tuple, list)) else (size, size)
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch_size, 3, int(size[0]), int(size[1]), generator=gen)
-    text = get_tokenizer(model_name)([CAPTION.format(i=i) for i in range(batch_size)])
-    return images.to(device), text.to(device)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    cfg = TrainConfig()
+    cfg.model.name, cfg.run.seed, cfg.data.spec = model_name, seed, spec
+    return BatchStream(build_train_data(cfg, get_tokenizer(model_name), int(size)), batch_size, seed)
+
+
+def make_batch(model_name: str, batch_size: int, device: torch.device, seed: int = 0, spec: str = "shapes"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first (images, tokens) batch a training run reads (`train_stream`), on `device`, so a timed step does
+    what a training step does. The text passes stop at the batch's longest caption, which makes their cost depend
+    on the captions (a fixed 18-token caption timed the step 5 % faster than `shapes` batches, whose captions run
+    to 25-31 tokens)."""
+    batch = next(train_stream(model_name, batch_size, seed, spec))
+    return batch["image"].to(device), batch["text"].to(device)
 
 
 # ------------------------------------------------------------------------------------------------ the steps
@@ -461,7 +468,10 @@ Variants: `open_clip` = open_clip's own step as `training/train.py` writes it (`
 groups and our hyper-parameters, `logit_scale` clamp); `clip`, `maskclip`, `maskclip-masked-view` = our MaskCLIP
 module stepped by `maskclip_core.step.Stepper`, as the trainer steps it (masks, EMA-teacher targets, loss terms, non-finite guards,
 backward, grad clip, AdamW, clamp, EMA update). All under the same autocast / attention context
-(`maskclip_core.precision.compute_context`). Data loading is not part of any step (the batch is resident).
+(`maskclip_core.precision.compute_context`). Data loading is not part of any step: the batch is resident, the first
+one a training run with seed 0 reads from `shapes` (`make_batch`), since the text passes stop at the batch's longest
+caption. Sections dated 2026-12-07 16:11 UTC or earlier timed a made-up batch whose captions end at token 18 where
+`shapes` batches end at 25-31: their text passes, and so their steps (clip by about 5 %), cost less than training's.
 
 s / step is the median wall time of the timed steps (CUDA synchronised after each step). FLOPs / step are counted
 by `torch.utils.flop_counter.FlopCounterMode` over one extra, untimed step (matmuls, convolutions, attention; forward
