@@ -149,10 +149,7 @@ class MaskCLIP(nn.Module):
             embed_c = mask_c if mlm_embed is None else mlm_embed[:, :length]
             random_c = None if mlm_random is None else mlm_random[:, :length]
             if self.cfg.mlm_fraction < 1.0:
-                # Only the samples drawn for MLM (the others have no masked position) enter the pass; with none
-                # drawn, one row with nothing scored keeps every MLM parameter in the graph (zero loss, DDP-safe).
-                rows = mask_c.any(dim=1)
-                rows = rows if bool(rows.any()) else torch.arange(len(rows), device=rows.device) == 0
+                rows = mlm_rows(mask_c)
                 text_c, mask_c, embed_c = text_c[rows], mask_c[rows], embed_c[rows]
                 random_c = None if random_c is None else random_c[rows]
             text_in = text_c
@@ -200,6 +197,14 @@ class MaskCLIP(nn.Module):
         # Under accumulation each micro-batch's contrastive term is already the whole step's loss (its gradient
         # flows only into this micro-batch's features); the per-sample terms are means over the micro-batch.
         return sum(weights[k] * (v if k == "loss_contrastive" else v / accum_freq) for k, v in losses.items())
+
+
+def mlm_rows(mlm_mask: torch.Tensor) -> torch.Tensor:
+    """[B] bool, the captions of the MLM pass when it runs on a fraction of the batch (`mlm_fraction` < 1): those
+    drawn for it, i.e. with a masked position. With none drawn, the first row alone, with nothing scored, keeps every
+    MLM parameter in the graph (zero loss, DDP-safe)."""
+    rows = mlm_mask.any(dim=1)
+    return rows if bool(rows.any()) else torch.arange(len(rows), device=rows.device) == 0
 
 
 def caption_length(text: torch.Tensor, pad_id: int) -> int:

@@ -27,7 +27,7 @@ from maskclip_core.config import TrainConfig
 from maskclip_core.decoders import MaskedTokenHead
 from maskclip_core.encoders import encode_text_features, encode_text_hidden, padding_positions, text_tower
 from maskclip_core.losses import mlm_loss
-from maskclip_core.model import caption_length
+from maskclip_core.model import caption_length, mlm_rows
 from maskclip_core.precision import attention_context, compute_context
 from maskclip_core.step import make_step_batch
 from maskclip_core.thread_limit import thread_limit
@@ -76,12 +76,13 @@ def _backward(*outputs: torch.Tensor) -> None:
     total.backward()
 
 
-def step_parts(step: perf.OurStep) -> dict[str, Callable[[], Any]]:
-    """The parts of one `Stepper` step of `step`'s variant, as callables (only the parts the variant has)."""
+def step_parts(step: perf.OurStep, index: int = 0) -> dict[str, Callable[[], Any]]:
+    """The parts of one `Stepper` step of `step`'s variant, as callables (only the parts the variant has), on the
+    masks of step `index` (with `mlm_fraction` < 1 they also decide how many captions the MLM pass takes)."""
     model, device, precision = step.model, step.device, step.precision
     teacher, optimizer = step.stepper.teacher, step.optimizer
     images, text = step.batch["image"], step.batch["text"].to(device)
-    batch = make_step_batch([step.batch], step.masks, 0, step.env)
+    batch = make_step_batch([step.batch], step.masks, index, step.env)
     extras = batch.extras[0]
     ids_keep, image_mask, mlm_mask = extras.get("ids_keep"), extras.get("image_mask"), extras.get("mlm_mask")
     parts: dict[str, Callable[[], Any]] = {}
@@ -122,6 +123,9 @@ def step_parts(step: perf.OurStep) -> dict[str, Callable[[], Any]]:
     if model.text_decoder is not None:
         length = caption_length(text, model.pad_id)
         text_c, mask_c = text[:, :length], mlm_mask[:, :length]
+        if model.cfg.mlm_fraction < 1.0:  # the step runs the pass on the drawn captions only
+            rows = mlm_rows(mask_c)
+            text_c, mask_c = text_c[rows], mask_c[rows]
         padding = padding_positions(text_c)
         parts["MLM text pass"] = in_context(lambda: (encode_text_hidden(
             model.clip, text_c, mask_c, model.mask_embedding, causal=model.cfg.mlm_causal, padding=padding),))
@@ -156,7 +160,9 @@ def measure_breakdown(variant: str, model_name: str, images: torch.Tensor, text:
         raise ValueError("the breakdown covers our variants, not open_clip's loop")
     device = images.device
     costs = []
-    for name, fn in step_parts(step).items():
+    # time_and_count warms up on step 0, times steps 1 .. repeats and counts step repeats + 1: the parts run on that
+    # step's masks.
+    for name, fn in step_parts(step, index=repeats + 1).items():
         flops, seconds = time_and_count(fn, repeats, device)
         costs.append(PartCost(name, flops, seconds, "fwd+bwd" if "pass" in name or "decoder" in name else ""))
     flops, seconds = time_and_count(step, repeats, device)
