@@ -35,11 +35,11 @@ from maskclip_core.atomic_write import write_text_atomic
 from maskclip_core.config import TrainConfig
 from maskclip_core.distributed import DistEnv
 from maskclip_core.errors import ConfigError
+from maskclip_core.loader import BatchStream
 from maskclip_core.precision import compute_context
 from maskclip_core.schedule import cosine_lr
 from maskclip_core.step import MAX_LOGIT_SCALE, Stepper, make_step_batch
 from maskclip_core.towers import check_model_name, create_clip, get_tokenizer
-from maskclip_core.loader import BatchStream
 from maskclip_core.training_setup import build_train_data, build_training_setup, wrap_forward
 
 VARIANTS: dict[str, dict[str, Any]] = {
