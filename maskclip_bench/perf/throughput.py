@@ -472,6 +472,8 @@ backward, grad clip, AdamW, clamp, EMA update). All under the same autocast / at
 one a training run with seed 0 reads from `shapes` (`make_batch`), since the text passes stop at the batch's longest
 caption. Sections dated 2026-12-07 16:11 UTC or earlier timed a made-up batch whose captions end at token 18 where
 `shapes` batches end at 25-31: their text passes, and so their steps (clip by about 5 %), cost less than training's.
+In those sections the breakdown's MLM parts of `maskclip-masked-view-mlm-half` also ran on the whole batch, where the
+step runs them on the drawn half (fixed since; hence their negative remainder).
 
 s / step is the median wall time of the timed steps (CUDA synchronised after each step). FLOPs / step are counted
 by `torch.utils.flop_counter.FlopCounterMode` over one extra, untimed step (matmuls, convolutions, attention; forward
