@@ -1,7 +1,9 @@
-"""The one place the project changes process-wide thread counts: for a block, restored after it."""
+"""The one place the project changes process-wide thread counts (for a block, restored after it) and counts the
+cores it may use."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -25,3 +27,11 @@ def thread_limit(threads: int, blas: bool = False) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity where the OS reports one (a container or `taskset` may allow
+    fewer than the machine has), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from maskclip_bench.experiments import grid_status
 from maskclip_bench.experiments.ablate import CellJob, CellResult, run_cell
 from maskclip_core.errors import ConfigError
+from maskclip_core.thread_limit import usable_cores
 
 
 @dataclass
@@ -151,7 +152,7 @@ def _cpus_of_task() -> int:
     value = os.environ.get("SLURM_CPUS_PER_TASK", "")
     if value.isdigit() and int(value) > 0:
         return int(value)
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return usable_cores()
 
 
 class _SignalRelay:

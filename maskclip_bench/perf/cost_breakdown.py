@@ -12,7 +12,6 @@ The data wait comes from a real short training run (`measure_training_loop`): th
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from maskclip_core.losses import mlm_loss
 from maskclip_core.model import caption_length, mlm_rows
 from maskclip_core.precision import attention_context, compute_context
 from maskclip_core.step import make_step_batch
-from maskclip_core.thread_limit import thread_limit
+from maskclip_core.thread_limit import thread_limit, usable_cores
 from maskclip_core.trainer import train
 
 WHOLE_STEP = "whole step (Stepper)"
@@ -225,14 +224,6 @@ def measure_data_prep(model_name: str, batch_size: int, batches: int = 4, seed: 
     return _median(times)
 
 
-def cpu_cores() -> int:
-    """CPU cores this process may run on (its affinity), the cores a loader worker shares with the step."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def render_breakdown(model: str, precision: str, batch_size: int, tables: dict[str, list[PartCost]],
                      command: str, loops: dict[str, LoopResult] | None = None,
                      memory: dict[str, int | None] | None = None,
@@ -285,6 +276,6 @@ def render_breakdown(model: str, precision: str, batch_size: int, tables: dict[s
         if data_seconds is not None:
             lines += ["", f"Reading one batch of {batch_size} in one process (render, transform, tokenize, collate: "
                       f"`measure_data_prep`, no worker) takes {1e3 * data_seconds:,.1f} ms. The loader worker does "
-                      f"this on the same {cores or cpu_cores()} CPU core(s) the step's threads use, so where the "
+                      f"this on the same {cores or usable_cores()} CPU core(s) the step's threads use, so where the "
                       "step leaves no core free the work slows the step instead of hiding behind it."]
     return "\n".join(lines) + "\n"
