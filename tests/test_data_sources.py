@@ -352,7 +352,7 @@ def test_build_train_dataset_shapes_passes_options(monkeypatch, tokenizer, trans
                         tokenizer=tokenizer, seed=7, image_size=32)
     build_train_dataset(DataSpec("shapes", None, {}), transform=transform, tokenizer=tokenizer)
     assert calls[0] == dict(split="train", image_size=32, seed=7, transform=transform, tokenizer=tokenizer,
-                            difficulty=0.5, size=12,
+                            difficulty=0.5, size=12, labels=False,
                             options=ShapesOptions(scale=1.2, max_objects=3, group=2, shape_only=0.0))
     assert calls[1]["difficulty"] == 1.0 and "size" not in calls[1]
     # Training defaults: the generator's own (no minimal-pair groups, no shape-only captions; see spec.py for why).

@@ -200,6 +200,37 @@ def test_dataset_items() -> None:
     assert raw["image"].size == (32, 32) and raw["text"] == raw["caption"]
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(difficulty=1.0), dict(difficulty=0.0), dict(difficulty=2.0),
+    dict(difficulty=0.5, options=shapes.ShapesOptions(group=3, max_objects=3)),
+    dict(split="val", options=shapes.ShapesOptions(binding=True, min_objects=2)),
+])
+def test_training_items_skip_the_segmentation_but_not_one_pixel(kwargs) -> None:
+    # The reference is the full render (instance map drawn): skipping the map must not move one random draw.
+    for i in range(40):
+        full, bare = render(i, image_size=32, **kwargs), render(i, image_size=32, with_seg=False, **kwargs)
+        assert np.array_equal(np.asarray(bare.image), np.asarray(full.image)), i
+        assert (bare.caption, bare.shape_color, bare.count) == (full.caption, full.shape_color, full.count)
+        assert bare.objects == full.objects and bare.seg.shape == bare.instances.shape == (0, 0)
+        assert full.seg.shape == (32, 32)
+    split = kwargs.get("split", "train")
+    options = kwargs.get("options")
+    ds = ShapesDataset(split, size=4, image_size=32, options=options, labels=False)
+    assert set(ds[2]) == {"image", "text", "caption"}
+    assert ds[2]["caption"] == render(2, split, image_size=32, options=options).caption
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.0, 1.0 + 1e-9, 1.15, 1.3])
+def test_brightness_change_is_the_formula_pixel_by_pixel(factor) -> None:
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
+    pixels[0, :3] = [[0, 127, 255], [254, 221, 222], [1, 2, 3]]  # both ends and values that round at .5
+    out = np.asarray(shapes._brighten(Image.fromarray(pixels, "RGB"), factor))
+    for y, x, c in np.ndindex(*pixels.shape):
+        assert out[y, x, c] == min(255, int(float(pixels[y, x, c]) * factor + 0.5)), (y, x, c)
+
+
 def test_module_exports_documented_api() -> None:
     for name in ("SHAPES", "COLORS", "SIZES", "POSITIONS", "HELD_OUT_PAIRS", "SPLITS", "DEFAULT_SIZES",
                  "ShapesSample", "render", "classnames", "ShapesDataset"):

@@ -458,14 +458,16 @@ def _draw_object(draws: Sequence[tuple[ImageDraw.ImageDraw, Any]], obj: dict[str
 
 
 def _render_pixels(
-    rng: np.random.Generator, objects: list[dict[str, Any]], image_size: int, d: float
-) -> tuple[Image.Image, np.ndarray]:
-    """Draw background, clutter and objects; return the RGB image and the instance map."""
+    rng: np.random.Generator, objects: list[dict[str, Any]], image_size: int, d: float, with_instances: bool = True
+) -> tuple[Image.Image, np.ndarray | None]:
+    """Draw background, clutter and objects; return the RGB image and the instance map (None without
+    `with_instances`: training reads no labels, and the map is about 14 % of the drawing)."""
     n = image_size * _SUPERSAMPLE
     background, bg_rgb = _background(rng, image_size, d)
     canvas = background.resize((n, n), Image.Resampling.NEAREST)
-    inst = Image.new("L", (n, n), 0)
-    draw_rgb, draw_inst = ImageDraw.Draw(canvas), ImageDraw.Draw(inst)
+    draw_rgb = ImageDraw.Draw(canvas)
+    inst = Image.new("L", (n, n), 0) if with_instances else None
+    draw_inst = ImageDraw.Draw(inst) if inst is not None else None
     _draw_clutter(draw_rgb, rng, n, bg_rgb, d)
     for i, obj in enumerate(objects):
         rgb = np.asarray(COLOR_RGB[obj["color"]], np.float32) + d * rng.uniform(-24, 24, size=3)
@@ -477,15 +479,19 @@ def _render_pixels(
             angle += math.pi / 2 * quarter  # an arrow pointing anywhere is still an arrow
         obj["angle"] = math.degrees(angle)
         obj["rgb"] = fill
-        _draw_object(((draw_rgb, fill), (draw_inst, i + 1)), obj, angle)
+        _draw_object(((draw_rgb, fill),) if draw_inst is None else ((draw_rgb, fill), (draw_inst, i + 1)), obj, angle)
     # 2x2 box averaging is exact coverage anti-aliasing; Lanczos would ring into the background.
     image = canvas.reduce(_SUPERSAMPLE)
-    instances = np.asarray(inst.resize((image_size, image_size), Image.Resampling.NEAREST))
+    instances = None if inst is None else np.asarray(inst.resize((image_size, image_size), Image.Resampling.NEAREST))
     if d > 0:  # per-image brightness change, applied last so it also moves the object colours
-        factor = 1.0 + min(d, 2.0) * rng.uniform(-0.15, 0.15)
-        lut = np.clip(np.arange(256) * factor + 0.5, 0, 255).astype(np.uint8).tolist()
-        image = image.point(lut * 3)
+        image = _brighten(image, 1.0 + min(d, 2.0) * rng.uniform(-0.15, 0.15))
     return image, instances
+
+
+def _brighten(image: Image.Image, factor: float) -> Image.Image:
+    """Every channel value v becomes min(255, floor(v * factor + 0.5)): one lookup table for the three bands."""
+    lut = np.clip(np.arange(256) * factor + 0.5, 0, 255).astype(np.uint8).tolist()
+    return image.point(lut * 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,13 +623,15 @@ def _binding_captions(rng: np.random.Generator, objects: Sequence[dict[str, Any]
 
 def render(
     index: int, split: str = "train", seed: int = 0, image_size: int = 64, difficulty: float = 1.0,
-    options: ShapesOptions | None = None,
+    options: ShapesOptions | None = None, with_seg: bool = True,
 ) -> ShapesSample:
     """Render sample `index` of `split`: a pure function of all arguments.
 
     Objects of the train split never use a pair from HELD_OUT_PAIRS. `difficulty` 0 is clean,
     1 the default hard setting; `options` (default ``ShapesOptions()``) sets scale, object counts,
     minimal-pair groups, shape-only captions, balanced and binding sets (see the module docstring).
+    `with_seg=False` skips the instance map: `seg` and `instances` are then empty (0, 0) arrays;
+    image, caption and labels are the same either way.
     Raise DataError for an unknown split or bad parameters.
     """
     sid = split_id(split)
@@ -644,7 +652,7 @@ def render(
     if opts.balanced:
         objects[main]["shape"] = int(index) % len(SHAPES)
         objects[main]["shape_name"] = SHAPES[objects[main]["shape"]]
-    image, instances = _render_pixels(rng, objects, int(image_size), d)
+    image, instances = _render_pixels(rng, objects, int(image_size), d, with_seg)
     swapped = ""
     if opts.binding:
         caption, swapped = _binding_captions(rng, objects)
@@ -654,13 +662,17 @@ def render(
     for obj in objects:
         obj["center"] = (obj["center"][0] / _SUPERSAMPLE, obj["center"][1] / _SUPERSAMPLE)
         obj["radius"] /= _SUPERSAMPLE
-    lut = np.zeros(256, np.uint8)
-    lut[1:len(objects) + 1] = [o["shape"] + 1 for o in objects]
+    if instances is None:
+        instances = seg = np.zeros((0, 0), np.uint8)
+    else:
+        lut = np.zeros(256, np.uint8)
+        lut[1:len(objects) + 1] = [o["shape"] + 1 for o in objects]
+        seg = lut[instances]
     m = objects[main]
     return ShapesSample(
         image=image, caption=caption, shape=m["shape"], color=m["color"],
         shape_color=m["shape"] * len(COLORS) + m["color"], count=len(objects),
-        seg=lut[instances], objects=objects, main=main, instances=instances, swapped_caption=swapped,
+        seg=seg, objects=objects, main=main, instances=instances, swapped_caption=swapped,
     )
 
 
@@ -672,6 +684,8 @@ class ShapesDataset(torch.utils.data.Dataset):
     "shape", "color", "shape_color", "count" (1..3) and "count_label" (count - 1, the index
     into classnames("count")), "seg" as a LongTensor (H, W) and "swapped_caption" ("" unless
     `options.binding`). `group_size` is the minimal-pair group size the training sampler keeps whole.
+    With `labels=False` (training, whose batches keep only image and text) items hold "image", "text" and
+    "caption" alone and the segmentation map is not drawn.
     """
 
     def __init__(
@@ -684,6 +698,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         tokenizer: Callable[[list[str]], Any] | None = None,
         options: ShapesOptions | None = None,
+        labels: bool = True,
     ) -> None:
         split_id(split)
         _check_params(image_size, difficulty)
@@ -700,6 +715,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.difficulty = float(difficulty)
         self.transform = transform
         self.tokenizer = tokenizer
+        self.labels = bool(labels)
 
     @property
     def group_size(self) -> int:
@@ -714,11 +730,16 @@ class ShapesDataset(torch.utils.data.Dataset):
             i += self.size
         if not 0 <= i < self.size:
             raise IndexError(f"index {i} out of range for shapes {self.split} of size {self.size}")
-        s = render(i, self.split, self.seed, self.image_size, self.difficulty, self.options)
-        return {
+        s = render(i, self.split, self.seed, self.image_size, self.difficulty, self.options, with_seg=self.labels)
+        item = {
             "image": self.transform(s.image) if self.transform is not None else s.image,
             "text": self.tokenizer([s.caption])[0] if self.tokenizer is not None else s.caption,
             "caption": s.caption,
+        }
+        if not self.labels:
+            return item
+        return {
+            **item,
             "shape": s.shape,
             "color": s.color,
             "shape_color": s.shape_color,

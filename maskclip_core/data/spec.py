@@ -154,6 +154,7 @@ def build_train_dataset(
             tokenizer=tokenizer,
             difficulty=float(options.get("difficulty", 1.0)),
             options=shapes_options(options),
+            labels=False,  # train_collate keeps image and text only: no labels, no segmentation map
             **extra,
         )
 
