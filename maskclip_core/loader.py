@@ -8,10 +8,16 @@ stream, so a sample looks the same whatever the number of workers and whether or
 Iterable datasets (WebDataset shards) are re-read from the start of the epoch to the resume point. Their random
 augmentation comes from a torch RNG stream per epoch: a DataLoader worker's, or, without workers, the stream's
 own, which is swapped in around each read so that it neither draws from nor moves the process's global RNG.
+
+With `low_priority_workers` (the trainer sets it for CPU runs) the loader workers run at the lowest CPU priority
+(`WORKER_NICENESS`): there the step keeps every core busy, and a worker that preempts one of its threads stalls the
+others at the next barrier; at low priority the workers use the time the step leaves idle. GPU runs keep normal
+priority, so workers on a shared node are not starved by other jobs. What a batch holds does not change.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +28,16 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from . import rng
 from .data.spec import train_collate
 from .errors import DataError
+
+
+WORKER_NICENESS = 19  # added to the worker's nice value (Linux/macOS; 19 is the lowest priority)
+
+
+def lower_worker_priority(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: raise this worker's nice value by WORKER_NICENESS (nothing where the OS has no
+    `os.nice`)."""
+    if hasattr(os, "nice"):
+        os.nice(WORKER_NICENESS)
 
 
 class EpochPermutationSampler(Sampler[tuple[int, int]]):
@@ -96,9 +112,10 @@ class BatchStream:
 
     def __init__(
         self, dataset: Dataset, batch_size: int, seed: int, workers: int = 0, epoch: int = 0, batch_in_epoch: int = 0,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, low_priority_workers: bool = False,
     ):
         self.dataset, self.batch_size, self.seed, self.workers = dataset, batch_size, seed, workers
+        self.low_priority_workers = low_priority_workers
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self.rank, self.world_size = rank, world_size
         self.group = int(getattr(dataset, "group_size", 1))  # minimal-pair groups (shapes) stay in one slice
@@ -138,6 +155,7 @@ class BatchStream:
         kwargs: dict[str, Any] = dict(
             batch_size=self.batch_size, num_workers=self.workers, collate_fn=train_collate, drop_last=True,
             generator=torch.Generator().manual_seed(self._epoch_seed()),
+            worker_init_fn=lower_worker_priority if self.workers and self.low_priority_workers else None,
         )
         if self.iterable:
             if hasattr(self.dataset, "set_epoch"):

@@ -158,7 +158,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, on_log: Callable[[dict[
         state = TrainState.from_checkpoint(ckpt)
     forward = wrap_forward(model, cfg, env)
     stream = BatchStream(dataset, run.batch_size, run.seed, cfg.data.workers, state.epoch, state.batch_in_epoch,
-                         rank=env.rank, world_size=env.world_size)
+                         rank=env.rank, world_size=env.world_size, low_priority_workers=env.device.type == "cpu")
     total = resolve_total_steps(cfg, stream)
     if cfg.method.ema_momentum is None:  # "auto": run-length aware (ema.default_momentum)
         cfg.method.ema_momentum = default_momentum(total)

@@ -177,6 +177,51 @@ def test_resume_from_an_older_checkpoint_continues(tmp_path, csv_data, reference
                        load_checkpoint(reference_run / "checkpoints" / "last.pt"))
 
 
+class _Niceness(torch.utils.data.Dataset):
+    """Items record the reading process's nice value and pid (module level: picklable for a worker)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.tensor([os.nice(0)]), "text": torch.tensor([os.getpid()])}
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no os.nice on this OS")
+def test_cpu_runs_loader_workers_at_the_lowest_priority_and_the_trainer_keeps_its_own():
+    from maskclip_core.loader import BatchStream
+
+    parent = os.nice(0)
+    batch = next(BatchStream(_Niceness(), 4, 0, workers=1, low_priority_workers=True))
+    assert os.getpid() not in batch["text"].tolist()  # read in a worker
+    assert batch["image"].flatten().tolist() == [min(19, parent + 19)] * 4  # Linux caps nice values at 19
+    assert os.nice(0) == parent
+    # GPU runs (the default) keep the workers' priority; without workers the trainer's own process reads.
+    assert next(BatchStream(_Niceness(), 4, 0, workers=1))["image"].flatten().tolist() == [parent] * 4
+    assert next(BatchStream(_Niceness(), 4, 0, workers=0, low_priority_workers=True))["image"].flatten().tolist() \
+        == [parent] * 4
+
+
+def test_the_trainer_asks_for_low_priority_workers_on_cpu(monkeypatch, tmp_path, one_thread):
+    from maskclip_core import trainer
+    from maskclip_core.config import TrainConfig
+
+    seen = []
+
+    class Recording(trainer.BatchStream):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("low_priority_workers"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "BatchStream", Recording)
+    cfg = TrainConfig.from_dict({
+        "model": {"name": "MaskCLIP-Micro-8"}, "method": {"name": "clip"}, "data": {"spec": "shapes", "workers": 0},
+        "run": {"steps": 1, "batch_size": 4, "out": str(tmp_path), "threads": 1, "device": "cpu"},
+    })
+    trainer.train(cfg)
+    assert seen == [True]
+
+
 def test_augmentation_depends_on_the_sample_not_the_reader(csv_data):
     """Random crops are drawn from (seed, epoch, index): the same with 0 or 2 DataLoader workers, different across
     epochs and seeds."""
