@@ -138,7 +138,8 @@ def test_user_errors_are_one_line_with_exit_2(capsys):
     from maskclip_bench.cli import main
 
     cases = [(["--variants", "clip,nope"], "unknown variant 'nope'"), (["--precision", "fp16"], "unknown precision"),
-             (["--model", "MaskCLIP-Tiny-9"], "unknown model"), (["--rounds", "0"], "--rounds must be >= 1")]
+             (["--model", "MaskCLIP-Tiny-9"], "unknown model"), (["--rounds", "0"], "--rounds must be >= 1"),
+             (["--breakdown", "--loop-workers", "-1"], "--loop-workers must be >= 0")]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "no CUDA device"))
     for args, message in cases:
@@ -265,7 +266,30 @@ def test_loop_lines_give_the_batch_read_as_a_share_of_the_step():
     # bench: 64 samples/s at batch 64 = 1 s a step; a 0.1 s read is 10 % of it; 60 / 64 = 0.9375 < 0.95
     assert "trainer / bench step-only samples/s: 0.938 (target: >= 0.95): NOT met" in md
     assert "reading its batch costs 10.0 % of the step" in md
-    assert "takes 100.0 ms" in md and "same 2 CPU core(s)" in md
+    assert "takes 100.0 ms" in md and "same 2 CPU core(s)" in md and "`shapes`, 1 loader worker(s)" in md
+    loops["clip"].workers = 2
+    assert "`shapes`, 2 loader worker(s)" in render_breakdown(MODEL, "fp32", 64, tables, "cmd", loops)
+
+
+def test_loop_workers_reach_the_training_run(monkeypatch):
+    from rich.console import Console
+
+    from maskclip_bench.commands import bench_cmd
+    from maskclip_bench.perf import cost_breakdown
+    from maskclip_bench.perf.cost_breakdown import WHOLE_STEP, LoopResult, PartCost
+
+    seen = {}
+
+    def loop(*args, **kwargs):
+        seen.update(kwargs)
+        return LoopResult(60.0, 0.01, 8, 64, workers=kwargs["workers"])
+
+    monkeypatch.setattr(cost_breakdown, "measure_breakdown", lambda *a, **k: [PartCost(WHOLE_STEP, 0, 0.5)])
+    monkeypatch.setattr(cost_breakdown, "measure_training_loop", loop)
+    monkeypatch.setattr(cost_breakdown, "measure_data_prep", lambda *a, **k: 0.1)
+    md = bench_cmd.run_breakdown(Console(quiet=True), MODEL, torch.zeros(64, 1), torch.zeros(64, 1), "fp32", ["clip"],
+                                 8, 3, "cmd", {}, {"clip": 64.0})
+    assert seen["workers"] == 3 and seen["steps"] == 8 and "`shapes`, 3 loader worker(s)" in md
 
 
 def test_largest_fitting_batch_equals_a_brute_force_scan():

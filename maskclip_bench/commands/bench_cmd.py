@@ -35,6 +35,8 @@ def bench_command(
                                    "(clip, maskclip, masked view) and the data wait of a short real training run"),
     loop_steps: int = typer.Option(12, "--loop-steps", help="--breakdown: steps of the real training run "
                                    "(logged in two windows; the second is reported); 0 skips it"),
+    loop_workers: int = typer.Option(1, "--loop-workers", help="--breakdown: loader workers of that run (the "
+                                     "trainer's default: 1)"),
     max_batch: bool = typer.Option(False, "--max-batch", help="find the largest batch per variant whose two "
                                    "training steps fit --memory-gb (doubling then bisection, one subprocess per "
                                    "probe)"),
@@ -82,8 +84,8 @@ def bench_command(
         raise ConfigError("--max-batch needs --memory-gb N (the budget, GiB, > 0)")
     if memory_gb and not max_batch:
         raise ConfigError("--memory-gb is the budget of --max-batch: add --max-batch")
-    if loop_steps < 0 or max_batch_limit < 2:
-        raise ConfigError("--loop-steps must be >= 0 and --max-batch-limit >= 2")
+    if loop_steps < 0 or loop_workers < 0 or max_batch_limit < 2:
+        raise ConfigError("--loop-steps and --loop-workers must be >= 0 and --max-batch-limit >= 2")
     check_model_name(model)
     chosen = [v for v in perf.VARIANTS if v in chosen]  # canonical order, no duplicates
     precisions = list(dict.fromkeys(precisions))
@@ -97,6 +99,7 @@ def bench_command(
         *(["--rounds", str(rounds)] if rounds > 1 else []), "--threads", str(threads),
         "--variants", ",".join(chosen), "--out", str(out),
         *(["--breakdown", "--loop-steps", str(loop_steps)] if breakdown else []),
+        *(["--loop-workers", str(loop_workers)] if breakdown and loop_workers != 1 else []),
         *(["--torchcompile"] if torchcompile else []),
         *(["--fused-adamw"] if fused_adamw else []),
         *(["--max-batch", "--memory-gb", f"{memory_gb:g}", "--max-batch-limit", str(max_batch_limit)]
@@ -134,8 +137,8 @@ def bench_command(
                                 rounds=rounds)
             key, body = perf.render_section(info, results)
             if breakdown:
-                body += "\n" + run_breakdown(console, model, images, text, prec, chosen, loop_steps, command,
-                                              {v: r.peak_bytes for v, r in results.items()},
+                body += "\n" + run_breakdown(console, model, images, text, prec, chosen, loop_steps, loop_workers,
+                                              command, {v: r.peak_bytes for v, r in results.items()},
                                               {v: r.samples_per_s for v, r in results.items() if r.ok})
             if max_batch:
                 body += "\n" + run_max_batch(console, model, prec, device, chosen, memory_gb, max_batch_limit)
@@ -152,7 +155,7 @@ BREAKDOWN_VARIANTS = ("clip", "maskclip", "maskclip-masked-view", "maskclip-mask
 
 
 def run_breakdown(console, model: str, images, text, precision: str, chosen: list[str], loop_steps: int,  # type: ignore[no-untyped-def]
-                  command: str, memory: dict, step_only: dict) -> str:
+                  loop_workers: int, command: str, memory: dict, step_only: dict) -> str:
     """Per-part costs of our variants (of those chosen) and the trainer's data wait; markdown for perf.md."""
     from maskclip_bench.perf import cost_breakdown
 
@@ -164,7 +167,8 @@ def run_breakdown(console, model: str, images, text, precision: str, chosen: lis
         if loop_steps:
             console.print(f"[dim]{precision} {variant}: {loop_steps}-step training run...[/dim]")
             loops[variant] = cost_breakdown.measure_training_loop(
-                variant, model, images.shape[0], precision, steps=loop_steps, window=max(1, loop_steps // 2))
+                variant, model, images.shape[0], precision, steps=loop_steps, window=max(1, loop_steps // 2),
+                workers=loop_workers)
     data_seconds = cost_breakdown.measure_data_prep(model, images.shape[0]) if loop_steps else None
     text_md = cost_breakdown.render_breakdown(model, precision, images.shape[0], tables, command, loops,
                                               {v: memory.get(v) for v in variants}, step_only, data_seconds)

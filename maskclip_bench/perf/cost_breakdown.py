@@ -182,6 +182,7 @@ class LoopResult:
     steps: int
     batch_size: int
     window_samples_per_s: float = 0.0  # the trainer's own figure: mean over the last log window
+    workers: int = 1  # loader workers of the run
 
 
 def measure_training_loop(variant: str, model_name: str, batch_size: int, precision: str, steps: int = 12,
@@ -206,7 +207,7 @@ def measure_training_loop(variant: str, model_name: str, batch_size: int, precis
     intervals = [b - a for a, b in zip(ends[window - 1:], ends[window:])] or [b - a for a, b in zip(ends, ends[1:])]
     median = _median(intervals) if intervals else float("nan")
     return LoopResult(batch_size / median, float(last["data_wait_fraction"]), steps, batch_size,
-                      float(last["samples_per_s"]))
+                      float(last["samples_per_s"]), workers)
 
 
 def measure_data_prep(model_name: str, batch_size: int, batches: int = 4, seed: int = 0) -> float:
@@ -257,10 +258,12 @@ def render_breakdown(model: str, precision: str, batch_size: int, tables: dict[s
         lines += ["", "Peak memory per variant (MiB): " + ", ".join(
             f"{v} {'-' if b is None else f'{b / 2**20:,.0f}'}" for v, b in memory.items())]
     if loops:
-        lines += ["", "A real training loop (`maskclip_core.trainer.train` on `shapes`, one loader worker): samples/s "
-                  "from the median interval between consecutive steps after the first log window, as `bench` takes "
-                  "the median step; the trainer's own log figure (mean over its last window) in brackets; "
-                  "`data_wait_fraction` = wall time spent fetching the batch, drawing masks, copying:", ""]
+        workers = {r.workers for r in loops.values()}
+        lines += ["", f"A real training loop (`maskclip_core.trainer.train` on `shapes`, "
+                  f"{'/'.join(map(str, sorted(workers)))} loader worker(s), at the lowest CPU priority on CPU): "
+                  "samples/s from the median interval between consecutive steps after the first log window, as "
+                  "`bench` takes the median step; the trainer's own log figure (mean over its last window) in "
+                  "brackets; `data_wait_fraction` = wall time spent fetching the batch, drawing masks, copying:", ""]
         for v, r in loops.items():
             line = (f"- {v}: {r.samples_per_s:,.1f} samples/s in the trainer ({r.window_samples_per_s:,.1f} over "
                     f"the last window), data wait {100 * r.data_wait_fraction:.1f} % of wall time ({r.steps} steps, "
@@ -275,7 +278,7 @@ def render_breakdown(model: str, precision: str, batch_size: int, tables: dict[s
             lines.append(line)
         if data_seconds is not None:
             lines += ["", f"Reading one batch of {batch_size} in one process (render, transform, tokenize, collate: "
-                      f"`measure_data_prep`, no worker) takes {1e3 * data_seconds:,.1f} ms. The loader worker does "
+                      f"`measure_data_prep`, no worker) takes {1e3 * data_seconds:,.1f} ms. The loader workers do "
                       f"this on the same {cores or usable_cores()} CPU core(s) the step's threads use, so where the "
                       "step leaves no core free the work slows the step instead of hiding behind it."]
     return "\n".join(lines) + "\n"
