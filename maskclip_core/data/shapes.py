@@ -459,9 +459,9 @@ def _draw_object(draws: Sequence[tuple[ImageDraw.ImageDraw, Any]], obj: dict[str
 
 def _render_pixels(
     rng: np.random.Generator, objects: list[dict[str, Any]], image_size: int, d: float, with_instances: bool = True
-) -> tuple[Image.Image, np.ndarray | None]:
-    """Draw background, clutter and objects; return the RGB image and the instance map (None without
-    `with_instances`: training reads no labels, and the map is about 14 % of the drawing)."""
+) -> tuple[Image.Image, np.ndarray]:
+    """Draw background, clutter and objects; return the RGB image and the instance map (an empty (0, 0) array
+    without `with_instances`: training reads no labels, and the map is about 14 % of the drawing)."""
     n = image_size * _SUPERSAMPLE
     background, bg_rgb = _background(rng, image_size, d)
     canvas = background.resize((n, n), Image.Resampling.NEAREST)
@@ -482,7 +482,8 @@ def _render_pixels(
         _draw_object(((draw_rgb, fill),) if draw_inst is None else ((draw_rgb, fill), (draw_inst, i + 1)), obj, angle)
     # 2x2 box averaging is exact coverage anti-aliasing; Lanczos would ring into the background.
     image = canvas.reduce(_SUPERSAMPLE)
-    instances = None if inst is None else np.asarray(inst.resize((image_size, image_size), Image.Resampling.NEAREST))
+    instances = np.zeros((0, 0), np.uint8) if inst is None else np.asarray(
+        inst.resize((image_size, image_size), Image.Resampling.NEAREST))
     if d > 0:  # per-image brightness change, applied last so it also moves the object colours
         image = _brighten(image, 1.0 + min(d, 2.0) * rng.uniform(-0.15, 0.15))
     return image, instances
@@ -662,17 +663,13 @@ def render(
     for obj in objects:
         obj["center"] = (obj["center"][0] / _SUPERSAMPLE, obj["center"][1] / _SUPERSAMPLE)
         obj["radius"] /= _SUPERSAMPLE
-    if instances is None:
-        instances = seg = np.zeros((0, 0), np.uint8)
-    else:
-        lut = np.zeros(256, np.uint8)
-        lut[1:len(objects) + 1] = [o["shape"] + 1 for o in objects]
-        seg = lut[instances]
+    lut = np.zeros(256, np.uint8)
+    lut[1:len(objects) + 1] = [o["shape"] + 1 for o in objects]
     m = objects[main]
     return ShapesSample(
         image=image, caption=caption, shape=m["shape"], color=m["color"],
         shape_color=m["shape"] * len(COLORS) + m["color"], count=len(objects),
-        seg=seg, objects=objects, main=main, instances=instances, swapped_caption=swapped,
+        seg=lut[instances], objects=objects, main=main, instances=instances, swapped_caption=swapped,
     )
 
 
